@@ -1,0 +1,36 @@
+# The README's two commands, `make demo` and `make test`, each set up what they need first, idempotently.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA_LIB := infra/kafka/target/lib
+export TF_USE_LEGACY_KERAS := 1
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed $(KAFKA_LIB)/.resolved
+
+$(VENV)/.installed: requirements.lock setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "valueloop needs Python 3.11; set PYTHON=python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(KAFKA_LIB)/.resolved: infra/kafka/pom.xml
+	@command -v mvn >/dev/null || { echo "Maven is missing: apt-get install maven" >&2; exit 1; }
+	rm -rf $(KAFKA_LIB)
+	mvn --quiet --batch-mode -f infra/kafka/pom.xml dependency:copy-dependencies
+	touch $@
+
+demo: setup
+	$(BIN)/valueloop demo
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+bench: setup
+	$(BIN)/valueloop bench ingest
+
+clean:
+	-$(BIN)/valueloop kafka down
+	rm -rf $(VENV) .run infra/kafka/target

@@ -1,0 +1,1 @@
+"""What runs beside the code: the Kafka broker (and, later, the Flink job server), from jars Maven resolves."""

@@ -1,0 +1,9 @@
+"""The event contract: Avro schemas for every event valueloop carries, with every released version kept.
+
+`registry` loads them, `codec` turns events into Avro single-object messages and back,
+`validation` checks decoded values, and `compatibility` keeps new versions readable by old readers.
+"""
+from schemas.codec import BadEventError, EventDecoder, EventEncoder
+from schemas.registry import SchemaRegistry, default_registry
+
+__all__ = ["BadEventError", "EventDecoder", "EventEncoder", "SchemaRegistry", "default_registry"]

@@ -1,0 +1,137 @@
+"""Avro single-object encoding: 0xC3 0x01, the writer schema's 8-byte CRC-64-AVRO fingerprint, then the body.
+
+Any Avro reader that has the schemas in `schemas/avro` resolves the writer schema from the fingerprint.
+"""
+from __future__ import annotations
+
+import enum
+import io
+import time
+from typing import Iterable, NamedTuple
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
+from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS, find_problem
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = len(MAGIC) + 8
+
+
+class Reason(str, enum.Enum):
+    """Why a message could not be turned into an event; the dead-letter header and counter name."""
+
+    NOT_SINGLE_OBJECT = "not_single_object"
+    UNKNOWN_FINGERPRINT = "unknown_fingerprint"
+    MALFORMED_BODY = "malformed_body"
+    UNEXPECTED_TYPE = "unexpected_type"
+    INVALID_VALUE = "invalid_value"
+
+
+class BadEventError(ValueError):
+    """A message that is not a valid event, with where it came from."""
+
+    def __init__(self, reason: Reason, detail: str, topic: str, partition: int, offset: int):
+        self.reason = reason
+        self.detail = detail
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        super().__init__(f"{topic}[{partition}]@{offset}: {reason.value}: {detail}")
+
+
+class Event(NamedTuple):
+    """A decoded event: its record's short name (Impression, Click, ...) and its fields under the latest schema."""
+
+    name: str
+    datum: dict
+
+
+class EventEncoder:
+    """Writes events under the latest version of their schema."""
+
+    def __init__(self, registry: SchemaRegistry | None = None):
+        self._registry = registry or default_registry()
+        self._writers: dict[str, tuple[bytes, dict]] = {}
+
+    def writer(self, name: str, version: int | None = None) -> tuple[bytes, dict]:
+        key = f"{name}.v{version}"
+        if key not in self._writers:
+            kept = self._registry.versions(name)
+            schema = kept[-1] if version is None else next(v for v in kept if v.version == version)
+            self._writers[key] = (MAGIC + schema.fingerprint, schema.parsed)
+        return self._writers[key]
+
+    def encode(self, name: str, datum: dict, version: int | None = None) -> bytes:
+        header, parsed = self.writer(name, version)
+        buffer = io.BytesIO()
+        buffer.write(header)
+        schemaless_writer(buffer, parsed, datum)
+        return buffer.getvalue()
+
+    def encode_many(self, name: str, data: Iterable[dict]) -> list[bytes]:
+        header, parsed = self.writer(name)
+        out = []
+        for datum in data:
+            buffer = io.BytesIO()
+            buffer.write(header)
+            schemaless_writer(buffer, parsed, datum)
+            out.append(buffer.getvalue())
+        return out
+
+
+class EventDecoder:
+    """Reads single-object messages written under any kept schema version, as the latest version of that record."""
+
+    def __init__(
+        self,
+        registry: SchemaRegistry | None = None,
+        expected: Iterable[str] | None = None,
+        max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
+    ):
+        self._registry = registry or default_registry()
+        self._expected = frozenset(expected) if expected is not None else None
+        self._max_future_skew_ms = max_future_skew_ms
+        self._readers: dict[bytes, tuple[SchemaVersion, dict]] = {}
+
+    def _reader_for(self, fp: bytes) -> tuple[SchemaVersion, dict] | None:
+        if fp not in self._readers:
+            writer = self._registry.by_fingerprint(fp)
+            if writer is None:
+                return None
+            self._readers[fp] = (writer, self._registry.latest(writer.short_name).parsed)
+        return self._readers[fp]
+
+    def decode(
+        self, raw: bytes, topic: str = "?", partition: int = -1, offset: int = -1, timestamp_ms: int | None = None
+    ) -> Event:
+        """Decodes and validates one message, or raises BadEventError naming topic, partition, offset and reason.
+
+        `timestamp_ms` is the Kafka record timestamp: an event may not claim to be much later than it.
+        """
+
+        def bad(reason: Reason, detail: str) -> BadEventError:
+            return BadEventError(reason, detail, topic, partition, offset)
+
+        if raw is None or len(raw) < HEADER_SIZE or raw[:2] != MAGIC:
+            head = (raw or b"")[:HEADER_SIZE].hex()
+            raise bad(Reason.NOT_SINGLE_OBJECT, f"expected 0xc301 and an 8-byte fingerprint, got {head or 'nothing'}")
+        fp = bytes(raw[2:HEADER_SIZE])
+        found = self._reader_for(fp)
+        if found is None:
+            raise bad(Reason.UNKNOWN_FINGERPRINT, f"no kept schema has fingerprint {fp.hex()}")
+        writer, reader_schema = found
+        if self._expected is not None and writer.short_name not in self._expected:
+            raise bad(Reason.UNEXPECTED_TYPE, f"{writer.short_name} where {', '.join(sorted(self._expected))} belongs")
+        body = io.BytesIO(raw[HEADER_SIZE:])
+        try:
+            datum = schemaless_reader(body, writer.parsed, reader_schema)
+        except Exception as error:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ... on bad bytes
+            raise bad(Reason.MALFORMED_BODY, f"{writer.short_name} v{writer.version}: {type(error).__name__}: {error}")
+        if body.tell() != len(raw) - HEADER_SIZE:
+            raise bad(Reason.MALFORMED_BODY, f"{len(raw) - HEADER_SIZE - body.tell()} trailing bytes after the record")
+        reference = timestamp_ms if timestamp_ms is not None and timestamp_ms > 0 else int(time.time() * 1000)
+        problem = find_problem(datum, reference, self._max_future_skew_ms)
+        if problem is not None:
+            raise bad(Reason.INVALID_VALUE, f"{writer.short_name}: {problem}")
+        return Event(writer.short_name, datum)

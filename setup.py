@@ -1,0 +1,33 @@
+"""valueloop: a feedback-loop training pipeline for recommenders that ranks by what users value, not by clicks."""
+from setuptools import find_packages, setup
+
+setup(
+    name="valueloop",
+    version="0.1.0",
+    description="Kafka events to Beam-labeled examples to a multi-task ranker, with a drift audit before promotion",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["valueloop*", "schemas*", "simulator*", "pipelines*", "trainer*", "infra*", "bench*"]),
+    package_data={"schemas": ["avro/*.avsc"], "infra": ["kafka/pom.xml", "kafka/log4j2.properties"]},
+    # Exact versions of these and of everything beneath them are in requirements.lock, which `make` installs.
+    install_requires=[
+        "apache-beam==2.75.0",
+        "tensorflow==2.21.0",
+        "tf-keras==2.21.0",
+        "tensorflow-recommenders==0.7.7",
+        "apache-airflow==3.3.2",
+        "apache-airflow-providers-apache-beam",
+        "kafka-python>=3.0,<4",
+        "confluent-kafka>=2.16",
+        "fastavro>=1.13,<2",
+        "numpy>=2",
+        "pydantic>=2.10,<3",
+        "pyyaml>=6",
+        "typer>=0.15",
+        "tqdm>=4.66",
+        "psutil>=6",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["valueloop=valueloop.cli:main"]},
+)

@@ -1,0 +1,270 @@
+"""Simulated traffic: requests served by the logging policy, what users do, and how producers deliver it.
+
+Simulated time runs as fast as the machine allows. Events come out in delivery order, the order in which
+at-least-once producers would hand them to Kafka, so event time is out of order across and within topics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from simulator.config import LogNormalDelay, SimulatorConfig
+from simulator.world import World
+
+EVENT_NAMES = ("Impression", "Click", "Dwell", "AddToCart", "Purchase")
+
+
+class SimEvent(NamedTuple):
+    delivery_ms: int  # when the producer delivers it: the Kafka record timestamp
+    seq: int  # generation order; breaks ties so that delivery order is deterministic
+    name: str  # record name in schemas/
+    key: bytes  # user id: one user's events share a partition and keep their order
+    datum: dict
+
+
+@dataclasses.dataclass
+class OutcomeTally:
+    """What the world generated, by hidden item kind, before delivery: the world's true rates."""
+
+    impressions: int = 0
+    clicks: int = 0
+    dwell_s_sum: float = 0.0
+    carts: int = 0
+    purchases: int = 0
+
+    def rates(self) -> dict[str, float]:
+        per_click = max(self.clicks, 1)
+        return {
+            "impressions": self.impressions,
+            "ctr": self.clicks / max(self.impressions, 1),
+            "carts_per_click": self.carts / per_click,
+            "purchases_per_click": self.purchases / per_click,
+            "mean_dwell_s": self.dwell_s_sum / per_click,
+        }
+
+
+@dataclasses.dataclass
+class SimulationSummary:
+    delivered: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(EVENT_NAMES, 0))
+    duplicates: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(EVENT_NAMES, 0))
+    late: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(EVENT_NAMES, 0))
+    beyond_horizon: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(EVENT_NAMES, 0))
+    organic_purchases: int = 0
+    bait: OutcomeTally = dataclasses.field(default_factory=OutcomeTally)
+    non_bait: OutcomeTally = dataclasses.field(default_factory=OutcomeTally)
+    cart_delays_s: list = dataclasses.field(default_factory=list)
+    purchase_delays_s: list = dataclasses.field(default_factory=list)
+
+    @property
+    def total_delivered(self) -> int:
+        return sum(self.delivered.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "delivered": self.delivered, "duplicates": self.duplicates, "late": self.late,
+            "beyond_horizon": self.beyond_horizon, "organic_purchases": self.organic_purchases,
+            "bait_items": self.bait.rates(), "non_bait_items": self.non_bait.rates(),
+        }
+
+
+def _lognormal(rng: np.random.Generator, delay: LogNormalDelay, size: int) -> np.ndarray:
+    return np.exp(rng.normal(math.log(delay.median_s), delay.sigma, size))
+
+
+class Simulation:
+    """One seeded run of the world: iterate `events()` once; `summary` fills as it goes."""
+
+    def __init__(self, config: SimulatorConfig, world: World | None = None):
+        self.config = config
+        self.world = world or World.create(config)
+        self.summary = SimulationSummary()
+        self._rng = np.random.default_rng([config.seed, 2])
+        self._seq = 0
+        self._surfaces = list(config.surfaces)
+        self._surface_p = np.array(list(config.surfaces.values())) / sum(config.surfaces.values())
+        self._devices = list(config.devices)
+        self._user_ids = [self.world.user_id(u) for u in range(config.catalogue.users)]
+        self._item_ids = [self.world.item_id(i) for i in range(config.catalogue.items)]
+        self._categories = [f"c{c:02d}" for c in range(config.catalogue.categories)]
+
+    def events(self) -> Iterator[SimEvent]:
+        """Every delivered event, in delivery order, up to the end of simulated time."""
+        cfg = self.config
+        request_ms = np.sort(self._rng.uniform(cfg.start_ms, cfg.end_ms, cfg.requests)).astype(np.int64)
+        chunk_ms = int(cfg.chunk_s * 1000)
+        pending: list[tuple] = []
+        first = 0
+        for chunk_end in range(cfg.start_ms + chunk_ms, cfg.end_ms + chunk_ms, chunk_ms):
+            chunk_end = min(chunk_end, cfg.end_ms)
+            last = int(np.searchsorted(request_ms, chunk_end, side="left"))
+            if last > first:
+                pending.extend(self._serve(np.arange(first, last), request_ms[first:last]))
+            first = last
+            ready = [e for e in pending if e[0] < chunk_end]
+            pending = [e for e in pending if e[0] >= chunk_end]
+            ready.sort(key=lambda e: (e[0], e[1]))
+            for event in ready:
+                self.summary.delivered[event.name] += 1
+                yield event
+        for event in pending:
+            self.summary.beyond_horizon[event.name] += 1
+
+    # -- one chunk of requests ---------------------------------------------------------------------
+
+    def _serve(self, request_index: np.ndarray, request_ms: np.ndarray) -> list[SimEvent]:
+        world, cfg, rng = self.world, self.config, self._rng
+        policy = cfg.logging_policy
+        n = len(request_index)
+        users = rng.choice(cfg.catalogue.users, n, p=world.user_activity)
+        slates, propensities = self._rank(users)
+        positions = np.broadcast_to(np.arange(slates.shape[1]), slates.shape)
+        flat_users = np.repeat(users, slates.shape[1])
+        flat_items, flat_positions = slates.ravel(), positions.ravel()
+        flat_requests = np.repeat(request_index, slates.shape[1])
+        flat_times = np.repeat(request_ms, slates.shape[1])
+        surfaces = rng.choice(len(self._surfaces), n, p=self._surface_p)
+
+        clicked = rng.random(flat_items.size) < world.click_probability(flat_users, flat_items, flat_positions)
+        click_ms = flat_times + (_lognormal(rng, cfg.delays.click_after_impression, flat_items.size) * 1000).astype(np.int64)
+        dwell_s = np.exp(rng.normal(world.dwell_log_median(flat_items), world.config.behaviour.dwell_sigma))
+        carted = clicked & (rng.random(flat_items.size) < world.cart_probability(flat_users, flat_items))
+        cart_delay_s = _lognormal(rng, cfg.delays.cart_after_click, flat_items.size)
+        cart_ms = click_ms + (cart_delay_s * 1000).astype(np.int64)
+        bought = carted & (rng.random(flat_items.size) < world.purchase_probability(flat_items))
+        purchase_delay_s = _lognormal(rng, cfg.delays.purchase_after_cart, flat_items.size)
+        purchase_ms = cart_ms + (purchase_delay_s * 1000).astype(np.int64)
+        quantity = 1 + rng.poisson(0.15, flat_items.size)
+        self._tally(flat_items, clicked, dwell_s, carted, bought)
+        self.summary.cart_delays_s.extend(cart_delay_s[carted].tolist())
+        self.summary.purchase_delays_s.extend(purchase_delay_s[bought].tolist())
+
+        events: list[tuple] = []
+        emit = self._emitter(events)
+        slate_size = slates.shape[1]
+        price = world.item_price
+        for k, (req, user, item, pos, t, prop) in enumerate(zip(
+            flat_requests.tolist(), flat_users.tolist(), flat_items.tolist(), flat_positions.tolist(),
+            flat_times.tolist(), propensities.ravel().tolist(),
+        )):
+            impression_id = f"imp-{req:09d}-{pos:02d}"
+            user_id, item_id = self._user_ids[user], self._item_ids[item]
+            emit("Impression", t, user_id, {
+                "event_id": impression_id, "request_id": f"req-{req:09d}", "user_id": user_id, "item_id": item_id,
+                "position": pos, "surface": self._surfaces[surfaces[k // slate_size]], "event_time_ms": t,
+                "policy": policy.name, "propensity": prop, "features": self._features(user, item, t),
+            })
+            if not clicked[k]:
+                continue
+            tag = impression_id[4:]
+            c_ms = int(click_ms[k])
+            emit("Click", c_ms, user_id, {"event_id": f"clk-{tag}", "impression_id": impression_id,
+                                          "user_id": user_id, "item_id": item_id, "event_time_ms": c_ms})
+            dwell_ms = int(dwell_s[k] * 1000)
+            emit("Dwell", c_ms + dwell_ms, user_id, {"event_id": f"dwl-{tag}", "impression_id": impression_id,
+                                                     "user_id": user_id, "item_id": item_id,
+                                                     "event_time_ms": c_ms + dwell_ms, "dwell_ms": dwell_ms})
+            if not carted[k]:
+                continue
+            q = int(quantity[k])
+            value = round(float(price[item]) * q, 2)
+            emit("AddToCart", int(cart_ms[k]), user_id, {"event_id": f"atc-{tag}", "user_id": user_id, "item_id": item_id,
+                                                         "event_time_ms": int(cart_ms[k]), "quantity": q, "value": value})
+            if bought[k]:
+                emit("Purchase", int(purchase_ms[k]), user_id, {
+                    "event_id": f"pur-{tag}", "order_id": f"ord-{tag}", "user_id": user_id, "item_id": item_id,
+                    "event_time_ms": int(purchase_ms[k]), "quantity": q, "value": value})
+        self._organic_purchases(request_index, request_ms, users, emit)
+        return events
+
+    def _rank(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The logging policy: retrieve candidates, score them, sample a slate by Plackett-Luce.
+
+        Returns the slates (requests, slate size) and each slot's propensity: the probability of choosing that
+        item for that slot given the items above it.
+        """
+        world, rng, policy = self.world, self._rng, self.config.logging_policy
+        n, n_items = len(users), self.config.catalogue.items
+        candidates_k = min(policy.candidates, n_items)
+        slate_k = min(policy.slate_size, candidates_k)
+        retrieval = world.item_popularity + rng.gumbel(size=(n, n_items))
+        candidates = np.argpartition(-retrieval, candidates_k - 1, axis=1)[:, :candidates_k]
+        rating = np.nan_to_num(world.item_rating[candidates], nan=3.0)
+        affinity = world.user_affinity[users[:, None], world.item_category[candidates]]
+        logits = (policy.headline_weight * world.item_headline_score[candidates] + policy.affinity_weight * affinity
+                  + policy.rating_weight * (rating - 3.0)) / policy.temperature
+        order = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1)[:, :slate_k]
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        chosen = np.take_along_axis(weights, order, axis=1)
+        remaining = weights.sum(axis=1, keepdims=True) - np.cumsum(chosen, axis=1) + chosen
+        return np.take_along_axis(candidates, order, axis=1), chosen / remaining
+
+    def _features(self, user: int, item: int, t_ms: int) -> dict:
+        world = self.world
+        rating = world.item_rating[item]
+        category = world.item_category[item]
+        return {
+            "item_category": self._categories[category],
+            "item_price": float(world.item_price[item]),
+            "item_age_hours": (t_ms - int(world.item_published_ms[item])) / 3_600_000,
+            "item_rating": None if rating != rating else float(rating),
+            "headline_score": float(world.item_headline_score[item]),
+            "user_category_affinity": float(world.user_affinity[user, category]),
+            "user_tenure_days": int(world.user_tenure_days[user]),
+            "device": self._devices[world.user_device[user]],
+        }
+
+    def _organic_purchases(self, request_index, request_ms, users, emit) -> None:
+        """Purchases that no recommendation led to: the join must leave them unattributed."""
+        rng = self._rng
+        organic = rng.random(len(request_index)) < self.config.behaviour.organic_purchase_rate
+        for req, t, user in zip(request_index[organic].tolist(), request_ms[organic].tolist(), users[organic].tolist()):
+            item = int(rng.integers(self.config.catalogue.items))
+            when = t + int(rng.uniform(0, 86_400_000))
+            user_id = self._user_ids[user]
+            value = float(self.world.item_price[item])
+            emit("Purchase", when, user_id, {"event_id": f"pur-organic-{req:09d}", "order_id": f"ord-organic-{req:09d}",
+                                             "user_id": user_id, "item_id": self._item_ids[item], "event_time_ms": when,
+                                             "quantity": 1, "value": value})
+            self.summary.organic_purchases += 1
+
+    def _emitter(self, events: list):
+        """Returns emit(name, event_ms, user_id, datum): schedules delivery, late for some, twice for others."""
+        delivery, rng = self.config.delivery, self._rng
+        late_ms, dup_ms = delivery.disorder_max_s * 1000, delivery.duplicate_max_s * 1000
+        summary = self.summary
+        # Draw the delivery dice in blocks: one numpy call per thousand events instead of three per event.
+        block: list = []
+
+        def draw() -> list:
+            size = 4096
+            return list(zip((rng.random(size) < delivery.disorder_rate).tolist(), rng.uniform(0, late_ms, size).tolist(),
+                            (rng.random(size) < delivery.duplicate_rate).tolist(), rng.uniform(0, dup_ms, size).tolist()))
+
+        def emit(name: str, event_ms: int, user_id: str, datum: dict) -> None:
+            if not block:
+                block.extend(draw())
+            is_late, lateness, is_dup, dup_lag = block.pop()
+            at = event_ms + int(lateness) if is_late else event_ms
+            key = user_id.encode()
+            self._seq += 1
+            events.append(SimEvent(at, self._seq, name, key, datum))
+            if is_late:
+                summary.late[name] += 1
+            if is_dup:
+                self._seq += 1
+                events.append(SimEvent(at + int(dup_lag), self._seq, name, key, datum))
+                summary.duplicates[name] += 1
+
+        return emit
+
+    def _tally(self, items, clicked, dwell_s, carted, bought) -> None:
+        is_bait = self.world.item_is_bait[items]
+        for tally, mask in ((self.summary.bait, is_bait), (self.summary.non_bait, ~is_bait)):
+            tally.impressions += int(mask.sum())
+            tally.clicks += int((clicked & mask).sum())
+            tally.dwell_s_sum += float(dwell_s[clicked & mask].sum())
+            tally.carts += int((carted & mask).sum())
+            tally.purchases += int((bought & mask).sum())
