@@ -1,0 +1,42 @@
+"""Shared fixtures: one real Kafka node for the session, fresh topics per test."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
+
+import socket
+import uuid
+
+import pytest
+
+from infra.kafka import KafkaBroker, KafkaSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory) -> KafkaBroker:
+    """A real single-node Kafka cluster on free loopback ports, for the whole test session."""
+    settings = KafkaSettings(port=free_port(), controller_port=free_port(), run_dir=tmp_path_factory.mktemp("kafka"),
+                             partitions=3, heap_mb=512)
+    broker = KafkaBroker(settings)
+    broker.up()
+    yield broker
+    broker.down()
+
+
+@pytest.fixture
+def kafka_settings(kafka_broker) -> KafkaSettings:
+    """Settings naming topics of this test's own, created on the session's broker."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = kafka_broker.settings.model_copy(update={
+        "event_topics": {name: f"{prefix}.{topic.split('.', 1)[1]}" for name, topic in kafka_broker.settings.event_topics.items()},
+        "dead_letter_topic": f"{prefix}.dead_letter",
+    })
+    KafkaBroker(settings).create_topics()
+    return settings

@@ -1,0 +1,95 @@
+import io
+import struct
+
+import pytest
+from fastavro import schemaless_writer
+
+from schemas import BadEventError, EventDecoder, EventEncoder, default_registry
+from schemas.codec import MAGIC, Reason
+
+CLICK = {"event_id": "clk-1", "impression_id": "imp-1", "user_id": "u1", "item_id": "i1", "event_time_ms": 1_700_000_000_000}
+PRODUCED_MS = CLICK["event_time_ms"] + 1000
+
+
+def impression(**changes) -> dict:
+    datum = {
+        "event_id": "imp-1", "request_id": "req-1", "user_id": "u1", "item_id": "i1", "position": 0,
+        "surface": "home_feed", "event_time_ms": 1_700_000_000_000, "policy": "p1", "propensity": 0.25,
+        "features": {"item_category": "c01", "item_price": 9.5, "item_age_hours": 3.0, "item_rating": None,
+                     "headline_score": 0.5, "user_category_affinity": 0.25, "user_tenure_days": 10, "device": "app"},
+    }
+    datum.update(changes)
+    return datum
+
+
+def test_single_object_layout_is_magic_fingerprint_body():
+    raw = EventEncoder().encode("Click", CLICK)
+    click = default_registry().latest("Click")
+    body = io.BytesIO()
+    schemaless_writer(body, click.parsed, CLICK)
+    assert raw == b"\xc3\x01" + click.fingerprint + body.getvalue()
+
+
+def test_fingerprint_matches_the_avro_specification_rabin_vector():
+    # CRC-64-AVRO of the canonical form '"int"': 0x7275d51a3f395c8f, written little-endian on the wire.
+    from fastavro.schema import fingerprint
+
+    assert bytes.fromhex(fingerprint('"int"', "CRC-64-AVRO")) == struct.pack("<Q", 0x7275D51A3F395C8F)
+
+
+@pytest.mark.parametrize("name,datum", [("Click", CLICK), ("Impression", impression())])
+def test_round_trip(name, datum):
+    event = EventDecoder().decode(EventEncoder().encode(name, datum), "t", 0, 0, PRODUCED_MS)
+    assert event.name == name and event.datum == datum
+
+
+def bad(raw: bytes, **decoder_kwargs) -> BadEventError:
+    with pytest.raises(BadEventError) as caught:
+        EventDecoder(**decoder_kwargs).decode(raw, "valueloop.clicks", 2, 41, PRODUCED_MS)
+    error = caught.value
+    assert (error.topic, error.partition, error.offset) == ("valueloop.clicks", 2, 41)
+    assert str(error).startswith("valueloop.clicks[2]@41: ")
+    return error
+
+
+def test_not_single_object():
+    assert bad(b'{"event_id": "json?"}').reason is Reason.NOT_SINGLE_OBJECT
+    assert bad(b"").reason is Reason.NOT_SINGLE_OBJECT
+    assert bad(MAGIC + b"\x00\x01").reason is Reason.NOT_SINGLE_OBJECT
+
+
+def test_unknown_fingerprint():
+    error = bad(MAGIC + b"\xde\xad\xbe\xef\x00\x00\x00\x01" + b"\x02a")
+    assert error.reason is Reason.UNKNOWN_FINGERPRINT and "deadbeef00000001" in error.detail
+
+
+def test_truncated_and_padded_bodies():
+    raw = EventEncoder().encode("Click", CLICK)
+    assert bad(raw[:-3]).reason is Reason.MALFORMED_BODY
+    assert bad(raw + b"\x00").reason is Reason.MALFORMED_BODY
+
+
+def test_unexpected_record_type_for_the_topic():
+    raw = EventEncoder().encode("Click", CLICK)
+    assert bad(raw, expected={"Impression"}).reason is Reason.UNEXPECTED_TYPE
+
+
+@pytest.mark.parametrize("name,datum,field", [
+    ("Dwell", {**CLICK, "event_id": "dwl-1", "dwell_ms": -5}, "dwell_ms"),
+    ("Click", {**CLICK, "event_time_ms": PRODUCED_MS + 2 * 3_600_000}, "ahead of the time it was produced"),
+    ("Click", {**CLICK, "user_id": ""}, "user_id is empty"),
+    ("Click", {**CLICK, "impression_id": ""}, "impression_id is empty"),
+    ("Impression", impression(propensity=0.0), "propensity"),
+    ("Impression", impression(position=-1), "position"),
+    ("Purchase", {"event_id": "p", "order_id": "o", "user_id": "u", "item_id": "i", "event_time_ms": CLICK["event_time_ms"],
+                  "quantity": 0, "value": 1.0}, "quantity"),
+])
+def test_value_checks(name, datum, field):
+    error = bad(EventEncoder().encode(name, datum))
+    assert error.reason is Reason.INVALID_VALUE and field in error.detail
+
+
+def test_future_check_uses_wall_clock_without_a_record_timestamp():
+    raw = EventEncoder().encode("Click", {**CLICK, "event_time_ms": 10**15})
+    with pytest.raises(BadEventError, match="ahead"):
+        EventDecoder().decode(raw, "t", 0, 0, timestamp_ms=None)

@@ -1,0 +1,7 @@
+"""valueloop: retrain recommenders on what users value, not on what they click."""
+import os
+
+# tensorflow-recommenders needs Keras 2 (tf-keras); this must be set before TensorFlow is first imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+__version__ = "0.1.0"

@@ -1,0 +1,173 @@
+"""The `valueloop` command: `valueloop --help` is the manual."""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import valueloop  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
+
+import typer
+
+from valueloop.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="valueloop: a feedback-loop training pipeline that ranks by what users value, not by clicks.",
+                  no_args_is_help=True, add_completion=False)
+kafka_app = typer.Typer(help="The local Kafka node (KRaft, one broker+controller on 127.0.0.1).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks; each writes JSON under bench/results/.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(bench_app, name="bench")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="Settings file (YAML or JSON); embedded defaults otherwise.",
+                            exists=True, dir_okay=False)
+
+
+def _settings(config: Optional[Path], **kafka_overrides) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as error:
+        _fail(str(error))
+    overrides = {k: v for k, v in kafka_overrides.items() if v is not None}
+    if overrides:
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update=overrides)})
+    return settings
+
+
+def _fail(message: str, code: int = 1):
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _broker(settings: Settings):
+    from infra.kafka import KafkaBroker
+
+    return KafkaBroker(settings.kafka)
+
+
+@kafka_app.command("up")
+def kafka_up(config: Optional[Path] = ConfigOption,
+             port: Optional[int] = typer.Option(None, help="Client port (default 19092)."),
+             controller_port: Optional[int] = typer.Option(None, help="Controller port (default 19093)."),
+             run_dir: Optional[Path] = typer.Option(None, help="Where data, logs and the pid file live.")):
+    """Start the node (formatting its storage the first time), wait until it answers, create the topics."""
+    from infra.kafka import BrokerError
+
+    broker = _broker(_settings(config, port=port, controller_port=controller_port, run_dir=run_dir))
+    try:
+        typer.echo(broker.up().describe())
+    except BrokerError as error:
+        _fail(str(error))
+
+
+@kafka_app.command("down")
+def kafka_down(config: Optional[Path] = ConfigOption, run_dir: Optional[Path] = typer.Option(None)):
+    """Stop the node cleanly; its data stays for the next `up`."""
+    broker = _broker(_settings(config, run_dir=run_dir))
+    broker.down()
+    typer.echo(broker.status().describe())
+
+
+@kafka_app.command("status")
+def kafka_status(config: Optional[Path] = ConfigOption, run_dir: Optional[Path] = typer.Option(None)):
+    """Say whether the node runs and how many messages each topic holds; exit 1 when it is down."""
+    status = _broker(_settings(config, run_dir=run_dir)).status()
+    typer.echo(status.describe())
+    if not status.running:
+        raise typer.Exit(1)
+
+
+@app.command()
+def simulate(
+    config: Optional[Path] = ConfigOption,
+    to: str = typer.Option("kafka", help="kafka: the event topics; files: Avro container files under --out."),
+    out: Path = typer.Option(Path("out/simulation"), help="Directory for Avro files and the ground truth."),
+    requests: Optional[int] = typer.Option(None, help="Ranking requests to simulate (about 11 events each)."),
+    days: Optional[float] = typer.Option(None, help="Simulated days the requests spread over."),
+    seed: Optional[int] = typer.Option(None, help="World and traffic seed."),
+):
+    """Simulate the clickbait world: events to Kafka or Avro files, hidden ground truth to a separate file."""
+    settings = _settings(config)
+    summary = _simulate(settings, to, out, requests=requests, days=days, seed=seed)
+    typer.echo(json.dumps(summary.as_dict(), indent=2))
+
+
+def _simulate(settings: Settings, to: str, out: Path, **overrides):
+    from tqdm import tqdm
+
+    from simulator import Simulation
+    from simulator.sinks import AvroFileSink, KafkaSink
+
+    if to not in ("kafka", "files"):
+        _fail(f"--to is kafka or files, not {to!r}")
+    sim_config = settings.simulator.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    simulation = Simulation(sim_config)
+    truth = simulation.world.save(out / "ground_truth.npz")
+    sink = KafkaSink(settings.kafka) if to == "kafka" else AvroFileSink(out)
+    events = tqdm(simulation.events(), desc=f"simulating to {to}", unit=" events", mininterval=1.0,
+                  disable=not sys.stderr.isatty())
+    with sink:
+        sink.write(events)
+    typer.echo(f"ground truth (evaluation only): {truth}", err=True)
+    return simulation.summary
+
+
+@app.command()
+def demo(config: Optional[Path] = ConfigOption,
+         requests: int = typer.Option(10_000, help="Ranking requests; 10,000 make about 140,000 events.")):
+    """Start Kafka, simulate the world into it, print per-topic counts and the world's rates by item kind."""
+    from infra.kafka import BrokerError
+
+    settings = _settings(config)
+    broker = _broker(settings)
+    try:
+        before = broker.up().topic_messages
+    except BrokerError as error:
+        _fail(str(error))
+    typer.echo(f"kafka up on {settings.kafka.bootstrap_servers}; simulating {requests:,} requests ...")
+    summary = _simulate(settings, "kafka", Path("out/demo"), requests=requests)
+    after = broker.status().topic_messages
+    typer.echo(f"\n{'topic':<28}{'this run':>12}{'in topic':>12}")
+    for topic in settings.kafka.event_topics.values():
+        typer.echo(f"{topic:<28}{after.get(topic, 0) - before.get(topic, 0):>12,}{after.get(topic, 0):>12,}")
+    added = sum(after.values()) - sum(before.values())
+    typer.echo(f"{'all event topics':<28}{added:>12,}")
+    typer.echo("\nthe world's rates (hidden truth; bait items are written as clickbait):")
+    typer.echo(f"{'items':<10}{'impressions':>13}{'CTR':>9}{'carts/click':>13}{'buys/click':>12}{'mean dwell':>12}")
+    for label, tally in (("bait", summary.bait), ("non-bait", summary.non_bait)):
+        r = tally.rates()
+        typer.echo(f"{label:<10}{r['impressions']:>13,}{r['ctr']:>9.3f}{r['carts_per_click']:>13.3f}"
+                   f"{r['purchases_per_click']:>12.3f}{r['mean_dwell_s']:>11.1f}s")
+    typer.echo(f"\nlate deliveries {sum(summary.late.values()):,}, duplicates {sum(summary.duplicates.values()):,}, "
+               f"conversions still to come after the simulated horizon {sum(summary.beyond_horizon.values()):,}")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    config: Optional[Path] = ConfigOption,
+    requests: int = typer.Option(20_000, help="Ranking requests to simulate (about 14 events each)."),
+    out: Path = typer.Option(Path("bench/results/ingest.json"), help="Where the JSON result goes."),
+):
+    """Events/s into the broker through kafka-python (acks=all), beside confluent-kafka and Avro encoding alone."""
+    from bench.ingest import run_ingest_benchmark
+    from infra.kafka import BrokerError
+
+    settings = _settings(config)
+    try:
+        _broker(settings).up()
+    except BrokerError as error:
+        _fail(str(error))
+    result = run_ingest_benchmark(settings, requests=requests)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result["summary"], indent=2))
+    typer.echo(f"written to {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
