@@ -89,6 +89,10 @@ class Simulation:
         self._user_ids = [self.world.user_id(u) for u in range(config.catalogue.users)]
         self._item_ids = [self.world.item_id(i) for i in range(config.catalogue.items)]
         self._categories = [f"c{c:02d}" for c in range(config.catalogue.categories)]
+        # Features declared as Avro float are rounded to float32 here, so an event reads back exactly as generated.
+        self._headline = self.world.item_headline_score.astype(np.float32).tolist()
+        self._rating = [None if r != r else r for r in self.world.item_rating.astype(np.float32).tolist()]
+        self._affinity = self.world.user_affinity.astype(np.float32)
 
     def events(self) -> Iterator[SimEvent]:
         """Every delivered event, in delivery order, up to the end of simulated time."""
@@ -203,15 +207,14 @@ class Simulation:
 
     def _features(self, user: int, item: int, t_ms: int) -> dict:
         world = self.world
-        rating = world.item_rating[item]
         category = world.item_category[item]
         return {
             "item_category": self._categories[category],
             "item_price": float(world.item_price[item]),
-            "item_age_hours": (t_ms - int(world.item_published_ms[item])) / 3_600_000,
-            "item_rating": None if rating != rating else float(rating),
-            "headline_score": float(world.item_headline_score[item]),
-            "user_category_affinity": float(world.user_affinity[user, category]),
+            "item_age_hours": float(np.float32((t_ms - int(world.item_published_ms[item])) / 3_600_000)),
+            "item_rating": self._rating[item],
+            "headline_score": self._headline[item],
+            "user_category_affinity": float(self._affinity[user, category]),
             "user_tenure_days": int(world.user_tenure_days[user]),
             "device": self._devices[world.user_device[user]],
         }

@@ -87,6 +87,7 @@ class KafkaBroker:
         self.data_dir = self.run_dir / "data"
         self.log_dir = self.run_dir / "logs"
         self.pid_file = self.run_dir / "broker.pid"
+        self.address_file = self.run_dir / "bootstrap_servers"
         self.properties_file = self.run_dir / "server.properties"
 
     # -- public commands -------------------------------------------------------------------------
@@ -124,7 +125,15 @@ class KafkaBroker:
     def status(self) -> BrokerStatus:
         pid = self.pid()
         counts = self.topic_message_counts() if pid is not None else {}
-        return BrokerStatus(pid is not None, pid, self.settings.bootstrap_servers, self.run_dir, counts)
+        return BrokerStatus(pid is not None, pid, self.bootstrap_servers, self.run_dir, counts)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Where the node of this run directory listens: as recorded when it started, else as configured."""
+        try:
+            return self.address_file.read_text().strip() or self.settings.bootstrap_servers
+        except FileNotFoundError:
+            return self.settings.bootstrap_servers
 
     def pid(self) -> int | None:
         """The running node's pid, or None; a stale pid file is ignored."""
@@ -138,7 +147,7 @@ class KafkaBroker:
         from kafka.admin import KafkaAdminClient, NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, client_id="valueloop-admin")
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id="valueloop-admin")
         try:
             missing = [t for t in self.settings.topics if t not in set(admin.list_topics())]
             for topic in missing:
@@ -152,7 +161,7 @@ class KafkaBroker:
     def topic_message_counts(self) -> dict[str, int]:
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, client_id="valueloop-status")
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, client_id="valueloop-status")
         try:
             counts = {}
             for topic in self.settings.topics:
@@ -248,7 +257,7 @@ class KafkaBroker:
         )
         out.close()
         self.pid_file.write_text(f"{process.pid}\n")
-        self._process = process
+        self.address_file.write_text(f"{self.settings.bootstrap_servers}\n")
 
     def _log_options(self) -> list[str]:
         return [f"-Dlog4j2.configurationFile={KAFKA_INFRA / 'log4j2.properties'}", f"-Dkafka.logs.dir={self.log_dir}"]
@@ -264,7 +273,7 @@ class KafkaBroker:
                 raise BrokerError(f"the broker exited while starting; last lines of its log:\n{self._log_tail()}")
             try:
                 admin = KafkaAdminClient(
-                    bootstrap_servers=self.settings.bootstrap_servers, client_id="valueloop-probe",
+                    bootstrap_servers=self.bootstrap_servers, client_id="valueloop-probe",
                     request_timeout_ms=5000,
                 )
                 admin.describe_cluster()

@@ -1,0 +1,77 @@
+import socket
+import subprocess
+import sys
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from infra.kafka import BrokerError, KafkaBroker, KafkaSettings
+from tests.conftest import free_port
+
+VALUELOOP = [sys.executable, "-m", "valueloop.cli"]
+
+
+def test_up_again_is_a_no_op_and_topics_have_their_partitions(kafka_broker):
+    pid = kafka_broker.pid()
+    status = kafka_broker.up()
+    assert status.running and status.pid == pid
+    consumer = KafkaConsumer(bootstrap_servers=kafka_broker.settings.bootstrap_servers)
+    try:
+        for topic in kafka_broker.settings.topics:
+            assert len(consumer.partitions_for_topic(topic)) == kafka_broker.settings.partitions
+    finally:
+        consumer.close()
+
+
+def test_a_taken_port_is_named(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        broker = KafkaBroker(KafkaSettings(port=port, controller_port=free_port(), run_dir=tmp_path))
+        with pytest.raises(BrokerError, match=f"port 127.0.0.1:{port} is taken"):
+            broker.up()
+
+
+def test_unresolved_jars_say_how_to_resolve_them(tmp_path):
+    broker = KafkaBroker(KafkaSettings(port=free_port(), controller_port=free_port(), run_dir=tmp_path, jar_dir=tmp_path))
+    with pytest.raises(BrokerError, match="not resolved.*make setup"):
+        broker.up()
+
+
+def test_missing_java_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    broker = KafkaBroker(KafkaSettings(port=free_port(), controller_port=free_port(), run_dir=tmp_path))
+    with pytest.raises(BrokerError, match="Java is missing"):
+        broker.up()
+
+
+def test_cli_up_down_status_keeps_data_across_restarts(tmp_path):
+    port, controller = free_port(), free_port()
+    where = ["--run-dir", str(tmp_path)]
+
+    def cli(*args, check=True):
+        return subprocess.run([*VALUELOOP, "kafka", *args], capture_output=True, text=True, check=check, timeout=180)
+
+    try:
+        up = cli("up", "--port", str(port), "--controller-port", str(controller), *where)
+        assert "kafka: up" in up.stdout
+        assert (tmp_path / "data" / "meta.properties").exists() and (tmp_path / "logs" / "server.log").exists()
+        producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", acks="all")
+        producer.send("valueloop.clicks", b"kept", partition=0).get(timeout=30)
+        producer.close()
+
+        cli("down", *where)
+        down = cli("status", *where, check=False)
+        assert down.returncode == 1 and "kafka: down" in down.stdout
+
+        cli("up", "--port", str(port), "--controller-port", str(controller), *where)
+        consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", consumer_timeout_ms=10_000)
+        partition = TopicPartition("valueloop.clicks", 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        assert [m.value for m in consumer] == [b"kept"]
+        consumer.close()
+        assert "valueloop.clicks: 1 messages" in cli("status", *where).stdout
+    finally:
+        cli("down", *where, check=False)
