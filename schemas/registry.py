@@ -36,7 +36,7 @@ def load_version(path: Path) -> SchemaVersion:
     if match is None:
         raise ValueError(f"{path}: schema files are named <stem>.v<N>.avsc, e.g. impression.v2.avsc")
     raw = json.loads(path.read_text())
-    parsed = fastavro.parse_schema(raw, _write_hint=False)
+    parsed = fastavro.parse_schema(raw)
     canonical = to_parsing_canonical_form(raw)
     return SchemaVersion(
         name=f"{raw['namespace']}.{raw['name']}",

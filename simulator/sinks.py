@@ -1,7 +1,6 @@
-"""Where simulated events go: the Kafka topics (through kafka-python) or Avro container files."""
+"""Where simulated events go: the Kafka topics (through kafka-python, acks=all, zstd) or Avro container files."""
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -9,59 +8,28 @@ from typing import Iterable
 from fastavro.write import Writer
 
 from infra.kafka import KafkaSettings
+from infra.kafka.producer import BatchProducer
 from schemas import EventEncoder, default_registry
 from simulator.traffic import SimEvent
-
-
-class DeliveryError(RuntimeError):
-    """Some messages were not acknowledged by the broker."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ProducerSettings:
-    """kafka-python producer settings for the event topics: durable (acks=all), batched and compressed."""
-
-    acks: str = "all"
-    linger_ms: int = 50
-    batch_size: int = 1 << 20
-    compression_type: str = "zstd"
-    max_request_size: int = 8 << 20
-
-    def kafka_python(self, bootstrap_servers: str) -> dict:
-        return dict(bootstrap_servers=bootstrap_servers, acks=self.acks, linger_ms=self.linger_ms,
-                    batch_size=self.batch_size, compression_type=self.compression_type,
-                    max_request_size=self.max_request_size, client_id="valueloop-simulator")
 
 
 class KafkaSink:
     """Sends each event to its topic, keyed by user id, with the delivery time as the record timestamp."""
 
-    def __init__(self, settings: KafkaSettings, producer: ProducerSettings = ProducerSettings(),
-                 encoder: EventEncoder | None = None):
-        from kafka import KafkaProducer
-
+    def __init__(self, settings: KafkaSettings, encoder: EventEncoder | None = None, **producer_options):
         self.settings = settings
         self._encoder = encoder or EventEncoder()
-        self._producer = KafkaProducer(**producer.kafka_python(settings.bootstrap_servers))
-        self._failures: list[Exception] = []
+        self._producer = BatchProducer(settings.bootstrap_servers, client_id="valueloop-simulator", **producer_options)
 
     def write(self, events: Iterable[SimEvent]) -> Counter:
         topics = self.settings.event_topics
         encode, send = self._encoder.encode, self._producer.send
-        record_failure = self._failures.append
         sent: Counter = Counter()
         for event in events:
-            future = send(topics[event.name], value=encode(event.name, event.datum), key=event.key,
-                          timestamp_ms=event.delivery_ms)
-            future.add_errback(record_failure)
+            send(topics[event.name], encode(event.name, event.datum), event.key, event.delivery_ms)
             sent[event.name] += 1
-        self.flush()
-        return sent
-
-    def flush(self) -> None:
         self._producer.flush()
-        if self._failures:
-            raise DeliveryError(f"{len(self._failures)} messages were not acknowledged; first: {self._failures[0]!r}")
+        return sent
 
     def close(self) -> None:
         self._producer.close()

@@ -146,7 +146,8 @@ def demo(config: Optional[Path] = ConfigOption,
 @bench_app.command("ingest")
 def bench_ingest(
     config: Optional[Path] = ConfigOption,
-    requests: int = typer.Option(20_000, help="Ranking requests to simulate (about 14 events each)."),
+    requests: int = typer.Option(20_000, help="Ranking requests to simulate (about 13 events each)."),
+    workers: int = typer.Option(2, help="Worker processes per path; events are split between them by key."),
     out: Path = typer.Option(Path("bench/results/ingest.json"), help="Where the JSON result goes."),
 ):
     """Events/s into the broker through kafka-python (acks=all), beside confluent-kafka and Avro encoding alone."""
@@ -158,7 +159,7 @@ def bench_ingest(
         _broker(settings).up()
     except BrokerError as error:
         _fail(str(error))
-    result = run_ingest_benchmark(settings, requests=requests)
+    result = run_ingest_benchmark(settings, requests=requests, workers=workers)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     typer.echo(json.dumps(result["summary"], indent=2))

@@ -93,3 +93,36 @@ def test_future_check_uses_wall_clock_without_a_record_timestamp():
     raw = EventEncoder().encode("Click", {**CLICK, "event_time_ms": 10**15})
     with pytest.raises(BadEventError, match="ahead"):
         EventDecoder().decode(raw, "t", 0, 0, timestamp_ms=None)
+
+
+def test_compiled_encoder_writes_fastavros_bytes_for_simulated_traffic():
+    from simulator import Simulation, SimulatorConfig
+
+    config = SimulatorConfig.model_validate({"requests": 400, "days": 0.2, "catalogue": {"users": 100, "items": 50}})
+    encoder, registry = EventEncoder(), default_registry()
+    for event in Simulation(config).events():
+        reference = io.BytesIO()
+        schemaless_writer(reference, registry.latest(event.name).parsed, event.datum)
+        assert encoder.encode(event.name, event.datum) == MAGIC + registry.latest(event.name).fingerprint + reference.getvalue()
+
+
+@pytest.mark.parametrize("value", [0, 1, -1, 63, -64, 64, 8191, -8193, 2**28, 2**41, -(2**45), 2**63 - 1, -(2**63)])
+def test_compiled_long_matches_fastavro(value):
+    from schemas.compiled import write_long
+
+    reference = io.BytesIO()
+    schemaless_writer(reference, "long", value)
+    assert write_long(value) == reference.getvalue()
+
+
+def test_a_datum_the_compiled_encoder_rejects_gets_fastavros_error():
+    with pytest.raises(ValueError, match="Click.event_time_ms"):
+        EventEncoder().encode("Click", {**CLICK, "event_time_ms": "yesterday"})
+    with pytest.raises(ValueError, match="Impression.position"):
+        EventEncoder().encode("Impression", impression(position=2**40))
+
+
+def test_strings_beyond_the_fast_path_are_still_written():
+    long_id = "x" * 20_000
+    raw = EventEncoder().encode("Click", {**CLICK, "event_id": long_id})
+    assert EventDecoder().decode(raw, "t", 0, 0, PRODUCED_MS).datum["event_id"] == long_id

@@ -1,0 +1,174 @@
+"""`valueloop bench ingest`: simulated events into the broker with acks=all, kafka-python beside its peers.
+
+Every path carries the same pre-generated events into fresh topics, in one run, with the same number of
+worker processes (events split by key, so each key keeps its order). Peers: kafka-python's own
+KafkaProducer.send, confluent-kafka's producer (librdkafka, C) and Avro encoding alone; the simulator's own
+speed and the single-process path from simulator to broker are recorded beside them. Figures are reported as
+ratios against the peers, since the machine is shared and absolute numbers drift.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import time
+import uuid
+from typing import Callable
+
+from infra.kafka import KafkaBroker, KafkaSettings
+from infra.kafka.producer import BatchProducer
+from schemas import EventEncoder
+from simulator import Simulation, SimulatorConfig
+from simulator.sinks import KafkaSink
+from valueloop.config import Settings
+
+from bench.environment import describe
+
+GOAL_EVENTS_PER_S = 100_000
+COMPRESSION = "zstd"
+
+_events: list = []  # the run's events; worker processes inherit them through fork, nothing is pickled
+
+
+def _fresh_topics(settings: KafkaSettings, label: str) -> KafkaSettings:
+    prefix = f"bench.{label}.{uuid.uuid4().hex[:6]}"
+    fresh = settings.model_copy(update={
+        "event_topics": {name: f"{prefix}.{name.lower()}" for name in settings.event_topics},
+        "dead_letter_topic": f"{prefix}.dead_letter",
+    })
+    KafkaBroker(fresh).create_topics()
+    return fresh
+
+
+def _shard(shard: int, shards: int) -> list:
+    return [e for e in _events if hash(e.key) % shards == shard] if shards > 1 else _events
+
+
+def encode_only(_settings, events) -> None:
+    encode = EventEncoder().encode
+    for event in events:
+        encode(event.name, event.datum)
+
+
+def kafka_python_batches(settings: KafkaSettings, events) -> None:
+    with BatchProducer(settings.bootstrap_servers, acks="all", compression_type=COMPRESSION) as producer:
+        encode, topics = EventEncoder().encode, settings.event_topics
+        for event in events:
+            producer.send(topics[event.name], encode(event.name, event.datum), event.key, event.delivery_ms)
+
+
+def kafka_python_send(settings: KafkaSettings, events) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=50,
+                             batch_size=1 << 20, compression_type=COMPRESSION)
+    failures: list = []
+    encode, topics = EventEncoder().encode, settings.event_topics
+    for event in events:
+        producer.send(topics[event.name], encode(event.name, event.datum), key=event.key,
+                      timestamp_ms=event.delivery_ms).add_errback(failures.append)
+    producer.flush()
+    producer.close()
+    if failures:
+        raise RuntimeError(f"kafka-python: {len(failures)} messages failed; first: {failures[0]!r}")
+
+
+def confluent(settings: KafkaSettings, events) -> None:
+    from confluent_kafka import Producer
+
+    client = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all", "linger.ms": 50,
+                       "batch.size": 1 << 20, "compression.type": COMPRESSION,
+                       "queue.buffering.max.messages": 1_000_000})
+    failures: list = []
+    encode, topics = EventEncoder().encode, settings.event_topics
+
+    def on_delivery(error, _message):
+        if error is not None:
+            failures.append(error)
+
+    for i, event in enumerate(events):
+        client.produce(topics[event.name], encode(event.name, event.datum), key=event.key,
+                       timestamp=event.delivery_ms, on_delivery=on_delivery)
+        if i % 10_000 == 0:
+            client.poll(0)
+    client.flush()
+    if failures:
+        raise RuntimeError(f"confluent-kafka: {len(failures)} messages failed; first: {failures[0]}")
+
+
+def _worker(path: Callable, settings, shard: int, shards: int, errors) -> None:
+    try:
+        path(settings, _shard(shard, shards))
+    except BaseException as error:  # reported to the parent, which fails the benchmark
+        errors.put(f"{path.__name__} worker {shard}: {error!r}")
+
+
+def _measure(label: str, path: Callable, settings, workers: int) -> dict:
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    start = time.perf_counter()
+    processes = [context.Process(target=_worker, args=(path, settings, k, workers, errors)) for k in range(workers)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join()
+    seconds = time.perf_counter() - start
+    if not errors.empty() or any(p.exitcode for p in processes):
+        raise RuntimeError(f"{label}: {errors.get() if not errors.empty() else 'a worker died'}")
+    n = len(_events)
+    return {"path": label, "workers": workers, "events": n, "seconds": round(seconds, 3),
+            "events_per_s": round(n / seconds)}
+
+
+def _check_stored(settings: KafkaSettings, result: dict) -> None:
+    stored = sum(KafkaBroker(settings).topic_message_counts().values())
+    result["messages_in_broker"] = stored
+    if stored != result["events"]:
+        raise RuntimeError(f"{result['path']}: {stored} messages in the broker, {result['events']} sent")
+
+
+def run_ingest_benchmark(settings: Settings, requests: int, workers: int = 2) -> dict:
+    config: SimulatorConfig = settings.simulator.model_copy(update={"requests": requests})
+    _events.clear()
+    start = time.perf_counter()
+    _events.extend(Simulation(config).events())
+    simulate_s = time.perf_counter() - start
+    n = len(_events)
+
+    results = [{"path": "simulator alone (events in memory)", "workers": 1, "events": n,
+                "seconds": round(simulate_s, 3), "events_per_s": round(n / simulate_s)}]
+    results.append(_measure("Avro single-object encoding alone", encode_only, None, workers))
+    for label, path in (("kafka-python, record batches through its client (valueloop's producer)", kafka_python_batches),
+                        ("kafka-python, KafkaProducer.send per message", kafka_python_send),
+                        ("confluent-kafka (librdkafka)", confluent)):
+        topics = _fresh_topics(settings.kafka, path.__name__)
+        results.append(_measure(label, path, topics, workers))
+        _check_stored(topics, results[-1])
+
+    topics = _fresh_topics(settings.kafka, "end_to_end")
+    start = time.perf_counter()
+    with KafkaSink(topics) as sink:
+        sink.write(Simulation(config).events())
+    seconds = time.perf_counter() - start
+    results.append({"path": "simulate, encode and send in one process (valueloop simulate)", "workers": 1,
+                    "events": n, "seconds": round(seconds, 3), "events_per_s": round(n / seconds)})
+    _check_stored(topics, results[-1])
+
+    rate = {r["path"]: r["events_per_s"] for r in results}
+    ours = results[2]["events_per_s"]
+    return {
+        "benchmark": "ingest",
+        "environment": describe(("kafka-python", "confluent-kafka", "fastavro")),
+        "settings": {"acks": "all", "compression": COMPRESSION, "partitions_per_topic": settings.kafka.partitions,
+                     "requests": requests, "workers": workers},
+        "results": results,
+        "summary": {
+            "events": n,
+            "kafka_python_events_per_s": ours,
+            "vs_kafka_python_send_per_message": round(ours / results[3]["events_per_s"], 2),
+            "vs_confluent_kafka": round(ours / results[4]["events_per_s"], 2),
+            "vs_encoding_alone": round(ours / results[1]["events_per_s"], 2),
+            "end_to_end_vs_simulator_alone": round(results[5]["events_per_s"] / results[0]["events_per_s"], 2),
+            "goal_events_per_s": GOAL_EVENTS_PER_S,
+            "goal_met": ours >= GOAL_EVENTS_PER_S,
+        },
+        "rates": rate,
+    }

@@ -1,0 +1,138 @@
+"""Record schemas compiled into plain Python encoders, about three times faster than fastavro's generic writer.
+
+The compiled function writes the same bytes as fastavro for every valid datum (the tests compare them on
+simulated traffic); anything it cannot encode raises, and the caller lets fastavro say what is wrong.
+Supported: records, the primitives, and unions of null with one other type: what the event contract uses.
+`encode` raises (KeyError, TypeError, IndexError, OverflowError, ...) on whatever it cannot write.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Callable
+
+_DOUBLE = struct.Struct("<d").pack
+_FLOAT = struct.Struct("<f").pack
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# Varints 14 bits at a time: the final group from _LAST, every group before it from _MORE (continuation bits set).
+_LAST = [_varint(n) for n in range(1 << 14)]
+_MORE = [bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(1 << 14)]
+
+
+def _uvarint(z: int) -> bytes:
+    if z < 16384:
+        return _LAST[z]
+    return _MORE[z & 0x3FFF] + _uvarint(z >> 14)
+
+
+def write_long(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)  # zigzag: 0 <= z < 2**64 exactly when n fits 64 bits
+    if 0 <= z < 16384:
+        return _LAST[z]
+    if not 0 <= z < (1 << 64):
+        raise OverflowError(f"{n} does not fit an Avro long")
+    if z < (1 << 28):
+        return _MORE[z & 0x3FFF] + _LAST[z >> 14]
+    if z < (1 << 42):  # millisecond timestamps land here
+        return _MORE[z & 0x3FFF] + _MORE[(z >> 14) & 0x3FFF] + _LAST[z >> 28]
+    return _MORE[z & 0x3FFF] + _MORE[(z >> 14) & 0x3FFF] + _MORE[(z >> 28) & 0x3FFF] + _uvarint(z >> 42)
+
+
+def write_int(n: int) -> bytes:
+    if not -(1 << 31) <= n < (1 << 31) or isinstance(n, float):
+        raise OverflowError(f"{n} does not fit an Avro int")
+    return write_long(n)
+
+
+def write_string(s: str) -> bytes:
+    b = s.encode()
+    return write_long(len(b)) + b
+
+
+def write_bytes(b: bytes) -> bytes:
+    return write_long(len(b)) + b
+
+
+def write_boolean(v: bool) -> bytes:
+    if v is True:
+        return b"\x01"
+    if v is False:
+        return b"\x00"
+    raise TypeError(f"{v!r} is not a boolean")
+
+
+_PRIMITIVE_WRITERS = {
+    "int": "write_int", "long": "write_long", "string": "write_string", "bytes": "write_bytes",
+    "boolean": "write_boolean", "double": "_DOUBLE", "float": "_FLOAT",
+}
+
+
+class UnsupportedSchema(ValueError):
+    """The schema uses a type the compiler does not handle; use fastavro for it."""
+
+
+def _optional(writer: Callable[[object], bytes], null_first: bool) -> Callable[[object], bytes]:
+    null, some = (b"\x00", b"\x02") if null_first else (b"\x02", b"\x00")
+
+    def write(v):
+        return null if v is None else some + writer(v)
+
+    return write
+
+
+def compile_record(schema: dict) -> Callable[[dict], bytes]:
+    """Returns encode(datum) -> the Avro binary body of a record of `schema` (a parsed or raw record schema)."""
+    namespace: dict = {
+        "b_join": b"".join, "_LAST": _LAST, "_DOUBLE": _DOUBLE, "_FLOAT": _FLOAT, "write_int": write_int, "write_long": write_long,
+        "write_string": write_string, "write_bytes": write_bytes, "write_boolean": write_boolean,
+    }
+    lines: list[str] = []
+    parts = _record_parts(schema, "d", namespace, lines, [0])
+    source = "def encode(d):\n" + "".join(f"    {line}\n" for line in lines)
+    source += f"    return b_join(({', '.join(parts)},))\n"
+    exec(compile(source, f"<avro encoder {schema.get('name')}>", "exec"), namespace)
+    return namespace["encode"]
+
+
+def _record_parts(schema: dict, var: str, namespace: dict, lines: list[str], counter: list[int]) -> list[str]:
+    parts = []
+    for field in schema["fields"]:
+        value = f"{var}[{field['name']!r}]"
+        parts.append(_field_part(field["type"], value, namespace, lines, counter))
+    return parts
+
+
+def _field_part(type_, value: str, namespace: dict, lines: list[str], counter: list[int]) -> str:
+    if type_ == "string" or type_ == {"type": "string"}:
+        # Inlined: most strings are short, and their length prefix is one table lookup. A string of 8 KiB or
+        # more overruns the table; the IndexError sends the datum to the general writer.
+        counter[0] += 1
+        local = f"s{counter[0]}"
+        lines.append(f"{local} = {value}.encode()")
+        return f"_LAST[len({local}) << 1], {local}"
+    if isinstance(type_, dict) and type_.get("type") == "record":
+        counter[0] += 1
+        local = f"r{counter[0]}"
+        lines.append(f"{local} = {value}")
+        return ", ".join(_record_parts(type_, local, namespace, lines, counter))
+    if isinstance(type_, dict) and type_.get("type") in _PRIMITIVE_WRITERS and "logicalType" not in type_:
+        type_ = type_["type"]
+    if isinstance(type_, str) and type_ in _PRIMITIVE_WRITERS:
+        return f"{_PRIMITIVE_WRITERS[type_]}({value})"
+    if isinstance(type_, list) and len(type_) == 2 and "null" in type_:
+        other = type_[1] if type_[0] == "null" else type_[0]
+        if isinstance(other, str) and other in _PRIMITIVE_WRITERS:
+            counter[0] += 1
+            name = f"opt{counter[0]}"
+            namespace[name] = _optional(namespace[_PRIMITIVE_WRITERS[other]], null_first=type_[0] == "null")
+            return f"{name}({value})"
+    raise UnsupportedSchema(f"cannot compile the Avro type {type_!r}")
