@@ -18,7 +18,9 @@ setup(
         "tensorflow-recommenders==0.7.7",
         "apache-airflow==3.3.2",
         "apache-airflow-providers-apache-beam",
-        "kafka-python>=3.0,<4",
+        "kafka-python>=3.0.12,<3.1",  # the batch producer uses its network client and protocol classes
+        "crc32c>=2.7",  # record-batch checksums in C; kafka-python's pure-Python fallback is far slower
+        "lz4>=4",
         "confluent-kafka>=2.16",
         "fastavro>=1.13,<2",
         "numpy>=2",

@@ -78,6 +78,19 @@ def kafka_status(config: Optional[Path] = ConfigOption, run_dir: Optional[Path] 
         raise typer.Exit(1)
 
 
+@kafka_app.command("topics")
+def kafka_topics(config: Optional[Path] = ConfigOption, port: Optional[int] = typer.Option(None, help="Client port.")):
+    """Create any missing valueloop topics on a broker that runs already (one started by Docker, say)."""
+    from kafka.errors import KafkaError
+
+    broker = _broker(_settings(config, port=port, run_dir=Path("/nonexistent/valueloop")))
+    try:
+        broker.create_topics()
+    except KafkaError as error:
+        _fail(f"cannot create topics on {broker.bootstrap_servers}: {error}")
+    typer.echo("\n".join(f"{broker.bootstrap_servers} {topic}" for topic in broker.settings.topics))
+
+
 @app.command()
 def simulate(
     config: Optional[Path] = ConfigOption,
@@ -148,6 +161,7 @@ def bench_ingest(
     config: Optional[Path] = ConfigOption,
     requests: int = typer.Option(20_000, help="Ranking requests to simulate (about 13 events each)."),
     workers: int = typer.Option(2, help="Worker processes per path; events are split between them by key."),
+    repeats: int = typer.Option(3, help="Runs per path; the median run is reported."),
     out: Path = typer.Option(Path("bench/results/ingest.json"), help="Where the JSON result goes."),
 ):
     """Events/s into the broker through kafka-python (acks=all), beside confluent-kafka and Avro encoding alone."""
@@ -159,7 +173,7 @@ def bench_ingest(
         _broker(settings).up()
     except BrokerError as error:
         _fail(str(error))
-    result = run_ingest_benchmark(settings, requests=requests, workers=workers)
+    result = run_ingest_benchmark(settings, requests=requests, workers=workers, repeats=repeats)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     typer.echo(json.dumps(result["summary"], indent=2))

@@ -1,0 +1,65 @@
+"""The `valueloop` command as a user runs it: a real process, real files, the real broker."""
+import json
+import subprocess
+import sys
+
+import fastavro
+
+from simulator import World
+
+VALUELOOP = [sys.executable, "-m", "valueloop.cli"]
+
+
+def run(*args, check=True, cwd=None):
+    return subprocess.run([*VALUELOOP, *args], capture_output=True, text=True, check=check, timeout=300, cwd=cwd)
+
+
+def test_help_is_the_manual():
+    out = run("--help").stdout
+    for command in ("kafka", "simulate", "demo", "bench"):
+        assert command in out
+    assert "up" in run("kafka", "--help").stdout
+
+
+def test_simulate_to_files_keeps_the_ground_truth_apart(tmp_path):
+    config = tmp_path / "settings.yaml"
+    config.write_text("simulator:\n  catalogue:\n    users: 300\n    items: 60\n  delivery:\n    duplicate_rate: 0.0\n")
+    result = run("simulate", "--config", str(config), "--to", "files", "--out", str(tmp_path / "sim"),
+                 "--requests", "200", "--days", "0.5", "--seed", "3")
+    summary = json.loads(result.stdout)
+    with open(tmp_path / "sim" / "impression.avro", "rb") as f:
+        impressions = list(fastavro.reader(f))
+    assert len(impressions) == summary["delivered"]["Impression"]
+    assert summary["delivered"]["Impression"] + summary["beyond_horizon"]["Impression"] == 200 * 10
+    assert summary["duplicates"]["Impression"] == 0
+    world = World.load(tmp_path / "sim" / "ground_truth.npz")
+    assert world.config.seed == 3 and world.item_bait.shape == (60,)
+
+
+def test_simulate_to_kafka_lands_in_the_topics(kafka_settings, tmp_path):
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
+                                  "simulator": {"catalogue": {"users": 100, "items": 40}}}))
+    summary = json.loads(run("simulate", "--config", str(config), "--out", str(tmp_path), "--requests", "50",
+                             "--days", "0.1").stdout)
+    from infra.kafka import KafkaBroker
+
+    counts = KafkaBroker(kafka_settings).topic_message_counts()
+    for name, topic in kafka_settings.event_topics.items():
+        assert counts[topic] == summary["delivered"][name]
+
+
+def test_a_bad_settings_file_names_the_file_and_field(tmp_path):
+    config = tmp_path / "settings.yaml"
+    config.write_text("simulator:\n  delivery:\n    duplicate_rate: 1.5\n")
+    result = run("simulate", "--config", str(config), check=False)
+    assert result.returncode == 1
+    assert str(config) in result.stderr and "duplicate_rate" in result.stderr
+    config.write_text("kafka:\n  prot: 1\n")
+    result = run("kafka", "status", "--config", str(config), check=False)
+    assert result.returncode == 1 and "prot" in result.stderr
+
+
+def test_simulate_rejects_an_unknown_destination(tmp_path):
+    result = run("simulate", "--to", "s3", "--out", str(tmp_path), check=False)
+    assert result.returncode == 1 and "--to is kafka or files" in result.stderr
