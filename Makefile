@@ -9,7 +9,7 @@ export TF_USE_LEGACY_KERAS := 1
 
 setup: $(VENV)/.installed $(KAFKA_LIB)/.resolved
 
-$(VENV)/.installed: requirements.lock setup.py
+$(VENV)/.installed: requirements.lock setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "valueloop needs Python 3.11; set PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock

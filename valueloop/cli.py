@@ -154,6 +154,8 @@ def demo(config: Optional[Path] = ConfigOption,
                    f"{r['purchases_per_click']:>12.3f}{r['mean_dwell_s']:>11.1f}s")
     typer.echo(f"\nlate deliveries {sum(summary.late.values()):,}, duplicates {sum(summary.duplicates.values()):,}, "
                f"conversions still to come after the simulated horizon {sum(summary.beyond_horizon.values()):,}")
+    typer.echo(f"\nkafka stays up for a look (kcat -b {settings.kafka.bootstrap_servers} -L); "
+               "`valueloop kafka down` stops it")
 
 
 @bench_app.command("ingest")
