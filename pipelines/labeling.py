@@ -1,0 +1,189 @@
+"""The labeling rules, as one pure function that every path (bounded, streaming, the reference check) calls.
+
+Definitions, all in event time:
+- an impression's click is a Click carrying its impression id within `click_window` of the impression; its
+  dwell is the sum of the Dwell events for it;
+- an AddToCart or Purchase is attributed to the last counted click on the same (user, item) at or before it,
+  if the conversion lies within that label's window of the click (cart 1 hour, purchase 7 days by default);
+  otherwise to nothing;
+- an impression is settled when the watermark passes its horizon: impression time + click window + the
+  longest conversion window. Then `wait_for_window` emits it once, with final labels;
+- `fake_negative` (Ktena et al., RecSys 2019) emits every impression as soon as its click is known (at the
+  click, or when the click window closes without one) with conversions negative, then one positive
+  correction per conversion label when its first attributed conversion arrives.
+Events repeated under the same id count once.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Iterable, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LabelStrategy(str, enum.Enum):
+    WAIT_FOR_WINDOW = "wait_for_window"
+    FAKE_NEGATIVE = "fake_negative"
+
+
+class LabelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    click_window_s: float = Field(1800.0, gt=0, description="A click counts if it comes this soon after the impression.")
+    cart_window_s: float = Field(3600.0, gt=0, description="Add-to-cart attribution window after the click.")
+    purchase_window_s: float = Field(7 * 86400.0, gt=0, description="Purchase attribution window after the click.")
+    strategy: LabelStrategy = LabelStrategy.WAIT_FOR_WINDOW
+
+    @property
+    def horizon_ms(self) -> int:
+        """How long after an impression its labels can still change."""
+        return int((self.click_window_s + max(self.cart_window_s, self.purchase_window_s)) * 1000)
+
+
+class Example(NamedTuple):
+    """One labeled impression as the LabeledExample schema defines it (fields in schema order)."""
+
+    impression_id: str
+    request_id: str
+    user_id: str
+    item_id: str
+    position: int
+    surface: str
+    event_time_ms: int
+    policy: str
+    propensity: float
+    features: dict
+    clicked: bool
+    click_time_ms: int | None
+    dwell_ms: int | None
+    added_to_cart: bool
+    purchased: bool
+    purchase_value: float
+    label_strategy: str
+    is_correction: bool
+    label_time_ms: int
+
+
+class _Labels(NamedTuple):
+    click_ms: int | None
+    dwell_ms: int | None
+    cart_ms: int | None  # event time of the first attributed add-to-cart
+    purchase_ms: int | None
+    purchase_value: float
+
+
+def settle_time_ms(impression_time_ms: int, config: LabelConfig) -> int:
+    return impression_time_ms + config.horizon_ms
+
+
+def label_user_events(events: Iterable[tuple[str, dict]], config: LabelConfig, watermark_ms: int,
+                      since_ms: int | None = None) -> list[Example]:
+    """Labels one user's events: (record name, Avro datum) pairs in any order, duplicates allowed.
+
+    Returns the examples whose label time lies in (since_ms, watermark_ms]: those the watermark has released
+    and an earlier call (up to `since_ms`) has not. Sorted by label time, impression id, then label.
+    """
+    impressions: dict[str, dict] = {}
+    clicks: dict[str, dict] = {}
+    dwells: dict[str, dict] = {}
+    conversions: dict[str, dict[str, dict]] = {"AddToCart": {}, "Purchase": {}}
+    for name, datum in events:
+        if name == "Impression":
+            impressions.setdefault(datum["event_id"], datum)
+        elif name == "Click":
+            clicks.setdefault(datum["event_id"], datum)
+        elif name == "Dwell":
+            dwells.setdefault(datum["event_id"], datum)
+        elif name in conversions:
+            conversions[name].setdefault(datum["event_id"], datum)
+
+    click_window_ms = int(config.click_window_s * 1000)
+    first_click: dict[str, int] = {}
+    for click in clicks.values():
+        impression = impressions.get(click["impression_id"])
+        if impression is None:
+            continue
+        delay = click["event_time_ms"] - impression["event_time_ms"]
+        if 0 <= delay <= click_window_ms:
+            previous = first_click.get(click["impression_id"])
+            if previous is None or click["event_time_ms"] < previous:
+                first_click[click["impression_id"]] = click["event_time_ms"]
+    dwell_ms: dict[str, int] = {}
+    for dwell in dwells.values():
+        if dwell["impression_id"] in first_click:
+            dwell_ms[dwell["impression_id"]] = dwell_ms.get(dwell["impression_id"], 0) + dwell["dwell_ms"]
+
+    # Counted clicks per (user, item), in time order, for attribution: (click time, impression id).
+    clicks_on_item: dict[str, list[tuple[int, str]]] = {}
+    for impression_id, click_ms in first_click.items():
+        clicks_on_item.setdefault(impressions[impression_id]["item_id"], []).append((click_ms, impression_id))
+    for timeline in clicks_on_item.values():
+        timeline.sort()
+
+    attributed = {name: {} for name in conversions}  # name -> impression id -> (first time, value sum)
+    windows_ms = {"AddToCart": int(config.cart_window_s * 1000), "Purchase": int(config.purchase_window_s * 1000)}
+    for name, by_id in conversions.items():
+        for conversion in by_id.values():
+            owner = _last_click_within(clicks_on_item.get(conversion["item_id"], ()), conversion["event_time_ms"],
+                                       windows_ms[name])
+            if owner is None:
+                continue
+            first, value = attributed[name].get(owner, (conversion["event_time_ms"], 0.0))
+            attributed[name][owner] = (min(first, conversion["event_time_ms"]), value + conversion["value"])
+
+    examples: list[Example] = []
+    for impression_id, impression in impressions.items():
+        cart = attributed["AddToCart"].get(impression_id)
+        purchase = attributed["Purchase"].get(impression_id)
+        labels = _Labels(first_click.get(impression_id), dwell_ms.get(impression_id), cart and cart[0],
+                         purchase and purchase[0], purchase[1] if purchase else 0.0)
+        examples.extend(_emit(impression, labels, config, watermark_ms))
+    if since_ms is not None:
+        examples = [e for e in examples if e.label_time_ms > since_ms]
+    examples.sort(key=lambda e: (e.label_time_ms, e.impression_id, e.is_correction, e.added_to_cart))
+    return examples
+
+
+def _last_click_within(timeline, at_ms: int, window_ms: int) -> str | None:
+    """The impression of the last click at or before `at_ms`, if that click is at most `window_ms` earlier."""
+    owner = None
+    for click_ms, impression_id in timeline:
+        if click_ms > at_ms:
+            break
+        owner = (click_ms, impression_id)
+    if owner is None or at_ms - owner[0] > window_ms:
+        return None
+    return owner[1]
+
+
+def _example(impression: dict, labels: _Labels, config: LabelConfig, *, added_to_cart: bool, purchased: bool,
+             purchase_value: float, is_correction: bool, label_time_ms: int) -> Example:
+    return Example(
+        impression["event_id"], impression["request_id"], impression["user_id"], impression["item_id"],
+        impression["position"], impression["surface"], impression["event_time_ms"], impression["policy"],
+        impression["propensity"], impression["features"], labels.click_ms is not None, labels.click_ms,
+        labels.dwell_ms, added_to_cart, purchased, purchase_value, config.strategy.value, is_correction, label_time_ms,
+    )
+
+
+def _emit(impression: dict, labels: _Labels, config: LabelConfig, watermark_ms: int) -> list[Example]:
+    settle_ms = settle_time_ms(impression["event_time_ms"], config)
+    if config.strategy is LabelStrategy.WAIT_FOR_WINDOW:
+        if watermark_ms < settle_ms:
+            return []
+        return [_example(impression, labels, config, added_to_cart=labels.cart_ms is not None,
+                         purchased=labels.purchase_ms is not None, purchase_value=labels.purchase_value,
+                         is_correction=False, label_time_ms=settle_ms)]
+    # Fake negative: first as a negative once the click question is settled, then a correction per label.
+    known_ms = labels.click_ms if labels.click_ms is not None else impression["event_time_ms"] + int(config.click_window_s * 1000)
+    out = []
+    if watermark_ms >= known_ms:
+        out.append(_example(impression, labels, config, added_to_cart=False, purchased=False, purchase_value=0.0,
+                            is_correction=False, label_time_ms=known_ms))
+    if labels.cart_ms is not None and watermark_ms >= labels.cart_ms:
+        out.append(_example(impression, labels, config, added_to_cart=True, purchased=False, purchase_value=0.0,
+                            is_correction=True, label_time_ms=labels.cart_ms))
+    if labels.purchase_ms is not None and watermark_ms >= labels.purchase_ms:
+        out.append(_example(impression, labels, config, added_to_cart=False, purchased=True,
+                            purchase_value=labels.purchase_value, is_correction=True, label_time_ms=labels.purchase_ms))
+    return out
