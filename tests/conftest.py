@@ -30,9 +30,7 @@ def kafka_broker(tmp_path_factory) -> KafkaBroker:
     broker.down()
 
 
-@pytest.fixture
-def kafka_settings(kafka_broker) -> KafkaSettings:
-    """Settings naming topics of this test's own, created on the session's broker."""
+def _own_topics(kafka_broker) -> KafkaSettings:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     settings = kafka_broker.settings.model_copy(update={
         "event_topics": {name: f"{prefix}.{topic.split('.', 1)[1]}" for name, topic in kafka_broker.settings.event_topics.items()},
@@ -40,3 +38,15 @@ def kafka_settings(kafka_broker) -> KafkaSettings:
     })
     KafkaBroker(settings).create_topics()
     return settings
+
+
+@pytest.fixture
+def kafka_settings(kafka_broker) -> KafkaSettings:
+    """Settings naming topics of this test's own, created on the session's broker."""
+    return _own_topics(kafka_broker)
+
+
+@pytest.fixture(scope="module")
+def kafka_settings_module(kafka_broker) -> KafkaSettings:
+    """Topics of the test module's own, for module-scoped fixtures."""
+    return _own_topics(kafka_broker)

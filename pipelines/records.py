@@ -1,0 +1,66 @@
+"""The element types that flow between the pipeline's steps, with compact coders (no pickling per element)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.coders import FastPrimitivesCoder
+
+
+class KafkaRecord(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int  # the record timestamp: when the producer delivered it
+    key: bytes | None
+    value: bytes | None
+
+
+class DecodedEvent(NamedTuple):
+    name: str  # record name: Impression, Click, Dwell, AddToCart, Purchase
+    datum: dict  # the Avro datum, read under the latest schema version
+    delivered_ms: int  # the Kafka record timestamp
+
+
+class DeadLetter(NamedTuple):
+    """A message that could not become an event: its bytes and where it came from, with the reason."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+
+
+class LateEvent(NamedTuple):
+    event: DecodedEvent
+    lateness_ms: int  # how far past the allowed lateness it arrived
+
+
+def _tuple_coder(cls):
+    class _Coder(beam.coders.Coder):
+        _inner = FastPrimitivesCoder()
+
+        def encode(self, value):
+            return self._inner.encode(tuple(value))
+
+        def decode(self, encoded):
+            return cls(*self._inner.decode(encoded))
+
+        def is_deterministic(self):
+            return False
+
+        def to_type_hint(self):
+            return cls
+
+    _Coder.__name__ = f"{cls.__name__}Coder"
+    return _Coder
+
+
+from pipelines.labeling import Example  # noqa: E402  (registered with the pipeline's own types)
+
+for _cls in (KafkaRecord, DecodedEvent, DeadLetter, LateEvent, Example):
+    beam.coders.registry.register_coder(_cls, _tuple_coder(_cls))

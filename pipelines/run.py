@@ -1,0 +1,96 @@
+"""`valueloop join`: the bounded join from the Kafka topics to TFRecord partitions, on a named runner.
+
+Sources and sinks live here, at the edge; the composites in decode, join and examples see only PCollections.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from pydantic import BaseModel, ConfigDict, Field
+
+from infra.kafka import KafkaSettings
+from pipelines.decode import DecodeEvents, WriteDeadLetters
+from pipelines.examples import WriteExamples
+from pipelines.join import EstimateWatermark, LabelImpressions
+from pipelines.kafka_source import PartitionRange, ReadKafkaRanges, ranges_for_times, snapshot_ranges
+from pipelines.labeling import LabelConfig
+
+
+class JoinSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: LabelConfig = LabelConfig()
+    out_of_orderness_s: float = Field(900.0, ge=0, description="How far event time may run behind the newest record.")
+    allowed_lateness_s: float = Field(86400.0, ge=0, description="Events delivered later than this go to the late output.")
+    output_dir: Path = Path("out/examples")
+    split_size: int = Field(50_000, ge=1, description="Offsets per unit of parallel reading.")
+    direct_num_workers: int = Field(1, ge=1)
+
+
+@dataclasses.dataclass
+class JoinResult:
+    manifests: list[dict]
+    counters: dict[str, int]
+    ranges: list[PartitionRange]
+
+
+def plan_ranges(kafka: KafkaSettings, settings: JoinSettings, from_ms: int | None, to_ms: int | None) -> list[PartitionRange]:
+    """The offsets to read: everything the topics hold now, or what an impression interval needs as context."""
+    topics = list(kafka.event_topics.values())
+    if from_ms is None and to_ms is None:
+        return snapshot_ranges(kafka.bootstrap_servers, topics)
+    horizon_ms = settings.labels.horizon_ms
+    lateness_ms = int(settings.allowed_lateness_s * 1000)
+    return ranges_for_times(kafka.bootstrap_servers, topics, (from_ms or 0) - horizon_ms,
+                            (to_ms if to_ms is not None else 2**62) + horizon_ms + lateness_ms)
+
+
+def _runner(name: str, settings: JoinSettings, flink_options: dict | None):
+    if name == "direct":
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        options = {"direct_num_workers": settings.direct_num_workers}
+        if settings.direct_num_workers > 1:
+            options["direct_running_mode"] = "multi_processing"
+        return FnApiRunner(), PipelineOptions(flags=[], **options)
+    if name == "flink":
+        from pipelines.flink import flink_pipeline_options
+
+        return "FlinkRunner", flink_pipeline_options(**(flink_options or {}))
+    raise ValueError(f"runner is direct or flink, not {name!r}")
+
+
+def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str = "direct",
+                     from_ms: int | None = None, to_ms: int | None = None,
+                     ranges: list[PartitionRange] | None = None, flink_options: dict | None = None) -> JoinResult:
+    for bound, name in ((from_ms, "--from"), (to_ms, "--to")):
+        if bound is not None and bound % 3_600_000:
+            raise ValueError(f"{name} must be on the hour: partitions are whole event hours")
+    ranges = ranges if ranges is not None else plan_ranges(kafka, settings, from_ms, to_ms)
+    source = {"ranges": [r._asdict() for r in ranges],
+              "ranges_digest": hashlib.sha256(json.dumps([list(r) for r in ranges]).encode()).hexdigest()[:16]}
+    runner_impl, options = _runner(runner, settings, flink_options)
+    pipeline = beam.Pipeline(runner=runner_impl, options=options)
+    records = pipeline | "Read Kafka offset ranges" >> ReadKafkaRanges(kafka.bootstrap_servers, ranges, settings.split_size)
+    decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics)
+    decoded.dead_letters | "Dead letters" >> WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic)
+    watermark = records | "Estimate the watermark" >> EstimateWatermark(int(settings.out_of_orderness_s * 1000))
+    labeled = decoded.events | "Label impressions" >> LabelImpressions(
+        settings.labels, watermark, from_ms, to_ms, int(settings.allowed_lateness_s * 1000))
+    manifests = labeled.examples | "Write examples" >> WriteExamples(settings.output_dir, source, watermark)
+    del manifests  # read back from disk below: the runner may have run the writers in other processes
+    collected: list[dict] = []
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {f"{c.key.metric.namespace}.{c.key.metric.name}": c.committed
+                for c in result.metrics().query()["counters"]}
+    for path in sorted(Path(settings.output_dir).glob("dt=*/hour=*/_manifest.json")):
+        manifest = json.loads(path.read_text())
+        if manifest["source"]["ranges_digest"] == source["ranges_digest"]:
+            collected.append(manifest)
+    return JoinResult(collected, counters, ranges)
