@@ -95,6 +95,8 @@ class _WritePartition(beam.DoFn):
                                                    e.added_to_cart, e.purchased))
         directory = Path(self._output_dir) / partition
         directory.mkdir(parents=True, exist_ok=True)
+        for leftover in directory.glob(".*.tmp"):  # from a run that was killed while writing here
+            leftover.unlink(missing_ok=True)
         records = b"".join(_framed(serialize_example(e)) for e in examples)
         _write_atomically(directory / EXAMPLES_FILE, records)
         manifest = {

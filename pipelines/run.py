@@ -11,25 +11,12 @@ from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from pydantic import BaseModel, ConfigDict, Field
-
 from infra.kafka import KafkaSettings
 from pipelines.decode import DecodeEvents, WriteDeadLetters
 from pipelines.examples import WriteExamples
 from pipelines.join import EstimateWatermark, LabelImpressions
 from pipelines.kafka_source import PartitionRange, ReadKafkaRanges, ranges_for_times, snapshot_ranges
-from pipelines.labeling import LabelConfig
-
-
-class JoinSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    labels: LabelConfig = LabelConfig()
-    out_of_orderness_s: float = Field(900.0, ge=0, description="How far event time may run behind the newest record.")
-    allowed_lateness_s: float = Field(86400.0, ge=0, description="Events delivered later than this go to the late output.")
-    output_dir: Path = Path("out/examples")
-    split_size: int = Field(50_000, ge=1, description="Offsets per unit of parallel reading.")
-    direct_num_workers: int = Field(1, ge=1)
+from pipelines.settings import JoinSettings
 
 
 @dataclasses.dataclass

@@ -126,6 +126,59 @@ def _simulate(settings: Settings, to: str, out: Path, **overrides):
     return simulation.summary
 
 
+def _parse_hour(value: Optional[str], option: str) -> Optional[int]:
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option} {value!r} is not an ISO time such as 2026-11-01T05:00Z")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+@app.command()
+def join(
+    config: Optional[Path] = ConfigOption,
+    runner: str = typer.Option("direct", help="direct (Beam's FnApiRunner) or flink."),
+    mode: str = typer.Option("bounded", help="bounded: fixed offset ranges, then exit."),
+    start: Optional[str] = typer.Option(None, "--from", help="Label impressions from this hour (ISO, UTC)."),
+    end: Optional[str] = typer.Option(None, "--to", help="... up to this hour, exclusive."),
+    out: Optional[Path] = typer.Option(None, help="Output directory for the TFRecord partitions."),
+    strategy: Optional[str] = typer.Option(None, help="wait_for_window or fake_negative."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes for the direct runner."),
+):
+    """Join the event topics into labeled tf.Example partitions by event hour, with manifests."""
+    from pipelines.labeling import LabelStrategy
+    from pipelines.run import run_bounded_join
+
+    settings = _settings(config)
+    if mode != "bounded":
+        _fail(f"--mode {mode}: only bounded runs are available so far")
+    join_settings = settings.join
+    updates = {k: v for k, v in {"output_dir": out, "direct_num_workers": workers}.items() if v is not None}
+    if strategy is not None:
+        try:
+            labels = join_settings.labels.model_copy(update={"strategy": LabelStrategy(strategy)})
+        except ValueError:
+            _fail(f"--strategy is wait_for_window or fake_negative, not {strategy!r}")
+        updates["labels"] = labels
+    join_settings = join_settings.model_copy(update=updates)
+    try:
+        result = run_bounded_join(settings.kafka, join_settings, runner=runner,
+                                  from_ms=_parse_hour(start, "--from"), to_ms=_parse_hour(end, "--to"))
+    except ValueError as error:
+        _fail(str(error))
+    for manifest in result.manifests:
+        labels = manifest["labels"]
+        typer.echo(f"{manifest['partition']}  {manifest['examples']:>7,} examples  clicked {labels['clicked']:>6,}  "
+                   f"carted {labels['added_to_cart']:>5,}  purchased {labels['purchased']:>5,}")
+    typer.echo(json.dumps({"partitions": len(result.manifests), "counters": result.counters}, indent=2))
+
+
 @app.command()
 def demo(config: Optional[Path] = ConfigOption,
          requests: int = typer.Option(10_000, help="Ranking requests; 10,000 make about 140,000 events.")):

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from infra.kafka import KafkaSettings
+from pipelines.settings import JoinSettings
 from simulator.config import SimulatorConfig
 
 
@@ -19,6 +20,7 @@ class Settings(BaseModel):
 
     kafka: KafkaSettings = KafkaSettings()
     simulator: SimulatorConfig = SimulatorConfig()
+    join: JoinSettings = JoinSettings()
 
 
 class ConfigError(ValueError):

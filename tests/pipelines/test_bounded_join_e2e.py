@@ -7,7 +7,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pipelines.examples import EXAMPLES_FILE
 from pipelines.labeling import LabelConfig
 from pipelines.reference_labeler import reference_labels
-from pipelines.run import JoinSettings, run_bounded_join
+from pipelines.run import run_bounded_join
+from pipelines.settings import JoinSettings
 from schemas import EventEncoder
 from simulator import Simulation, SimulatorConfig
 from simulator.sinks import KafkaSink
