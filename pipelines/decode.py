@@ -59,7 +59,7 @@ class DecodeEvents(beam.PTransform):
 
     def expand(self, records):
         outputs = records | "Decode, validate, attach event time" >> beam.ParDo(
-            _Decode(self._topic_records)).with_outputs(DEAD_LETTERS, main=EVENTS)
+            _Decode(self._topic_records)).with_output_types(DecodedEvent).with_outputs(DEAD_LETTERS, main=EVENTS)
         return DecodedStreams(outputs[EVENTS], outputs[DEAD_LETTERS])
 
 

@@ -13,12 +13,14 @@ import os
 import struct
 import uuid
 from pathlib import Path
+from typing import Tuple
 
 import apache_beam as beam
 from crc32c import crc32c
 from apache_beam.metrics import Metrics
 
 from pipelines.labeling import Example
+from schemas.compiled import uvarint
 
 _FLOATS = struct.Struct("<f")
 EXAMPLES_FILE = "examples.tfrecord"
@@ -28,26 +30,32 @@ _FLOAT_FIELDS = {"propensity", "purchase_value", "item_price", "item_age_hours",
 
 
 def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # int64 values are written as their two's complement
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    """Protobuf's unsigned varint; an int64 below zero is written as its 64-bit two's complement."""
+    return uvarint(n if n >= 0 else n + (1 << 64))
 
 
-def _delimited(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+def _bytes_feature(value: bytes) -> bytes:  # Feature.bytes_list (1) holding BytesList.value (1)
+    inner = b"\x0a" + _varint(len(value)) + value
+    return b"\x0a" + _varint(len(inner)) + inner
 
 
-def _feature(value) -> bytes:
-    """A tf.train.Feature holding one value: bytes_list (1), float_list (2) or int64_list (3)."""
-    if isinstance(value, str):
-        return _delimited(1, _delimited(1, value.encode()))
-    if isinstance(value, float):
-        return _delimited(2, _delimited(1, _FLOATS.pack(value)))
-    return _delimited(3, _delimited(1, _varint(int(value))))
+def _float_feature(value: float) -> bytes:  # Feature.float_list (2), packed FloatList.value: always 8 bytes
+    return b"\x12\x06\x0a\x04" + _FLOATS.pack(value)
+
+
+def _int_feature(value: int) -> bytes:  # Feature.int64_list (3), packed Int64List.value
+    packed = _varint(value)
+    return b"\x1a" + _varint(len(packed) + 2) + b"\x0a" + _varint(len(packed)) + packed
+
+
+_ENTRY_KEYS: dict[str, bytes] = {}
+
+
+def _entry_key(name: str) -> bytes:
+    """A map entry's key field (1), the same for every example."""
+    encoded = name.encode()
+    _ENTRY_KEYS[name] = b"\x0a" + _varint(len(encoded)) + encoded
+    return _ENTRY_KEYS[name]
 
 
 def example_fields(example: Example) -> dict:
@@ -57,14 +65,31 @@ def example_fields(example: Example) -> dict:
     return {name: value for name, value in fields.items() if value is not None}
 
 
+_BYTE = [bytes((n,)) for n in range(128)]  # one-byte varints: every length below 128
+
+
+def _feature_bytes(name: str, value) -> bytes:
+    if name in _FLOAT_FIELDS:
+        return _float_feature(float(value))
+    if isinstance(value, str):
+        return _bytes_feature(value.encode())
+    return _int_feature(int(value))
+
+
 def serialize_example(example: Example) -> bytes:
     """A tf.train.Example in protobuf wire format, written without importing TensorFlow into the workers."""
     entries = []
     for name, value in sorted(example_fields(example).items()):
-        if name in _FLOAT_FIELDS:
-            value = float(value)
-        entries.append(_delimited(1, _delimited(1, name.encode()) + _delimited(2, _feature(value))))
-    return _delimited(1, b"".join(entries))
+        key = _ENTRY_KEYS.get(name) or _entry_key(name)
+        feature = _feature_bytes(name, value)
+        size = len(key) + 2 + len(feature)
+        if size < 128:  # the usual case, with one-byte lengths throughout
+            entries.append(b"".join((b"\x0a", _BYTE[size], key, b"\x12", _BYTE[len(feature)], feature)))
+        else:
+            body = key + b"\x12" + _varint(len(feature)) + feature
+            entries.append(b"\x0a" + _varint(len(body)) + body)  # Features.feature (1), a map entry
+    features = b"".join(entries)
+    return b"\x0a" + _varint(len(features)) + features  # Example.features (1)
 
 
 def partition_of(event_time_ms: int) -> str:
@@ -142,6 +167,7 @@ class WriteExamples(beam.PTransform):
     def expand(self, examples):
         side = {} if self._watermark is None else {"watermark_ms": beam.pvalue.AsSingleton(self._watermark)}
         return (examples
-                | "Key by event hour" >> beam.Map(lambda e: (partition_of(e.event_time_ms), e))
+                | "Key by event hour" >> beam.Map(lambda e: (partition_of(e.event_time_ms), e)).with_output_types(
+                    Tuple[str, Example])
                 | "Group by event hour" >> beam.GroupByKey()
                 | "Write partition and manifest" >> beam.ParDo(_WritePartition(self._output_dir, self._source), **side))

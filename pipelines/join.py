@@ -6,12 +6,12 @@ Dropping repeated deliveries and setting aside late events happens here, per use
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.labeling import LabelConfig, label_user_events
+from pipelines.labeling import Example, LabelConfig, label_user_events
 from pipelines.records import DecodedEvent, LateEvent
 
 EXAMPLES = "examples"
@@ -88,11 +88,11 @@ class LabelImpressions(beam.PTransform):
 
     def expand(self, events):
         outputs = (events
-                   | "Key by user" >> beam.Map(lambda e: (e.datum["user_id"], e))
+                   | "Key by user" >> beam.Map(lambda e: (e.datum["user_id"], e)).with_output_types(Tuple[str, DecodedEvent])
                    | "Group each user's events" >> beam.GroupByKey()
                    | "Label the user's impressions" >> beam.ParDo(
                        self._fn, watermark_ms=beam.pvalue.AsSingleton(self._watermark, default_value=NO_WATERMARK)
-                   ).with_outputs(LATE, main=EXAMPLES))
+                   ).with_output_types(Example).with_outputs(LATE, main=EXAMPLES))
         return LabeledStreams(outputs[EXAMPLES], outputs[LATE])
 
 

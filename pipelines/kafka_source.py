@@ -151,4 +151,5 @@ class ReadKafkaRanges(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Offset ranges" >> beam.Create(self._ranges)
-                | "Read offset ranges" >> beam.ParDo(_ReadRange(self._bootstrap, self._split_size, self._idle_timeout_s)))
+                | "Read offset ranges" >> beam.ParDo(_ReadRange(self._bootstrap, self._split_size, self._idle_timeout_s))
+                .with_output_types(KafkaRecord))

@@ -1,7 +1,7 @@
 """A deliberately plain labeler written straight from the definitions in `labeling`, sharing no code with it.
 
 It exists to check the Beam job example by example (tests) and to give the join benchmark its peer. It reads
-all events at once and is quadratic in a user's clicks; it is not a pipeline.
+all events into memory at once; it is not a pipeline.
 """
 from __future__ import annotations
 
@@ -31,10 +31,13 @@ def reference_labels(events, click_window_s: float, cart_window_s: float, purcha
             if click["impression_id"] not in click_of or click["event_time_ms"] < click_of[click["impression_id"]]:
                 click_of[click["impression_id"]] = click["event_time_ms"]
 
+    clicks_on = defaultdict(list)  # (user, item) -> [(click time, impression id)]
+    for imp, t in click_of.items():
+        clicks_on[(impressions[imp]["user_id"], impressions[imp]["item_id"])].append((t, imp))
+
     def owner(conversion, window_s):
-        candidates = [(t, imp) for imp, t in click_of.items()
-                      if impressions[imp]["user_id"] == conversion["user_id"]
-                      and impressions[imp]["item_id"] == conversion["item_id"] and t <= conversion["event_time_ms"]]
+        candidates = [(t, imp) for t, imp in clicks_on[(conversion["user_id"], conversion["item_id"])]
+                      if t <= conversion["event_time_ms"]]
         if not candidates:
             return None
         t, imp = max(candidates)

@@ -28,10 +28,11 @@ _LAST = [_varint(n) for n in range(1 << 14)]
 _MORE = [bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(1 << 14)]
 
 
-def _uvarint(z: int) -> bytes:
+def uvarint(z: int) -> bytes:
+    """The unsigned varint of 0 <= z < 2**64, as Avro (after zigzag) and protobuf write it."""
     if z < 16384:
         return _LAST[z]
-    return _MORE[z & 0x3FFF] + _uvarint(z >> 14)
+    return _MORE[z & 0x3FFF] + uvarint(z >> 14)
 
 
 def write_long(n: int) -> bytes:
@@ -44,7 +45,7 @@ def write_long(n: int) -> bytes:
         return _MORE[z & 0x3FFF] + _LAST[z >> 14]
     if z < (1 << 42):  # millisecond timestamps land here
         return _MORE[z & 0x3FFF] + _MORE[(z >> 14) & 0x3FFF] + _LAST[z >> 28]
-    return _MORE[z & 0x3FFF] + _MORE[(z >> 14) & 0x3FFF] + _MORE[(z >> 28) & 0x3FFF] + _uvarint(z >> 42)
+    return _MORE[z & 0x3FFF] + _MORE[(z >> 14) & 0x3FFF] + _MORE[(z >> 28) & 0x3FFF] + uvarint(z >> 42)
 
 
 def write_int(n: int) -> bytes:

@@ -235,6 +235,32 @@ def bench_ingest(
     typer.echo(f"written to {out}")
 
 
+@bench_app.command("join")
+def bench_join(
+    config: Optional[Path] = ConfigOption,
+    requests: int = typer.Option(20_000, help="Ranking requests to simulate (about 13 events each)."),
+    days: float = typer.Option(10.0, help="Simulated days: the join labels only hours its windows have settled."),
+    out: Path = typer.Option(Path("bench/results/join.json"), help="Where the JSON result goes."),
+):
+    """Events/s and peak memory of the bounded join (Kafka to TFRecords) beside the plain reference labeler."""
+    import tempfile
+
+    from bench.join import run_join_benchmark
+    from infra.kafka import BrokerError
+
+    settings = _settings(config)
+    try:
+        _broker(settings).up()
+    except BrokerError as error:
+        _fail(str(error))
+    with tempfile.TemporaryDirectory(prefix="valueloop-bench-join-") as scratch:
+        result = run_join_benchmark(settings, requests=requests, days=days, output_dir=Path(scratch))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result["summary"], indent=2))
+    typer.echo(f"written to {out}")
+
+
 def main() -> None:
     app()
 

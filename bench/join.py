@@ -1,0 +1,126 @@
+"""`valueloop bench join`: the bounded join from Kafka to TFRecords, beside the plain reference labeler.
+
+Both read the same simulated events from the same topics, in one run. Each path runs in a fresh child process
+so that its peak resident memory is its own (read from the child's rusage). Speeds are reported as ratios
+against the reference labeler measured in the same run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from infra.kafka import KafkaBroker
+from simulator import Simulation
+from simulator.sinks import KafkaSink
+from valueloop.config import Settings
+
+from bench.environment import describe
+
+GOAL_EVENTS_PER_S = 100_000
+GOAL_WITHIN_REFERENCE = 5.0
+
+
+def reference_path(settings: Settings) -> dict:
+    """Read every event with kafka-python, decode it, label with the reference labeler (in memory)."""
+    from pipelines.kafka_source import _consumer, snapshot_ranges
+    from pipelines.reference_labeler import reference_labels
+    from schemas import BadEventError, EventDecoder
+
+    from kafka import TopicPartition
+
+    start = time.perf_counter()
+    decoder, events, read = EventDecoder(), [], 0
+    consumer = _consumer(settings.kafka.bootstrap_servers)
+    for r in snapshot_ranges(settings.kafka.bootstrap_servers, settings.kafka.event_topics.values()):
+        tp = TopicPartition(r.topic, r.partition)
+        consumer.assign([tp])
+        consumer.seek(tp, r.start)
+        while consumer.position(tp) < r.stop:
+            for batch in consumer.poll(timeout_ms=500, max_records=20_000).values():
+                for m in batch:
+                    read += 1
+                    try:
+                        event = decoder.decode(m.value, m.topic, m.partition, m.offset, m.timestamp)
+                    except BadEventError:
+                        continue
+                    events.append((event.name, event.datum))
+    consumer.close()
+    labels = settings.join.labels
+    watermark = max(d["event_time_ms"] for _, d in events)
+    examples = reference_labels(events, labels.click_window_s, labels.cart_window_s, labels.purchase_window_s, watermark)
+    return {"events": read, "seconds": time.perf_counter() - start, "examples": len(examples)}
+
+
+def beam_path(settings: Settings) -> dict:
+    from pipelines.run import run_bounded_join
+
+    start = time.perf_counter()
+    result = run_bounded_join(settings.kafka, settings.join, runner="direct")
+    seconds = time.perf_counter() - start
+    read = sum(r.stop - r.start for r in result.ranges)
+    return {"events": read, "seconds": seconds, "examples": sum(m["examples"] for m in result.manifests),
+            "partitions": len(result.manifests), "counters": result.counters}
+
+
+PATHS = {"reference": reference_path, "beam_fnapi": beam_path}
+
+
+def _in_child(path: str, settings: Settings) -> dict:
+    process = subprocess.Popen([sys.executable, "-m", "bench.join", path, settings.model_dump_json()],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    out, err = process.stdout.read(), process.stderr.read()
+    if status != 0:
+        raise RuntimeError(f"bench join {path} failed:\n{err[-3000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    result["events_per_s"] = round(result["events"] / result["seconds"])
+    result["seconds"] = round(result["seconds"], 2)
+    return result
+
+
+def run_join_benchmark(settings: Settings, requests: int, days: float, output_dir: Path) -> dict:
+    prefix = f"bench.join.{uuid.uuid4().hex[:6]}"
+    kafka = settings.kafka.model_copy(update={
+        "event_topics": {name: f"{prefix}.{name.lower()}" for name in settings.kafka.event_topics},
+        "dead_letter_topic": f"{prefix}.dead_letter"})
+    KafkaBroker(kafka).create_topics()
+    simulator = settings.simulator.model_copy(update={"requests": requests, "days": days})
+    with KafkaSink(kafka) as sink:
+        sink.write(Simulation(simulator).events())
+    run_settings = settings.model_copy(update={
+        "kafka": kafka, "simulator": simulator,
+        "join": settings.join.model_copy(update={"output_dir": output_dir / prefix})})
+    reference = _in_child("reference", run_settings)
+    beam = _in_child("beam_fnapi", run_settings)
+    flink = {"status": "not run", "reason": (
+        "no Flink job server: Maven Central, as reachable here, serves no beam-runners-flink-*-job-server jar "
+        "(1.17 to 1.20, Beam 2.56 to 2.76 tried), and beam-runners-flink-1.19 with beam-runners-java-job-service "
+        "does not resolve at Beam 2.70 to 2.75")}
+    return {
+        "benchmark": "join",
+        "environment": describe(("apache-beam", "kafka-python", "fastavro")),
+        "settings": {"requests": requests, "days": days, "labels": json.loads(settings.join.labels.model_dump_json()),
+                     "direct_num_workers": settings.join.direct_num_workers},
+        "results": {"reference_labeler": reference, "beam_fnapi_runner": beam, "beam_flink_runner": flink},
+        "summary": {
+            "events": beam["events"],
+            "beam_events_per_s": beam["events_per_s"],
+            "beam_vs_reference_speed": round(beam["events_per_s"] / reference["events_per_s"], 3),
+            "beam_vs_reference_peak_memory": round(beam["peak_rss_mb"] / reference["peak_rss_mb"], 2),
+            "goal_events_per_s": GOAL_EVENTS_PER_S,
+            "goal_within_reference": f"at most {GOAL_WITHIN_REFERENCE:g}x slower",
+            "goal_met": beam["events_per_s"] >= GOAL_EVENTS_PER_S
+                        and reference["events_per_s"] <= GOAL_WITHIN_REFERENCE * beam["events_per_s"],
+        },
+    }
+
+
+if __name__ == "__main__":
+    path, settings_json = sys.argv[1], sys.argv[2]
+    print(json.dumps(PATHS[path](Settings.model_validate_json(settings_json))))
