@@ -1,0 +1,104 @@
+"""Event-time behaviour of the streaming label step, with TestStream on the BundleBasedDirectRunner."""
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from apache_beam.testing.test_stream import TestStream as BeamTestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+
+from pipelines.labeling import LabelConfig, LabelStrategy
+from pipelines.records import DecodedEvent
+from pipelines.streaming import LabelImpressionsStreaming
+from tests.pipelines.events import D, H, S, T0, cart, click, dwell, impression, purchase
+
+CONFIG = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=86400)
+HORIZON = CONFIG.horizon_ms
+LATENESS = 6 * H
+
+
+def arriving(pair, delivered_ms=None):
+    name, datum = pair
+    delivered = delivered_ms if delivered_ms is not None else datum["event_time_ms"]
+    return TimestampedValue(DecodedEvent(name, datum, delivered), datum["event_time_ms"] / 1000)
+
+
+def run(steps, config=CONFIG):
+    """steps: lists of arriving events, or watermark positions (ms); returns examples and late events."""
+    stream = BeamTestStream(coder=beam.coders.registry.get_coder(DecodedEvent))
+    for step in steps:
+        if isinstance(step, int):
+            stream = stream.advance_watermark_to(step / 1000)
+        else:
+            stream = stream.add_elements(step)
+    stream = stream.advance_watermark_to_infinity()
+    options = PipelineOptions(flags=[])
+    options.view_as(StandardOptions).streaming = True
+    return stream, options, config
+
+
+def labels_of(stream, options, config, check_examples, check_late=None):
+    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        out = p | stream | LabelImpressionsStreaming(config, allowed_lateness_ms=LATENESS)
+        emitted = out.examples | "With emission time" >> beam.Map(
+            lambda e, ts=beam.DoFn.TimestampParam: (e.impression_id, ts.micros // 1000 - T0, e.clicked, e.dwell_ms,
+                                                    e.added_to_cart, e.purchased, e.purchase_value, e.is_correction))
+        assert_that(emitted, check_examples, label="examples")
+        late_ids = out.late | "Late ids" >> beam.Map(lambda late: late.event.datum["event_id"])
+        assert_that(late_ids, check_late or equal_to([]), label="late")
+
+
+def test_out_of_order_arrival_gives_the_in_order_labels():
+    events = [impression("a", T0), click("a", T0 + 10 * S), dwell("a", T0 + 40 * S, 30_000), cart("k", T0 + 20 * 60 * S),
+              purchase("p", T0 + 5 * H, value=7.0)]
+    reversed_arrival = [arriving(e, delivered_ms=T0 + 5 * H) for e in reversed(events)]
+    labels_of(*run([T0 - 1, reversed_arrival, T0 + 5 * H, T0 + 2 * D]),
+              equal_to([("a", HORIZON, True, 30_000, True, True, 7.0, False)]))
+
+
+@pytest.mark.parametrize("offset_ms,bought", [(86400 * S, True), (86400 * S + 1, False)])
+def test_a_conversion_exactly_at_and_just_after_the_windows_edge(offset_ms, bought):
+    events = [impression("a", T0), click("a", T0 + 10 * S), purchase("p", T0 + 10 * S + offset_ms)]
+    labels_of(*run([T0 - 1, [arriving(e) for e in events[:2]], T0 + H, [arriving(events[2])], T0 + 3 * D]),
+              equal_to([("a", HORIZON, True, None, False, bought, 10.0 if bought else 0.0, False)]))
+
+
+def test_a_conversion_whose_click_lies_in_another_hours_partition():
+    events = [impression("a", T0 + 59 * 60 * S), click("a", T0 + 59 * 60 * S + 30 * S), cart("k", T0 + 61 * 60 * S)]
+    labels_of(*run([T0, [arriving(e) for e in events], T0 + 3 * D]),
+              equal_to([("a", 59 * 60 * S + HORIZON, True, None, True, False, 0.0, False)]))
+
+
+def test_duplicate_deliveries_count_once():
+    events = [impression("a", T0), click("a", T0 + 10 * S), purchase("p", T0 + H, value=5.0)]
+    twice = [arriving(e) for e in events] + [arriving(e, delivered_ms=T0 + 2 * H) for e in events]
+    labels_of(*run([T0 - 1, twice, T0 + 3 * D]), equal_to([("a", HORIZON, True, None, False, True, 5.0, False)]))
+
+
+def test_data_later_than_the_allowed_lateness_goes_to_the_late_output():
+    on_time = [impression("a", T0), click("a", T0 + 10 * S)]
+    too_late = purchase("late-purchase", T0 + H)
+    labels_of(*run([T0 - 1, [arriving(e) for e in on_time], T0 + H + LATENESS + 1,
+                    [arriving(too_late, delivered_ms=T0 + H + LATENESS + 1)], T0 + 3 * D]),
+              equal_to([("a", HORIZON, True, None, False, False, 0.0, False)]),
+              equal_to(["late-purchase"]))
+
+
+def test_a_purchase_with_two_candidate_clicks_goes_to_the_last():
+    events = [impression("a", T0), click("a", T0 + 10 * S), impression("b", T0 + H),
+              click("b", T0 + H + 10 * S), purchase("p", T0 + 3 * H, value=4.0)]
+    labels_of(*run([T0 - 1, [arriving(e) for e in events], T0 + 3 * D]),
+              equal_to([("a", HORIZON, True, None, False, False, 0.0, False),
+                        ("b", H + HORIZON, True, None, False, True, 4.0, False)]))
+
+
+def test_fake_negative_emits_at_the_click_and_corrects_when_the_conversion_arrives():
+    config = CONFIG.model_copy(update={"strategy": LabelStrategy.FAKE_NEGATIVE})
+    shown, clicked = impression("a", T0), click("a", T0 + 10 * S)
+    later = [cart("k", T0 + 20 * 60 * S), purchase("p", T0 + 6 * H, value=8.0)]
+    labels_of(*run([T0 - 1, [arriving(shown), arriving(clicked)], T0 + 15 * 60 * S, [arriving(e) for e in later],
+                    T0 + 3 * D], config=config),
+              equal_to([("a", 10 * S, True, None, False, False, 0.0, False),
+                        ("a", 20 * 60 * S, True, None, True, False, 0.0, True),
+                        ("a", 6 * H, True, None, False, True, 8.0, True)]))
