@@ -3,11 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_LIB := infra/kafka/target/lib
+PRISM := infra/prism/bin/prism
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup prism demo test bench clean
 
 setup: $(VENV)/.installed $(KAFKA_LIB)/.resolved
+
+# Only `valueloop join --mode streaming` needs it.
+prism: $(PRISM)
 
 $(VENV)/.installed: requirements.lock setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "valueloop needs Python 3.11; set PYTHON=python3.11")'
@@ -22,6 +26,12 @@ $(KAFKA_LIB)/.resolved: infra/kafka/pom.xml
 	mvn --quiet --batch-mode -f infra/kafka/pom.xml dependency:copy-dependencies
 	touch $@
 
+# Beam's streaming runner, built from Beam's Go module (the SDK would download it; see infra/prism/README.md).
+$(PRISM): infra/prism/version
+	@command -v go >/dev/null || { echo "Go is missing: it builds Beam's Prism runner (apt-get install golang)" >&2; exit 1; }
+	GOBIN=$(abspath infra/prism/bin) GOFLAGS=-mod=mod go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$$(cat infra/prism/version)
+	touch $@
+
 demo: setup
 	$(BIN)/valueloop demo
 
@@ -33,4 +43,4 @@ bench: setup
 
 clean:
 	-$(BIN)/valueloop kafka down
-	rm -rf $(VENV) .run infra/kafka/target
+	rm -rf $(VENV) .run infra/kafka/target infra/prism/bin

@@ -18,6 +18,10 @@ from typing import Tuple
 import apache_beam as beam
 from crc32c import crc32c
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.coders import VarIntCoder
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.labeling import Example
 from schemas.compiled import uvarint
@@ -98,7 +102,7 @@ def partition_of(event_time_ms: int) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     with open(temporary, "wb") as f:
         f.write(data)
         f.flush()
@@ -113,15 +117,19 @@ class _WritePartition(beam.DoFn):
 
     def setup(self):
         self._files = Metrics.counter("examples", "partitions_written")
+        self._duplicates = Metrics.counter("examples", "duplicates_dropped")
 
     def process(self, partition_examples, watermark_ms: int | None = None):
         partition, examples = partition_examples
-        examples = sorted(examples, key=lambda e: (e.impression_id, e.label_time_ms, e.is_correction,
-                                                   e.added_to_cart, e.purchased))
+        # An example is identified by its impression and which label it settles; a runner that retries work
+        # may deliver one twice, and the file must hold it once.
+        unique = {(e.impression_id, e.label_time_ms, e.is_correction, e.added_to_cart, e.purchased): e for e in examples}
+        if len(unique) < len(examples):
+            self._duplicates.inc(len(examples) - len(unique))
+        examples = [unique[k] for k in sorted(unique)]
         directory = Path(self._output_dir) / partition
         directory.mkdir(parents=True, exist_ok=True)
-        for leftover in directory.glob(".*.tmp"):  # from a run that was killed while writing here
-            leftover.unlink(missing_ok=True)
+        _remove_orphans(directory)
         records = b"".join(_framed(serialize_example(e)) for e in examples)
         _write_atomically(directory / EXAMPLES_FILE, records)
         manifest = {
@@ -149,6 +157,18 @@ def _masked_crc(data: bytes) -> bytes:
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
 
 
+def _remove_orphans(directory: Path) -> None:
+    """Deletes temporary files that a process, now dead, left half-written (a killed run)."""
+    for leftover in directory.glob(".*.tmp"):
+        try:
+            pid = int(leftover.name.split(".")[-3])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError):
+            leftover.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
 def _framed(record: bytes) -> bytes:
     """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
     length = struct.pack("<Q", len(record))
@@ -171,3 +191,96 @@ class WriteExamples(beam.PTransform):
                     Tuple[str, Example])
                 | "Group by event hour" >> beam.GroupByKey()
                 | "Write partition and manifest" >> beam.ParDo(_WritePartition(self._output_dir, self._source), **side))
+
+
+class _WriteSettledHour(beam.DoFn):
+    """Holds an hour's examples until the watermark passes the hour's end plus the label horizon, then writes.
+
+    An example of the hour that still comes after that (the runner released it late) makes the partition be
+    written again, whole, with a higher revision in its manifest; the hour's state is dropped once the
+    allowed lateness has passed too.
+    """
+
+    EXAMPLES = BagStateSpec("examples", beam.coders.registry.get_coder(Example))
+    REVISION = ReadModifyWriteStateSpec("revision", VarIntCoder())
+    SETTLED = TimerSpec("settled", TimeDomain.WATERMARK)
+    EXPIRED = TimerSpec("expired", TimeDomain.WATERMARK)
+
+    def __init__(self, output_dir: str, source: dict, horizon_ms: int, allowed_lateness_ms: int):
+        self._writer = _WritePartition(output_dir, source)
+        self._horizon_ms = horizon_ms
+        self._allowed_lateness_ms = allowed_lateness_ms
+
+    def setup(self):
+        self._writer.setup()
+        self._rewrites = Metrics.counter("examples", "partition_rewrites")
+
+    def process(self, hour_example, examples=beam.DoFn.StateParam(EXAMPLES), settled=beam.DoFn.TimerParam(SETTLED),
+                expired=beam.DoFn.TimerParam(EXPIRED)):
+        _partition, example = hour_example
+        examples.add(example)
+        settle_ms = (example.event_time_ms // 3_600_000 + 1) * 3_600_000 + self._horizon_ms
+        settled.set(Timestamp(micros=settle_ms * 1000))
+        expired.set(Timestamp(micros=(settle_ms + self._allowed_lateness_ms) * 1000))
+
+    @on_timer(SETTLED)
+    def write(self, key=beam.DoFn.KeyParam, fire=beam.DoFn.TimestampParam, examples=beam.DoFn.StateParam(EXAMPLES),
+              revision=beam.DoFn.StateParam(REVISION)):
+        held = list(examples.read())
+        written = revision.read() or 0
+        if written:
+            self._rewrites.inc()
+        revision.write(written + 1)
+        for manifest in self._writer.process((key, held), watermark_ms=fire.micros // 1000):
+            yield {**manifest, "revision": written + 1}
+
+    @on_timer(EXPIRED)
+    def expire(self, examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION)):
+        examples.clear()
+        revision.clear()
+
+
+class WriteExamplesStreaming(beam.PTransform):
+    """Streaming examples to the same hour partitions as WriteExamples, each written once its hour is settled."""
+
+    def __init__(self, output_dir: str, source: dict, horizon_ms: int, allowed_lateness_ms: int):
+        super().__init__()
+        self._fn = _WriteSettledHour(str(output_dir), source, horizon_ms, allowed_lateness_ms)
+
+    def expand(self, examples):
+        return (examples
+                | "Key by event hour" >> beam.Map(lambda e: (partition_of(e.event_time_ms), e)).with_output_types(
+                    Tuple[str, Example])
+                | "Write each hour once settled" >> beam.ParDo(self._fn))
+
+
+class _AppendLate(beam.DoFn):
+    def __init__(self, path: str):
+        self._path = path
+
+    def setup(self):
+        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self._path, "a")
+
+    def process(self, late):
+        event = late.event
+        self._file.write(json.dumps({"name": event.name, "event_id": event.datum["event_id"],
+                                     "user_id": event.datum["user_id"], "event_time_ms": event.datum["event_time_ms"],
+                                     "delivered_ms": event.delivered_ms, "lateness_ms": late.lateness_ms}) + "\n")
+
+    def finish_bundle(self):
+        self._file.flush()
+
+    def teardown(self):
+        self._file.close()
+
+
+class RecordLateEvents(beam.PTransform):
+    """Late events as JSON lines in `<output_dir>/_late/late-<run>.jsonl`: what they were and how late."""
+
+    def __init__(self, output_dir: str, run: str):
+        super().__init__()
+        self._path = str(Path(output_dir) / "_late" / f"late-{run}.jsonl")
+
+    def expand(self, late):
+        return late | "Append to the late log" >> beam.ParDo(_AppendLate(self._path))

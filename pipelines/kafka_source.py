@@ -1,8 +1,11 @@
-"""Reading Kafka in Beam without the Java expansion service: a splittable DoFn over partition offset ranges.
+"""Reading Kafka in Beam without the Java expansion service: splittable DoFns on kafka-python.
 
 Bounded mode reads fixed ranges: the offsets snapshotted when the job starts, or those that cover an
 event-time interval (found with offsets_for_times on record timestamps). Each range splits into pieces of at
 most `split_size` offsets, so the runner can read partitions in parallel and resume a range where it stopped.
+
+Unbounded mode follows the topics with one consumer and checkpoints its per-partition offsets (and newest
+event times) with the runner at every deferral, estimating the watermark from event time.
 """
 from __future__ import annotations
 
@@ -10,8 +13,12 @@ import time
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from pipelines.records import KafkaRecord
 
@@ -153,3 +160,141 @@ class ReadKafkaRanges(beam.PTransform):
                 | "Offset ranges" >> beam.Create(self._ranges)
                 | "Read offset ranges" >> beam.ParDo(_ReadRange(self._bootstrap, self._split_size, self._idle_timeout_s))
                 .with_output_types(KafkaRecord))
+
+
+# -- unbounded: follow the topics ------------------------------------------------------------------------------
+
+
+class FollowState(NamedTuple):
+    """Where a follow stands: the next offset and the newest event time read, per partition."""
+
+    positions: tuple  # ((topic, partition, next offset), ...)
+    newest_event_ms: tuple  # ((topic, partition, event time ms), ...)
+
+
+class _FollowTracker(RestrictionTracker):
+    """Claims (topic, partition, offset) positions in any partition order; checkpoints the whole map."""
+
+    def __init__(self, state: FollowState):
+        self._positions = {(t, p): o for t, p, o in state.positions}
+        self._newest = {(t, p): ms for t, p, ms in state.newest_event_ms}
+        self._stopped = False
+
+    def current_restriction(self) -> FollowState:
+        return FollowState(tuple((t, p, o) for (t, p), o in sorted(self._positions.items())),
+                           tuple((t, p, ms) for (t, p), ms in sorted(self._newest.items())))
+
+    def try_claim(self, position) -> bool:
+        topic, partition, offset, event_ms = position
+        if self._stopped:
+            return False
+        self._positions[(topic, partition)] = offset + 1
+        if event_ms > self._newest.get((topic, partition), -1):
+            self._newest[(topic, partition)] = event_ms
+        return True
+
+    def try_split(self, fraction_of_remainder):
+        if fraction_of_remainder != 0 or self._stopped:
+            return None
+        self._stopped = True  # checkpoint: everything claimed so far is done, the rest resumes from here
+        return FollowState((), ()), self.current_restriction()
+
+    def check_done(self):
+        if not self._stopped:
+            raise ValueError("a follow ends only by checkpointing (defer_remainder)")
+
+    def current_progress(self):
+        return RestrictionProgress(completed=0, remaining=1)
+
+    def is_bounded(self):
+        return False
+
+
+class _FollowTopics(beam.DoFn, RestrictionProvider):
+    """Reads every partition of the topics with one consumer. The watermark is the newest event time read in the
+    partitions that still have records to read, their minimum (once all are caught up, the newest read
+    anywhere), less the out-of-orderness bound."""
+
+    def __init__(self, bootstrap_servers: str, out_of_orderness_ms: int, event_time_of, poll_s: float = 1.0):
+        self._bootstrap = bootstrap_servers
+        self._bound = out_of_orderness_ms
+        self._event_time_of = event_time_of
+        self._poll_s = poll_s
+        self._consumer = None
+
+    def initial_restriction(self, element: FollowState) -> FollowState:
+        return element
+
+    def create_tracker(self, restriction: FollowState) -> _FollowTracker:
+        return _FollowTracker(restriction)
+
+    def restriction_size(self, element, restriction) -> int:
+        return 1
+
+    def split(self, element, restriction):
+        yield restriction
+
+    def setup(self):
+        self._consumer = _consumer(self._bootstrap)
+
+    def teardown(self):
+        if self._consumer is not None:
+            self._consumer.close()
+
+    @beam.DoFn.unbounded_per_element()
+    def process(self, element: FollowState, tracker=beam.DoFn.RestrictionParam(),
+                watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
+        from kafka import TopicPartition
+
+        state = tracker.current_restriction()
+        partitions = {(t, p): TopicPartition(t, p) for t, p, _ in state.positions}
+        consumer = self._consumer
+        consumer.assign(list(partitions.values()))
+        for t, p, offset in state.positions:
+            consumer.seek(partitions[(t, p)], offset)
+        deadline = time.monotonic() + self._poll_s
+        read = 0
+        while time.monotonic() < deadline:
+            batches = consumer.poll(timeout_ms=200, max_records=5_000)
+            for tp, records in batches.items():
+                for r in records:
+                    event_ms = self._event_time_of(r.value, r.timestamp)
+                    if not tracker.try_claim((r.topic, r.partition, r.offset, event_ms)):
+                        return
+                    read += 1
+                    yield TimestampedValue(KafkaRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value),
+                                           event_ms / 1000.0)
+        claimed = tracker.current_restriction()
+        ends = consumer.end_offsets(list(partitions.values()))
+        next_offset = {(t, p): o for t, p, o in claimed.positions}
+        newest = {(t, p): ms for t, p, ms in claimed.newest_event_ms}
+        behind = [newest.get(k, -1) for k in partitions if next_offset[k] < ends[partitions[k]]]
+        # A partition with records still to read holds the watermark back; once every partition is caught up, a
+        # quiet one (a sparse purchases partition, say) does not: all there is has been read.
+        candidate = min(behind) if behind else max(newest.values(), default=-1)
+        if candidate >= 0:
+            estimate = Timestamp(micros=(candidate - self._bound) * 1000)
+            if watermark.current_watermark() is None or estimate > watermark.current_watermark():
+                watermark.set_watermark(estimate)
+        tracker.defer_remainder(Duration(seconds=0 if read else 0.5))
+
+
+def start_positions(bootstrap_servers: str, topics: Iterable[str], from_ms: int | None = None) -> FollowState:
+    """Each partition's first kept offset, or the first offset at or after record time `from_ms`."""
+    ranges = snapshot_ranges(bootstrap_servers, topics) if from_ms is None else \
+        ranges_for_times(bootstrap_servers, topics, from_ms, 2**62)
+    return FollowState(tuple((r.topic, r.partition, r.start) for r in ranges), ())
+
+
+class FollowKafkaTopics(beam.PTransform):
+    """Follows the topics from `start` for as long as the job runs: KafkaRecords stamped with event time."""
+
+    def __init__(self, bootstrap_servers: str, start: FollowState, out_of_orderness_ms: int, event_time_of):
+        super().__init__()
+        self._fn = _FollowTopics(bootstrap_servers, out_of_orderness_ms, event_time_of)
+        self._start = start
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Start positions" >> beam.Create([self._start])
+                | "Follow the topics" >> beam.ParDo(self._fn).with_output_types(KafkaRecord))

@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from infra.kafka import KafkaSettings
 from pipelines.decode import DecodeEvents, WriteDeadLetters
-from pipelines.examples import WriteExamples
+from pipelines.examples import RecordLateEvents, WriteExamples
 from pipelines.join import EstimateWatermark, LabelImpressions
 from pipelines.kafka_source import PartitionRange, ReadKafkaRanges, ranges_for_times, snapshot_ranges
 from pipelines.settings import JoinSettings
@@ -52,6 +53,45 @@ def _runner(name: str, settings: JoinSettings, flink_options: dict | None):
     raise ValueError(f"runner is direct or flink, not {name!r}")
 
 
+def _event_time_of():
+    from schemas import BadEventError, EventDecoder
+
+    decoder = EventDecoder()
+
+    def event_time_of(value: bytes, record_ms: int) -> int:
+        try:
+            return decoder.decode(value, timestamp_ms=record_ms).datum["event_time_ms"]
+        except BadEventError:
+            return record_ms  # the decode step sends it to the dead letters
+
+    return event_time_of
+
+
+def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, prism_location: str,
+                       from_ms: int | None = None) -> None:
+    """Follows the topics and writes each event hour once the watermark settles it, until the job is stopped."""
+    from pipelines.examples import WriteExamplesStreaming
+    from pipelines.kafka_source import FollowKafkaTopics, start_positions
+    from pipelines.streaming import LabelImpressionsStreaming
+
+    # Beam's portable runner puts job_server_timeout on the job's state and message streams too, which would end
+    # a streaming job after it (60 s by default): a year, for a job that runs until it is stopped.
+    options = PipelineOptions(flags=[], runner="PrismRunner", prism_location=prism_location,
+                              environment_type="LOOPBACK", streaming=True, job_server_timeout=365 * 86400)
+    start = start_positions(kafka.bootstrap_servers, kafka.event_topics.values(), from_ms)
+    bound_ms = int(settings.out_of_orderness_s * 1000)
+    with beam.Pipeline(options=options) as pipeline:
+        records = pipeline | "Follow Kafka" >> FollowKafkaTopics(kafka.bootstrap_servers, start, bound_ms, _event_time_of())
+        decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics)
+        decoded.dead_letters | "Dead letters" >> WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic)
+        labeled = decoded.events | "Label impressions" >> LabelImpressionsStreaming(
+            settings.labels, int(settings.allowed_lateness_s * 1000))
+        labeled.examples | "Write examples" >> WriteExamplesStreaming(
+            settings.output_dir, {"mode": "streaming", "from_ms": from_ms}, settings.labels.horizon_ms,
+            int(settings.allowed_lateness_s * 1000))
+        labeled.late | "Late events" >> RecordLateEvents(settings.output_dir, f"streaming-{os.getpid()}")
+
+
 def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str = "direct",
                      from_ms: int | None = None, to_ms: int | None = None,
                      ranges: list[PartitionRange] | None = None, flink_options: dict | None = None) -> JoinResult:
@@ -70,6 +110,7 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
     labeled = decoded.events | "Label impressions" >> LabelImpressions(
         settings.labels, watermark, from_ms, to_ms, int(settings.allowed_lateness_s * 1000))
     manifests = labeled.examples | "Write examples" >> WriteExamples(settings.output_dir, source, watermark)
+    labeled.late | "Late events" >> RecordLateEvents(settings.output_dir, source["ranges_digest"])
     del manifests  # read back from disk below: the runner may have run the writers in other processes
     collected: list[dict] = []
     result = pipeline.run()

@@ -17,3 +17,5 @@ class JoinSettings(BaseModel):
     output_dir: Path = Path("out/examples")
     split_size: int = Field(50_000, ge=1, description="Offsets per unit of parallel reading.")
     direct_num_workers: int = Field(1, ge=1)
+    prism_location: Path = Field(Path(__file__).resolve().parents[1] / "infra" / "prism" / "bin" / "prism",
+                                 description="The Prism binary that streaming runs use (built by make prism).")

@@ -143,8 +143,9 @@ def _parse_hour(value: Optional[str], option: str) -> Optional[int]:
 @app.command()
 def join(
     config: Optional[Path] = ConfigOption,
-    runner: str = typer.Option("direct", help="direct (Beam's FnApiRunner) or flink."),
-    mode: str = typer.Option("bounded", help="bounded: fixed offset ranges, then exit."),
+    runner: str = typer.Option("direct", help="direct (FnApiRunner when bounded, Prism when streaming) or flink."),
+    mode: str = typer.Option("bounded", help="bounded: fixed offset ranges, then exit; streaming (experimental): "
+                                             "follow the topics, writing each hour once settled, until stopped."),
     start: Optional[str] = typer.Option(None, "--from", help="Label impressions from this hour (ISO, UTC)."),
     end: Optional[str] = typer.Option(None, "--to", help="... up to this hour, exclusive."),
     out: Optional[Path] = typer.Option(None, help="Output directory for the TFRecord partitions."),
@@ -153,11 +154,11 @@ def join(
 ):
     """Join the event topics into labeled tf.Example partitions by event hour, with manifests."""
     from pipelines.labeling import LabelStrategy
-    from pipelines.run import run_bounded_join
+    from pipelines.run import run_bounded_join, run_streaming_join
 
     settings = _settings(config)
-    if mode != "bounded":
-        _fail(f"--mode {mode}: only bounded runs are available so far")
+    if mode not in ("bounded", "streaming"):
+        _fail(f"--mode is bounded or streaming, not {mode!r}")
     join_settings = settings.join
     updates = {k: v for k, v in {"output_dir": out, "direct_num_workers": workers}.items() if v is not None}
     if strategy is not None:
@@ -167,6 +168,18 @@ def join(
             _fail(f"--strategy is wait_for_window or fake_negative, not {strategy!r}")
         updates["labels"] = labels
     join_settings = join_settings.model_copy(update=updates)
+    if mode == "streaming":
+        if runner != "direct":
+            _fail(f"--mode streaming runs on the direct runner (Prism); --runner {runner} is not available for it")
+        if not join_settings.prism_location.exists():
+            _fail(f"no Prism runner at {join_settings.prism_location}: run `make prism` (see infra/prism/README.md)")
+        typer.secho("streaming mode is experimental: its output is not yet verified equal to the bounded join's "
+                    "(the bounded join is the tested path)", fg=typer.colors.YELLOW, err=True)
+        typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
+                   f"{join_settings.output_dir}; stop with Ctrl-C", err=True)
+        run_streaming_join(settings.kafka, join_settings, str(join_settings.prism_location),
+                           from_ms=_parse_hour(start, "--from"))
+        return
     try:
         result = run_bounded_join(settings.kafka, join_settings, runner=runner,
                                   from_ms=_parse_hour(start, "--from"), to_ms=_parse_hour(end, "--to"))
