@@ -46,19 +46,31 @@ def _broker(settings: Settings):
     return KafkaBroker(settings.kafka)
 
 
+def _broker_up(settings: Settings):
+    """Starts (or finds) the local node; exits with its error when it cannot."""
+    from infra.kafka import BrokerError
+
+    try:
+        return _broker(settings).up()
+    except BrokerError as error:
+        _fail(str(error))
+
+
+def _record(result: dict, out: Path) -> None:
+    """Writes a benchmark's JSON and prints its summary."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result["summary"], indent=2))
+    typer.echo(f"written to {out}")
+
+
 @kafka_app.command("up")
 def kafka_up(config: Optional[Path] = ConfigOption,
              port: Optional[int] = typer.Option(None, help="Client port (default 19092)."),
              controller_port: Optional[int] = typer.Option(None, help="Controller port (default 19093)."),
              run_dir: Optional[Path] = typer.Option(None, help="Where data, logs and the pid file live.")):
     """Start the node (formatting its storage the first time), wait until it answers, create the topics."""
-    from infra.kafka import BrokerError
-
-    broker = _broker(_settings(config, port=port, controller_port=controller_port, run_dir=run_dir))
-    try:
-        typer.echo(broker.up().describe())
-    except BrokerError as error:
-        _fail(str(error))
+    typer.echo(_broker_up(_settings(config, port=port, controller_port=controller_port, run_dir=run_dir)).describe())
 
 
 @kafka_app.command("down")
@@ -196,14 +208,9 @@ def join(
 def demo(config: Optional[Path] = ConfigOption,
          requests: int = typer.Option(10_000, help="Ranking requests; 10,000 make about 140,000 events.")):
     """Start Kafka, simulate the world into it, print per-topic counts and the world's rates by item kind."""
-    from infra.kafka import BrokerError
-
     settings = _settings(config)
     broker = _broker(settings)
-    try:
-        before = broker.up().topic_messages
-    except BrokerError as error:
-        _fail(str(error))
+    before = _broker_up(settings).topic_messages
     typer.echo(f"kafka up on {settings.kafka.bootstrap_servers}; simulating {requests:,} requests ...")
     summary = _simulate(settings, "kafka", Path("out/demo"), requests=requests)
     after = broker.status().topic_messages
@@ -234,18 +241,10 @@ def bench_ingest(
 ):
     """Events/s into the broker through kafka-python (acks=all), beside confluent-kafka and Avro encoding alone."""
     from bench.ingest import run_ingest_benchmark
-    from infra.kafka import BrokerError
 
     settings = _settings(config)
-    try:
-        _broker(settings).up()
-    except BrokerError as error:
-        _fail(str(error))
-    result = run_ingest_benchmark(settings, requests=requests, workers=workers, repeats=repeats)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    typer.echo(json.dumps(result["summary"], indent=2))
-    typer.echo(f"written to {out}")
+    _broker_up(settings)
+    _record(run_ingest_benchmark(settings, requests=requests, workers=workers, repeats=repeats), out)
 
 
 @bench_app.command("join")
@@ -259,19 +258,11 @@ def bench_join(
     import tempfile
 
     from bench.join import run_join_benchmark
-    from infra.kafka import BrokerError
 
     settings = _settings(config)
-    try:
-        _broker(settings).up()
-    except BrokerError as error:
-        _fail(str(error))
+    _broker_up(settings)
     with tempfile.TemporaryDirectory(prefix="valueloop-bench-join-") as scratch:
-        result = run_join_benchmark(settings, requests=requests, days=days, output_dir=Path(scratch))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    typer.echo(json.dumps(result["summary"], indent=2))
-    typer.echo(f"written to {out}")
+        _record(run_join_benchmark(settings, requests=requests, days=days, output_dir=Path(scratch)), out)
 
 
 def main() -> None:
