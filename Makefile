@@ -10,7 +10,7 @@ export TF_USE_LEGACY_KERAS := 1
 
 setup: $(VENV)/.installed $(KAFKA_LIB)/.resolved
 
-# Only `valueloop join --mode streaming` needs it.
+# `valueloop join --mode streaming` and its test need it; the demo does not.
 prism: $(PRISM)
 
 $(VENV)/.installed: requirements.lock setup.py pyproject.toml
@@ -35,7 +35,7 @@ $(PRISM): infra/prism/version
 demo: setup
 	$(BIN)/valueloop demo
 
-test: setup
+test: setup $(PRISM)
 	$(BIN)/python -m pytest tests
 
 bench: setup

@@ -13,7 +13,7 @@ import time
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
-from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
+from apache_beam.io.iobase import RestrictionTracker
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
@@ -204,7 +204,7 @@ class _FollowTracker(RestrictionTracker):
             raise ValueError("a follow ends only by checkpointing (defer_remainder)")
 
     def current_progress(self):
-        return RestrictionProgress(completed=0, remaining=1)
+        return None  # unknown: a follow never ends, and a made-up fraction invites the runner to split it
 
     def is_bounded(self):
         return False

@@ -13,16 +13,27 @@ import pytest
 from infra.kafka import KafkaBroker, KafkaSettings
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (held together while chosen, so no two are the same)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory) -> KafkaBroker:
     """A real single-node Kafka cluster on free loopback ports, for the whole test session."""
-    settings = KafkaSettings(port=free_port(), controller_port=free_port(), run_dir=tmp_path_factory.mktemp("kafka"),
+    port, controller_port = free_ports(2)
+    settings = KafkaSettings(port=port, controller_port=controller_port, run_dir=tmp_path_factory.mktemp("kafka"),
                              partitions=3, heap_mb=512)
     broker = KafkaBroker(settings)
     broker.up()

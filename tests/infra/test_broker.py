@@ -6,7 +6,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka import BrokerError, KafkaBroker, KafkaSettings
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 
 VALUELOOP = [sys.executable, "-m", "valueloop.cli"]
 
@@ -47,7 +47,7 @@ def test_missing_java_is_named(tmp_path, monkeypatch):
 
 
 def test_cli_up_down_status_keeps_data_across_restarts(tmp_path):
-    port, controller = free_port(), free_port()
+    port, controller = free_ports(2)
     where = ["--run-dir", str(tmp_path)]
 
     def cli(*args, check=True):
