@@ -119,7 +119,7 @@ class _WritePartition(beam.DoFn):
         self._files = Metrics.counter("examples", "partitions_written")
         self._duplicates = Metrics.counter("examples", "duplicates_dropped")
 
-    def process(self, partition_examples, watermark_ms: int | None = None):
+    def process(self, partition_examples, watermark_ms: int | None = None, revision: int = 1):
         partition, examples = partition_examples
         # An example is identified by its impression and which label it settles; a runner that retries work
         # may deliver one twice, and the file must hold it once.
@@ -146,6 +146,7 @@ class _WritePartition(beam.DoFn):
             "event_time_ms": [min(e.event_time_ms for e in examples), max(e.event_time_ms for e in examples)],
             "source": self._source,
             "watermark_ms": watermark_ms,
+            "revision": revision,
         }
         _write_atomically(directory / MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         self._files.inc()
@@ -231,8 +232,7 @@ class _WriteSettledHour(beam.DoFn):
         if written:
             self._rewrites.inc()
         revision.write(written + 1)
-        for manifest in self._writer.process((key, held), watermark_ms=fire.micros // 1000):
-            yield {**manifest, "revision": written + 1}
+        yield from self._writer.process((key, held), watermark_ms=fire.micros // 1000, revision=written + 1)
 
     @on_timer(EXPIRED)
     def expire(self, examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION)):

@@ -1,6 +1,7 @@
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -66,12 +67,15 @@ def test_cli_up_down_status_keeps_data_across_restarts(tmp_path):
         assert down.returncode == 1 and "kafka: down" in down.stdout
 
         cli("up", "--port", str(port), "--controller-port", str(controller), *where)
-        consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", consumer_timeout_ms=10_000)
+        consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}")
         partition = TopicPartition("valueloop.clicks", 0)
         consumer.assign([partition])
         consumer.seek_to_beginning(partition)
-        assert [m.value for m in consumer] == [b"kept"]
+        read, deadline = [], time.monotonic() + 60  # partition leadership may take a moment after a restart
+        while not read and time.monotonic() < deadline:
+            read = [m.value for batch in consumer.poll(timeout_ms=1_000).values() for m in batch]
         consumer.close()
+        assert read == [b"kept"]
         assert "valueloop.clicks: 1 messages" in cli("status", *where).stdout
     finally:
         cli("down", *where, check=False)
