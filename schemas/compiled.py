@@ -127,6 +127,13 @@ def _field_part(type_, value: str, namespace: dict, lines: list[str], counter: l
         return ", ".join(_record_parts(type_, local, namespace, lines, counter))
     if isinstance(type_, dict) and type_.get("type") in _PRIMITIVE_WRITERS and "logicalType" not in type_:
         type_ = type_["type"]
+    if type_ in ("int", "long"):
+        # Inlined: small non-negative numbers (positions, counts, days) are one table lookup; the rest, and
+        # anything that is not a plain int, go through the checked writer.
+        counter[0] += 1
+        local = f"n{counter[0]}"
+        lines.append(f"{local} = {value}")
+        return f"_LAST[{local} << 1] if {local}.__class__ is int and 0 <= {local} < 8192 else write_{type_}({local})"
     if isinstance(type_, str) and type_ in _PRIMITIVE_WRITERS:
         return f"{_PRIMITIVE_WRITERS[type_]}({value})"
     if isinstance(type_, list) and len(type_) == 2 and "null" in type_:

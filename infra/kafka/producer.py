@@ -22,6 +22,7 @@ from kafka.protocol.metadata import MetadataRequest
 from kafka.protocol.producer import ProduceRequest
 from kafka.record.util import calc_crc32c
 
+from schemas.compiled import _LAST
 from schemas.compiled import write_long as zigzag_varint
 
 _CODECS = {None: 0, "none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
@@ -54,14 +55,13 @@ class RecordBatch:
             self.first_timestamp = self.max_timestamp = timestamp_ms
         elif timestamp_ms > self.max_timestamp:
             self.max_timestamp = timestamp_ms
-        delta = zigzag_varint(timestamp_ms - self.first_timestamp)
-        offset = zigzag_varint(count)
-        key_size = zigzag_varint(len(key))
-        value_size = zigzag_varint(len(value))
-        size = 2 + len(delta) + len(offset) + len(key_size) + len(key) + len(value_size) + len(value)
-        record = b"".join((zigzag_varint(size), b"\x00", delta, offset, key_size, key, value_size, value, b"\x00"))
-        self.records.append(record)
-        self.size += len(record)
+        # attributes, timestamp delta, offset delta, key, value, no headers; small varints straight from the table
+        body = b"".join((b"\x00", zigzag_varint(timestamp_ms - self.first_timestamp),
+                         _LAST[count << 1] if count < 8192 else zigzag_varint(count),
+                         zigzag_varint(len(key)), key, zigzag_varint(len(value)), value, b"\x00"))
+        size = zigzag_varint(len(body))
+        self.records += (size, body)
+        self.size += len(size) + len(body)
         self.count = count + 1
 
     def build(self, codec: int) -> bytes:
