@@ -140,7 +140,7 @@ def _median_run(label: str, path: Callable, settings: Settings, workers: int, re
     return median
 
 
-def run_ingest_benchmark(settings: Settings, requests: int, workers: int = 2, repeats: int = 3) -> dict:
+def run_ingest_benchmark(settings: Settings, requests: int, workers: int = 2, repeats: int = 5) -> dict:
     config: SimulatorConfig = settings.simulator.model_copy(update={"requests": requests})
     _events.clear()
     start = time.perf_counter()

@@ -236,7 +236,7 @@ def bench_ingest(
     config: Optional[Path] = ConfigOption,
     requests: int = typer.Option(20_000, help="Ranking requests to simulate (about 13 events each)."),
     workers: int = typer.Option(2, help="Worker processes per path; events are split between them by key."),
-    repeats: int = typer.Option(3, help="Runs per path; the median run is reported."),
+    repeats: int = typer.Option(5, help="Runs per path; the median run is reported."),
     out: Path = typer.Option(Path("bench/results/ingest.json"), help="Where the JSON result goes."),
 ):
     """Events/s into the broker through kafka-python (acks=all), beside confluent-kafka and Avro encoding alone."""
