@@ -110,6 +110,40 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def write_partition(output_dir: str | Path, partition: str, examples: list[Example], source: dict,
+                    watermark_ms: int | None = None, revision: int = 1) -> tuple[dict, int]:
+    """Writes one partition's TFRecord file, then its manifest; returns the manifest and the duplicates dropped.
+
+    An example is identified by its impression and which label it settles; a runner that retries work may
+    deliver one twice, and the file must hold it once.
+    """
+    unique = {(e.impression_id, e.label_time_ms, e.is_correction, e.added_to_cart, e.purchased): e for e in examples}
+    duplicates = len(examples) - len(unique)
+    examples = [unique[k] for k in sorted(unique)]
+    directory = Path(output_dir) / partition
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(directory)
+    _write_atomically(directory / EXAMPLES_FILE, b"".join(_framed(serialize_example(e)) for e in examples))
+    manifest = {
+        "partition": partition,
+        "file": EXAMPLES_FILE,
+        "examples": len(examples),
+        "labels": {
+            "clicked": sum(e.clicked for e in examples),
+            "added_to_cart": sum(e.added_to_cart for e in examples),
+            "purchased": sum(e.purchased for e in examples),
+            "corrections": sum(e.is_correction for e in examples),
+        },
+        "label_strategy": examples[0].label_strategy,
+        "event_time_ms": [min(e.event_time_ms for e in examples), max(e.event_time_ms for e in examples)],
+        "source": source,
+        "watermark_ms": watermark_ms,
+        "revision": revision,
+    }
+    _write_atomically(directory / MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return manifest, duplicates
+
+
 class _WritePartition(beam.DoFn):
     def __init__(self, output_dir: str, source: dict):
         self._output_dir = output_dir
@@ -121,34 +155,10 @@ class _WritePartition(beam.DoFn):
 
     def process(self, partition_examples, watermark_ms: int | None = None, revision: int = 1):
         partition, examples = partition_examples
-        # An example is identified by its impression and which label it settles; a runner that retries work
-        # may deliver one twice, and the file must hold it once.
-        unique = {(e.impression_id, e.label_time_ms, e.is_correction, e.added_to_cart, e.purchased): e for e in examples}
-        if len(unique) < len(examples):
-            self._duplicates.inc(len(examples) - len(unique))
-        examples = [unique[k] for k in sorted(unique)]
-        directory = Path(self._output_dir) / partition
-        directory.mkdir(parents=True, exist_ok=True)
-        _remove_orphans(directory)
-        records = b"".join(_framed(serialize_example(e)) for e in examples)
-        _write_atomically(directory / EXAMPLES_FILE, records)
-        manifest = {
-            "partition": partition,
-            "file": EXAMPLES_FILE,
-            "examples": len(examples),
-            "labels": {
-                "clicked": sum(e.clicked for e in examples),
-                "added_to_cart": sum(e.added_to_cart for e in examples),
-                "purchased": sum(e.purchased for e in examples),
-                "corrections": sum(e.is_correction for e in examples),
-            },
-            "label_strategy": examples[0].label_strategy,
-            "event_time_ms": [min(e.event_time_ms for e in examples), max(e.event_time_ms for e in examples)],
-            "source": self._source,
-            "watermark_ms": watermark_ms,
-            "revision": revision,
-        }
-        _write_atomically(directory / MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        manifest, duplicates = write_partition(self._output_dir, partition, list(examples), self._source,
+                                               watermark_ms, revision)
+        if duplicates:
+            self._duplicates.inc(duplicates)
         self._files.inc()
         yield manifest
 

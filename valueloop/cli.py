@@ -205,6 +205,129 @@ def join(
 
 
 @app.command()
+def label(
+    config: Optional[Path] = ConfigOption,
+    events: Path = typer.Option(Path("out/simulation"), help="The simulator's Avro files (`simulate --to files`)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory for the TFRecord partitions."),
+    strategy: Optional[str] = typer.Option(None, help="wait_for_window or fake_negative."),
+    purchase_window_s: Optional[float] = typer.Option(None, help="Purchase attribution window, seconds."),
+):
+    """Label the simulator's Avro files into the join's partitions in one process (no Kafka, no Beam).
+
+    The same labeling function and partition writer as `valueloop join`; the watermark is the files' last event.
+    """
+    from pipelines.label_files import label_files
+    from pipelines.labeling import LabelStrategy
+
+    settings = _settings(config)
+    updates = {k: v for k, v in {"purchase_window_s": purchase_window_s}.items() if v is not None}
+    if strategy is not None:
+        try:
+            updates["strategy"] = LabelStrategy(strategy)
+        except ValueError:
+            _fail(f"--strategy is wait_for_window or fake_negative, not {strategy!r}")
+    labels = settings.join.labels.model_copy(update=updates)
+    try:
+        manifests = label_files(events, out or settings.join.output_dir, labels)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    totals = Counter()
+    for manifest in manifests:
+        totals.update(manifest["labels"])
+        totals["examples"] += manifest["examples"]
+    typer.echo(json.dumps({"partitions": len(manifests), **totals}, indent=2))
+
+
+def _range_option(flag: str, help: str):
+    return typer.Option(None, flag, help=help)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOption,
+    examples: Path = typer.Option(Path("out/examples"), help="The join's partitions (dt=.../hour=.../)."),
+    start: Optional[str] = _range_option("--from", "Train on impressions from this hour (ISO, UTC)."),
+    end: Optional[str] = _range_option("--to", "... up to this hour, exclusive."),
+    preset: str = typer.Option("value", help="value: multi-task, ranked by expected value; ctr: clicks only."),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the training range."),
+    out: Path = typer.Option(Path("out/models/value"), help="SavedModel directory to write."),
+):
+    """Train the multi-task ranker (or the CTR-only baseline) on a range of the join's output and export it."""
+    from trainer.config import preset as choose
+    from trainer.train import train as run_training
+
+    settings = _settings(config)
+    try:
+        train_config = choose(settings.trainer, preset)
+    except ValueError as error:
+        _fail(str(error))
+    if epochs is not None:
+        train_config = train_config.model_copy(update={"epochs": epochs})
+    try:
+        metadata = run_training(train_config, examples, _parse_hour(start, "--from"), _parse_hour(end, "--to"), out,
+                                verbose=1 if sys.stderr.isatty() else 2)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(json.dumps({"model": str(out), "examples": metadata["data"]["examples"],
+                           "label_strategy": metadata["data"]["label_strategy"], **metadata["training"]}, indent=2))
+
+
+@app.command()
+def evaluate(
+    models: list[Path] = typer.Option(..., "--model", help="A SavedModel from `valueloop train`; repeat to compare."),
+    examples: Path = typer.Option(Path("out/examples"), help="The join's partitions."),
+    start: Optional[str] = _range_option("--from", "Evaluate on impressions from this hour: after training's range."),
+    end: Optional[str] = _range_option("--to", "... up to this hour, exclusive."),
+    ground_truth: Optional[Path] = typer.Option(None, help="The simulator's ground_truth.npz, for true outcomes."),
+    k: int = typer.Option(3, min=1, help="Top k of each re-ranked request."),
+    baseline: Optional[str] = typer.Option(None, help="Name (directory) of the baseline model; the first --model is "
+                                                      "checked against it for the clickbait trap."),
+    min_purchase_lift: float = typer.Option(0.25, help="Least lift in true purchases per 1000 over the baseline."),
+    out: Path = typer.Option(Path("out/evaluation"), help="Directory for evaluation.json and the plots."),
+):
+    """Score models on a later range: task AUC, log loss, calibration; re-ranked requests; the hidden truth.
+
+    Exits 1 when --baseline is given and the first model does not escape the trap it shows.
+    """
+    from pipelines.labeling import LabelStrategy
+    from trainer import evaluate as ev
+    from trainer.data import find_partitions, label_strategy, load_columns
+    from trainer.train import ExportedModel
+
+    try:
+        partitions = find_partitions(examples, _parse_hour(start, "--from"), _parse_hour(end, "--to"))
+        if label_strategy(partitions) != LabelStrategy.WAIT_FOR_WINDOW.value:
+            _fail("evaluation needs final labels: label the evaluation range with --strategy wait_for_window")
+        loaded = [ExportedModel(path) for path in models]
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    world = None
+    if ground_truth is not None:
+        from simulator.world import World
+
+        world = World.load(ground_truth)
+    columns = load_columns(partitions)
+    report = ev.evaluate(loaded, columns, k=k, world=world)
+    report["data"] = {"examples_dir": str(examples), "partitions": [p.manifest["partition"] for p in partitions]}
+    verdict = None
+    if baseline is not None:
+        if baseline not in report["models"] or world is None:
+            _fail(f"--baseline {baseline!r} needs --ground-truth and one --model named so ({list(report['models'])})")
+        verdict = report["verdict"] = ev.compare(report, loaded[0].name, baseline, k, min_purchase_lift)
+    path = ev.write_report(report, out)
+    plots = ev.plot(report, out)
+    typer.echo(ev.table(report))
+    if verdict is not None:
+        typer.echo(f"\n{verdict['candidate']} vs {verdict['baseline']}: true purchases per 1000 "
+                   f"{verdict['purchase_lift']:+.1%}, true clicks per 1000 {verdict['click_change']:+.1%}")
+        for check, passed in verdict["checks"].items():
+            typer.echo(f"  [{'pass' if passed else 'FAIL'}] {check}")
+    typer.echo(f"written: {path}, {', '.join(str(p) for p in plots)}")
+    if verdict is not None and not verdict["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(config: Optional[Path] = ConfigOption,
          requests: int = typer.Option(10_000, help="Ranking requests; 10,000 make about 140,000 events.")):
     """Start Kafka, simulate the world into it, print per-topic counts and the world's rates by item kind."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from infra.kafka import KafkaSettings
 from pipelines.settings import JoinSettings
 from simulator.config import SimulatorConfig
+from trainer.config import TrainConfig
 
 
 class Settings(BaseModel):
@@ -21,6 +22,7 @@ class Settings(BaseModel):
     kafka: KafkaSettings = KafkaSettings()
     simulator: SimulatorConfig = SimulatorConfig()
     join: JoinSettings = JoinSettings()
+    trainer: TrainConfig = TrainConfig()
 
 
 class ConfigError(ValueError):

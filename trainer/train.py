@@ -1,0 +1,116 @@
+"""Training and export: the join's partitions for a range in, a SavedModel with its metadata out."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+from trainer.config import TrainConfig
+from trainer.data import Partition, dataset, find_partitions, label_strategy
+from trainer.features import serving_spec
+from trainer.model import ValueRanker, adapt_statistics
+
+METADATA_FILE = "valueloop_model.json"
+OUTPUTS = ("click", "long_dwell", "add_to_cart", "purchase", "bounce", "value")
+
+
+def build_model(config: TrainConfig, partitions: list[Partition]) -> ValueRanker:
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(config.seed)
+    vocabularies, stats = adapt_statistics(dataset(partitions, 65_536))
+    model = ValueRanker(config.model, vocabularies, stats,
+                        fake_negative=label_strategy(partitions) == "fake_negative")
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    model.vocabularies, model.numeric_stats = vocabularies, stats
+    return model
+
+
+def train(config: TrainConfig, examples_dir: Path, start_ms: int | None, end_ms: int | None, out_dir: Path,
+          verbose: int = 1) -> dict:
+    """Trains on the partitions of [start_ms, end_ms), exports to `out_dir`; returns the metadata written."""
+    partitions = find_partitions(examples_dir, start_ms, end_ms)
+    model = build_model(config, partitions)
+    data = dataset(partitions, config.batch_size, config.shuffle_buffer, config.seed)
+    started = time.perf_counter()
+    history = model.fit(data, epochs=config.epochs, verbose=verbose)
+    seconds = time.perf_counter() - started
+    examples = sum(p.examples for p in partitions)
+    metadata = {
+        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "config": config.model_dump(),
+        "data": {
+            "examples_dir": str(Path(examples_dir).resolve()),
+            "start_ms": start_ms, "end_ms": end_ms,
+            "partitions": [p.manifest["partition"] for p in partitions],
+            "examples": examples,
+            "label_strategy": label_strategy(partitions),
+        },
+        "training": {"seconds": round(seconds, 1), "examples_per_s": round(examples * config.epochs / seconds),
+                     "final": {k: float(v[-1]) for k, v in history.history.items()}},
+    }
+    export(model, out_dir, metadata)
+    return metadata
+
+
+def export(model: ValueRanker, out_dir: Path, metadata: dict) -> Path:
+    """A SavedModel whose serving signature maps raw features to per-task probabilities and the value score."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[serving_spec()])
+    def serve(features):
+        predictions = model(features)
+        return {name: predictions[name] for name in OUTPUTS}
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(model, str(out_dir), signatures={"serving_default": serve})
+    metadata = {**metadata, "signature": {"inputs": sorted(serving_spec()), "outputs": list(OUTPUTS)},
+                "preprocessing": {"vocabularies": model.vocabularies, "numeric_stats": model.numeric_stats}}
+    (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+class ExportedModel:
+    """A reloaded SavedModel: predictions from raw feature columns, in batches."""
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        self.path = Path(path)
+        if not (self.path / "saved_model.pb").exists():
+            raise FileNotFoundError(f"{self.path}: not a SavedModel directory (no saved_model.pb); "
+                                    "train one with `valueloop train`")
+        self._loaded = tf.saved_model.load(str(self.path))
+        self._serve = self._loaded.signatures["serving_default"]
+        self.metadata = json.loads((self.path / METADATA_FILE).read_text())
+        self.name = self.path.name
+
+    def predict(self, columns: dict, batch_size: int = 65_536) -> dict:
+        import numpy as np
+        import tensorflow as tf
+
+        spec = serving_spec()
+        n = len(next(iter(columns.values())))
+        chunks: dict[str, list] = {name: [] for name in OUTPUTS}
+        for start in range(0, n, batch_size):
+            batch = {name: tf.constant(columns[name][start:start + batch_size], dtype=spec[name].dtype)
+                     for name in spec}
+            for name, value in self._serve(**batch).items():
+                chunks[name].append(value.numpy())
+        return {name: np.concatenate(parts) if parts else np.zeros(0, np.float32) for name, parts in chunks.items()}
+
+
+def code_version() -> str:
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}{'-dirty' if dirty else ''}" if commit else "unknown"
