@@ -22,6 +22,7 @@ FIELDS = 42
 NUMERIC = (0, 5, 16, 17, 18, 30, 39)  # age, wage per hour, capital gains and losses, dividends, employers, weeks
 MARITAL, WEIGHT, INCOME = 7, 24, 41  # labels and the census instance weight, never features
 TASKS = ("income", "never_married")
+QUANTILE_BUCKETS = 16
 REFERENCE_AUC = {"income": 0.9485, "never_married": 0.9947}  # histogram gradient boosting, same kind of split
 
 
@@ -69,21 +70,29 @@ def split(rows: list[list[str]], seed: int = 0, test_share: float = 0.2) -> Spli
     vocabularies = {c: {v: k for k, v in enumerate(sorted({r[c] for r in train_rows}))} for c in categorical}
     numbers = np.log1p(np.array([[float(r[c]) for c in NUMERIC] for r in train_rows]))
     mean, std = numbers.mean(axis=0), numbers.std(axis=0) + 1e-6
+    # Numbers also enter as one-hot quantile buckets: income and marriage are far from linear in age or weeks.
+    edges = [np.unique(np.quantile(numbers[:, j], np.linspace(0, 1, QUANTILE_BUCKETS + 1)[1:-1]))
+             for j in range(len(NUMERIC))]
+    bucket_width = sum(len(e) + 1 for e in edges)
 
     def encode(part):
         width = sum(len(v) for v in vocabularies.values())
-        x = np.zeros((len(part), width + len(NUMERIC)), np.float32)
+        x = np.zeros((len(part), width + bucket_width + len(NUMERIC)), np.float32)
         offset = 0
         for c in categorical:
             index = np.array([vocabularies[c].get(r[c], -1) for r in part])
             seen = index >= 0  # a value never seen in training stays all-zero
             x[np.flatnonzero(seen), offset + index[seen]] = 1.0
             offset += len(vocabularies[c])
-        x[:, offset:] = (np.log1p(np.array([[float(r[c]) for c in NUMERIC] for r in part])) - mean) / std
+        logs = np.log1p(np.array([[float(r[c]) for c in NUMERIC] for r in part]))
+        for j, e in enumerate(edges):
+            x[np.arange(len(part)), offset + np.searchsorted(e, logs[:, j], side="right")] = 1.0
+            offset += len(e) + 1
+        x[:, offset:] = (logs - mean) / std
         return x
 
-    return Split(encode(train_rows), labels_of(train_rows), encode(test_rows), labels_of(test_rows),
-                 sum(len(v) for v in vocabularies.values()) + len(NUMERIC))
+    width = sum(len(v) for v in vocabularies.values()) + bucket_width + len(NUMERIC)
+    return Split(encode(train_rows), labels_of(train_rows), encode(test_rows), labels_of(test_rows), width)
 
 
 def build(config: ModelConfig, features: int, tasks: tuple[str, ...], learning_rate: float):

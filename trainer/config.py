@@ -40,8 +40,11 @@ class ModelConfig(_Strict):
         unknown = set(self.value_weights) - set(TASKS) - {"bounce"}
         if unknown:
             raise ValueError(f"value_weights: unknown terms {sorted(unknown)}; use {[*TASKS, 'bounce']}")
-        if not any(self.loss_weights.get(t, 0) > 0 for t in TASKS):
-            raise ValueError("loss_weights: at least one task needs a positive weight")
+        if not self.trains("click"):
+            raise ValueError("loss_weights: click needs a positive weight; every other task is conditioned on it")
+        untrained = [t for t in self.value_weights if not self.trains("long_dwell" if t == "bounce" else t)]
+        if untrained:
+            raise ValueError(f"value_weights: {untrained} are not trained (give them a loss weight, or drop them)")
         return self
 
     def trains(self, task: str) -> bool:

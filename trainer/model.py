@@ -22,7 +22,6 @@ from trainer.features import CATEGORICAL, HASHED, MISSING, NUMERIC, labels as ta
 
 CONDITIONAL = {"long_dwell": "long_dwell_given_click", "add_to_cart": "add_to_cart_given_click",
                "purchase": "purchase_given_click"}
-HEADS = ("click", *CONDITIONAL.values())  # what the mixture feeds: one tower and one gate each
 _EPSILON = 1e-7
 
 
@@ -131,10 +130,12 @@ class ValueRanker(tfrs.models.Model):
         self.config = config
         self.fake_negative = fake_negative and config.fake_negative_weighting
         self.encoder = FeatureEncoder(config, vocabularies, numeric_stats, name="features")
-        self.mixer = mixture(config, HEADS)
+        # Only what some loss trains gets a tower and a gate: the CTR baseline is click alone, not click plus noise.
+        self.heads = ("click", *(CONDITIONAL[task] for task in CONDITIONAL if config.trains(task)))
+        self.mixer = mixture(config, self.heads)
         self.towers = {head: keras.Sequential([*_dense_stack(config.tower_units, f"tower_{head}").layers,
                                                layers.Dense(1, name=f"logit_{head}")], name=f"tower_{head}")
-                       for head in HEADS}
+                       for head in self.heads}
         self.tasks = {task: tfrs.tasks.Ranking(loss=keras.losses.BinaryCrossentropy(),
                                                metrics=[keras.metrics.AUC(name=f"{task}_auc")])
                       for task in TASKS if config.trains(task)}
@@ -143,11 +144,13 @@ class ValueRanker(tfrs.models.Model):
     def call(self, features, training=False):
         mixed = self.mixer(self.encoder(features), training=training)
         p = {head: tf.sigmoid(tf.squeeze(self.towers[head](mixed[head], training=training), axis=1))
-             for head in HEADS}
+             for head in self.heads}
         out = {"click": p["click"]}
         for task, head in CONDITIONAL.items():
-            out[task] = p["click"] * p[head]  # ESMM: learned over every impression, never above p(click)
-        out["bounce"] = p["click"] - out["long_dwell"]
+            if head in p:
+                out[task] = p["click"] * p[head]  # ESMM: learned over every impression, never above p(click)
+        if "long_dwell" in out:
+            out["bounce"] = p["click"] - out["long_dwell"]
         out["value"] = tf.add_n([weight * out[term] for term, weight in self.value_weights.items()])
         return out
 

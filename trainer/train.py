@@ -62,12 +62,13 @@ def export(model: ValueRanker, out_dir: Path, metadata: dict) -> Path:
     @tf.function(input_signature=[serving_spec()])
     def serve(features):
         predictions = model(features)
-        return {name: predictions[name] for name in OUTPUTS}
+        return {name: predictions[name] for name in OUTPUTS if name in predictions}
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tf.saved_model.save(model, str(out_dir), signatures={"serving_default": serve})
-    metadata = {**metadata, "signature": {"inputs": sorted(serving_spec()), "outputs": list(OUTPUTS)},
+    outputs = [name for name in OUTPUTS if name in serve.get_concrete_function().structured_outputs]
+    metadata = {**metadata, "signature": {"inputs": sorted(serving_spec()), "outputs": outputs},
                 "preprocessing": {"vocabularies": model.vocabularies, "numeric_stats": model.numeric_stats}}
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return out_dir
@@ -94,7 +95,7 @@ class ExportedModel:
 
         spec = serving_spec()
         n = len(next(iter(columns.values())))
-        chunks: dict[str, list] = {name: [] for name in OUTPUTS}
+        chunks: dict[str, list] = {name: [] for name in self.metadata["signature"]["outputs"]}
         for start in range(0, n, batch_size):
             batch = {name: tf.constant(columns[name][start:start + batch_size], dtype=spec[name].dtype)
                      for name in spec}

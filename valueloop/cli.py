@@ -328,6 +328,32 @@ def evaluate(
 
 
 @app.command()
+def census(
+    seed: int = typer.Option(0, help="Seed of the 80/20 split."),
+    epochs: int = typer.Option(30, help="Most passes per model; a tenth of the training split stops it early."),
+    experts: int = typer.Option(8, help="MMoE experts (the shared-bottom network gets the same units in one)."),
+    out: Path = typer.Option(Path("bench/results/census.json"), help="Where the JSON result goes."),
+):
+    """The MMoE paper's real-data check: income and never-married on UCI census-income, against baselines."""
+    from bench.environment import describe
+    from trainer import census as run
+    from trainer.config import ModelConfig
+
+    data = run.split(run.read_rows(), seed=seed)
+    base = ModelConfig(experts=experts, expert_units=[32], tower_units=[16])
+    results = run.run(data, base, epochs=epochs, verbose=1 if sys.stderr.isatty() else 0)
+    typer.echo(f"{'model':<16}" + "".join(f"{t + ' AUC':>22}" for t in run.TASKS))
+    for name, aucs in {**results, "gradient boosting (reference)": run.REFERENCE_AUC}.items():
+        typer.echo(f"{name:<16}" + "".join(f"{aucs[t]:>22.4f}" for t in run.TASKS))
+    summary = {"mmoe": results["mmoe"], "reference": run.REFERENCE_AUC,
+               "goal_met": all(results["mmoe"][t] >= run.REFERENCE_AUC[t] for t in run.TASKS)}
+    _record({"benchmark": "census", "environment": describe(("tensorflow", "tensorflow-recommenders")),
+             "settings": {"seed": seed, "test_share": 0.2, "rows": len(data.x_train) + len(data.x_test),
+                          "features": data.features, "epochs_at_most": epochs, "model": base.model_dump()},
+             "results": results, "summary": summary}, out)
+
+
+@app.command()
 def demo(config: Optional[Path] = ConfigOption,
          requests: int = typer.Option(10_000, help="Ranking requests; 10,000 make about 140,000 events.")):
     """Start Kafka, simulate the world into it, print per-topic counts and the world's rates by item kind."""
@@ -368,6 +394,19 @@ def bench_ingest(
     settings = _settings(config)
     _broker_up(settings)
     _record(run_ingest_benchmark(settings, requests=requests, workers=workers, repeats=repeats), out)
+
+
+@bench_app.command("train")
+def bench_train(
+    config: Optional[Path] = ConfigOption,
+    requests: int = typer.Option(60_000, help="Ranking requests to simulate (10 impressions each)."),
+    repeats: int = typer.Option(3, help="Timed epochs per path; the median is reported."),
+    out: Path = typer.Option(Path("bench/results/train.json"), help="Where the JSON result goes."),
+):
+    """Training examples/s of the value model from TFRecord partitions beside the same examples in memory."""
+    from bench.train import run_train_benchmark
+
+    _record(run_train_benchmark(_settings(config).trainer, requests=requests, repeats=repeats), out)
 
 
 @bench_app.command("join")

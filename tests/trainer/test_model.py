@@ -73,7 +73,8 @@ def test_esmm_never_predicts_a_conversion_more_likely_than_its_click(trained, ba
 
 
 def test_the_loss_is_the_weighted_sum_of_each_task_cross_entropy_over_impressions(examples_dir, batch):
-    config = CONFIG.model.model_copy(update={"loss_weights": {"click": 1.0, "purchase": 2.0, "add_to_cart": 0.5}})
+    config = CONFIG.model.model_copy(update={"loss_weights": {"click": 1.0, "purchase": 2.0, "add_to_cart": 0.5},
+                                             "value_weights": {"purchase": 1.0}})
     model = build_model(CONFIG.model_copy(update={"model": config}), find_partitions(examples_dir))
     p = {k: v.numpy().astype(np.float64) for k, v in model(batch).items()}
     y = {k: v.astype(np.float64) for k, v in observed_labels({k: v.numpy() for k, v in batch.items()}, 30.0).items()}
