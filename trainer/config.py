@@ -20,6 +20,7 @@ class ModelConfig(_Strict):
     experts: int = Field(4, ge=1, le=64)
     expert_units: list[int] = Field(default_factory=lambda: [64], min_length=1)
     tower_units: list[int] = Field(default_factory=lambda: [32])
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each expert (or shared-bottom) layer.")
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"click": 1.0, "long_dwell": 1.0, "add_to_cart": 1.0, "purchase": 1.0},
         description="Weight of each task's loss; a task at 0 is not trained (the CTR baseline trains click only).")

@@ -25,17 +25,22 @@ CONDITIONAL = {"long_dwell": "long_dwell_given_click", "add_to_cart": "add_to_ca
 _EPSILON = 1e-7
 
 
-def _dense_stack(units: list[int], name: str) -> keras.Sequential:
-    return keras.Sequential([layers.Dense(u, activation="relu") for u in units], name=name)
+def _dense_stack(units: list[int], name: str, dropout: float = 0.0) -> keras.Sequential:
+    stack = []
+    for u in units:
+        stack.append(layers.Dense(u, activation="relu"))
+        if dropout:
+            stack.append(layers.Dropout(dropout))
+    return keras.Sequential(stack, name=name)
 
 
 class MMoE(layers.Layer):
     """Experts shared by every head, mixed by one softmax gate per head (Ma et al., KDD 2018)."""
 
-    def __init__(self, heads: tuple[str, ...], experts: int, expert_units: list[int], **kwargs):
+    def __init__(self, heads: tuple[str, ...], experts: int, expert_units: list[int], dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.heads = heads
-        self.experts = [_dense_stack(expert_units, f"expert_{k}") for k in range(experts)]
+        self.experts = [_dense_stack(expert_units, f"expert_{k}", dropout) for k in range(experts)]
         self.gates = {head: layers.Dense(experts, activation="softmax", name=f"gate_{head}") for head in heads}
 
     def call(self, x):
@@ -46,10 +51,10 @@ class MMoE(layers.Layer):
 class SharedBottom(layers.Layer):
     """One network shared by every head: the classic multi-task baseline MMoE improves on."""
 
-    def __init__(self, heads: tuple[str, ...], units: list[int], **kwargs):
+    def __init__(self, heads: tuple[str, ...], units: list[int], dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.heads = heads
-        self.bottom = _dense_stack(units, "bottom")
+        self.bottom = _dense_stack(units, "bottom", dropout)
 
     def call(self, x):
         shared = self.bottom(x)
@@ -58,9 +63,9 @@ class SharedBottom(layers.Layer):
 
 def mixture(config: ModelConfig, heads: tuple[str, ...]) -> layers.Layer:
     if config.architecture == "mmoe":
-        return MMoE(heads, config.experts, config.expert_units, name="mmoe")
+        return MMoE(heads, config.experts, config.expert_units, config.dropout, name="mmoe")
     # The same budget as the experts together, so the comparison is of structure, not size.
-    return SharedBottom(heads, [u * config.experts for u in config.expert_units], name="shared_bottom")
+    return SharedBottom(heads, [u * config.experts for u in config.expert_units], config.dropout, name="shared_bottom")
 
 
 class FeatureEncoder(layers.Layer):

@@ -1,6 +1,7 @@
 """The `valueloop` command: `valueloop --help` is the manual."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -264,8 +265,9 @@ def train(
     if epochs is not None:
         train_config = train_config.model_copy(update={"epochs": epochs})
     try:
-        metadata = run_training(train_config, examples, _parse_hour(start, "--from"), _parse_hour(end, "--to"), out,
-                                verbose=1 if sys.stderr.isatty() else 2)
+        with contextlib.redirect_stdout(sys.stderr):  # Keras' progress goes beside the log; stdout holds the result
+            metadata = run_training(train_config, examples, _parse_hour(start, "--from"), _parse_hour(end, "--to"),
+                                    out, verbose=1 if sys.stderr.isatty() else 2)
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     typer.echo(json.dumps({"model": str(out), "examples": metadata["data"]["examples"],

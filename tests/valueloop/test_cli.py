@@ -63,3 +63,39 @@ def test_a_bad_settings_file_names_the_file_and_field(tmp_path):
 def test_simulate_rejects_an_unknown_destination(tmp_path):
     result = run("simulate", "--to", "s3", "--out", str(tmp_path), check=False)
     assert result.returncode == 1 and "--to is kafka or files" in result.stderr
+
+
+def test_simulate_label_train_and_evaluate_as_a_user_runs_them(tmp_path):
+    config = tmp_path / "settings.yaml"
+    config.write_text("simulator:\n  catalogue:\n    users: 1500\n    items: 300\n"
+                      "trainer:\n  batch_size: 512\n  epochs: 2\n  learning_rate: 0.01\n")
+    sim, examples, models = tmp_path / "sim", tmp_path / "examples", tmp_path / "models"
+    run("simulate", "--config", str(config), "--to", "files", "--out", str(sim), "--requests", "4000",
+        "--days", "2", "--seed", "11")
+    labeled = json.loads(run("label", "--events", str(sim), "--out", str(examples),
+                             "--purchase-window-s", "21600").stdout)
+    assert labeled["examples"] > 20_000 and labeled["purchased"] > 0
+    for preset in ("value", "ctr"):
+        trained = json.loads(run("train", "--config", str(config), "--examples", str(examples), "--to",
+                                 "2026-11-02T06:00Z", "--preset", preset, "--out", str(models / preset)).stdout)
+        assert trained["label_strategy"] == "wait_for_window" and trained["examples"] > 10_000
+
+    result = run("evaluate", "--model", str(models / "value"), "--model", str(models / "ctr"), "--examples",
+                 str(examples), "--from", "2026-11-02T06:00Z", "--ground-truth", str(sim / "ground_truth.npz"),
+                 "--baseline", "ctr", "--out", str(tmp_path / "eval"), check=False)
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert set(report["models"]) == {"logged policy", "value", "ctr"}
+    assert report["models"]["ctr"]["trained_tasks"] == ["click"]
+    assert report["models"]["value"]["tasks"]["purchase"]["auc"] > 0.6
+    assert (tmp_path / "eval" / "trap.png").stat().st_size > 0
+    assert result.returncode == (0 if report["verdict"]["passed"] else 1), result.stderr
+    assert "true purchases per 1000" in result.stdout
+
+
+def test_evaluation_refuses_provisional_labels(tmp_path):
+    sim, examples = tmp_path / "sim", tmp_path / "examples"
+    run("simulate", "--to", "files", "--out", str(sim), "--requests", "300", "--days", "0.5")
+    run("label", "--events", str(sim), "--out", str(examples), "--strategy", "fake_negative")
+    result = run("evaluate", "--model", str(tmp_path / "none"), "--examples", str(examples), check=False)
+    assert result.returncode == 1
+    assert "evaluation needs final labels" in result.stderr
