@@ -333,7 +333,7 @@ def evaluate(
 def census(
     seed: int = typer.Option(0, help="Seed of the 80/20 split."),
     epochs: int = typer.Option(30, help="Most passes per model; a tenth of the training split stops it early."),
-    experts: int = typer.Option(8, help="MMoE experts (the shared-bottom network gets the same units in one)."),
+    experts: int = typer.Option(16, help="MMoE experts (the shared-bottom network gets the same units in one)."),
     out: Path = typer.Option(Path("bench/results/census.json"), help="Where the JSON result goes."),
 ):
     """The MMoE paper's real-data check: income and never-married on UCI census-income, against baselines."""
@@ -342,7 +342,7 @@ def census(
     from trainer.config import ModelConfig
 
     data = run.split(run.read_rows(), seed=seed)
-    base = ModelConfig(experts=experts, expert_units=[32], tower_units=[16])
+    base = ModelConfig(experts=experts, expert_units=[64], tower_units=[32])
     results = run.run(data, base, epochs=epochs, verbose=1 if sys.stderr.isatty() else 0)
     typer.echo(f"{'model':<16}" + "".join(f"{t + ' AUC':>22}" for t in run.TASKS))
     for name, aucs in {**results, "gradient boosting (reference)": run.REFERENCE_AUC}.items():

@@ -50,3 +50,58 @@ def test_streaming_join_writes_the_bounded_joins_hours(kafka_settings, tmp_path)
         log.close()
     got = tfrecords(streamed)
     assert [hour for hour in wanted if got.get(hour) != expected[hour]] == []
+
+
+def _send_when_led(settings, events, timeout_s=90):
+    """Sends once the restarted node leads its partitions again (until then produce requests fail)."""
+    from infra.kafka.producer import DeliveryError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with KafkaSink(settings) as sink:
+                return sink.write(events)
+        except DeliveryError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def test_a_broker_restart_mid_stream_loses_and_duplicates_nothing(kafka_broker, kafka_settings, tmp_path):
+    events = list(Simulation(SIM).events())
+    half = len(events) // 2
+    with KafkaSink(kafka_settings) as sink:
+        sink.write(events[:half])
+    streamed = tmp_path / "streamed"
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
+                                  "join": {"labels": LABELS, "output_dir": str(streamed)}}))
+    log = open(tmp_path / "join.log", "w")
+    job = subprocess.Popen([sys.executable, "-m", "valueloop.cli", "join", "--mode", "streaming", "--config", str(config)],
+                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(tfrecords(streamed)) < 3:
+            assert job.poll() is None, "the streaming job stopped by itself"
+            time.sleep(2)
+        assert len(tfrecords(streamed)) >= 3, "the stream wrote nothing before the restart"
+        kafka_broker.down()
+        time.sleep(3)
+        kafka_broker.up()
+        _send_when_led(kafka_settings, events[half:])
+
+        bounded = tmp_path / "bounded"
+        run_bounded_join(kafka_settings, JoinSettings.model_validate({"labels": LABELS, "output_dir": str(bounded)}))
+        expected = tfrecords(bounded)
+        wanted = sorted(expected)[:-1]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not set(wanted) <= set(tfrecords(streamed)):
+            assert job.poll() is None, "the streaming job stopped by itself"
+            time.sleep(2)
+        time.sleep(5)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        log.close()
+    got = tfrecords(streamed)
+    assert [hour for hour in wanted if got.get(hour) != expected[hour]] == []
