@@ -207,9 +207,11 @@ class WriteExamples(beam.PTransform):
 class _WriteSettledHour(beam.DoFn):
     """Holds an hour's examples until the watermark passes the hour's end plus the label horizon, then writes.
 
-    An example of the hour that still comes after that (the runner released it late) makes the partition be
-    written again, whole, with a higher revision in its manifest; the hour's state is dropped once the
-    allowed lateness has passed too.
+    An example of the hour that still comes after that makes the partition be written again at once, whole, with
+    a higher revision in its manifest. That happens when the watermark jumps (a backlog read, then a pause) and
+    the runner fires this timer before the upstream timers whose output it is waiting for: Prism does. Waiting
+    for the settled timer to fire again is not enough, since a runner need not fire a timer set behind the
+    watermark until the watermark moves. The hour's state is dropped once the allowed lateness has passed too.
     """
 
     EXAMPLES = BagStateSpec("examples", beam.coders.registry.get_coder(Example))
@@ -226,23 +228,29 @@ class _WriteSettledHour(beam.DoFn):
         self._writer.setup()
         self._rewrites = Metrics.counter("examples", "partition_rewrites")
 
-    def process(self, hour_example, examples=beam.DoFn.StateParam(EXAMPLES), settled=beam.DoFn.TimerParam(SETTLED),
-                expired=beam.DoFn.TimerParam(EXPIRED)):
-        _partition, example = hour_example
+    def process(self, hour_example, examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION),
+                settled=beam.DoFn.TimerParam(SETTLED), expired=beam.DoFn.TimerParam(EXPIRED)):
+        partition, example = hour_example
         examples.add(example)
         settle_ms = (example.event_time_ms // 3_600_000 + 1) * 3_600_000 + self._horizon_ms
+        if revision.read():  # written already: this example came after, so the partition is rewritten now
+            yield from self._write(partition, settle_ms, examples, revision)
+            return
         settled.set(Timestamp(micros=settle_ms * 1000))
         expired.set(Timestamp(micros=(settle_ms + self._allowed_lateness_ms) * 1000))
 
     @on_timer(SETTLED)
     def write(self, key=beam.DoFn.KeyParam, fire=beam.DoFn.TimestampParam, examples=beam.DoFn.StateParam(EXAMPLES),
               revision=beam.DoFn.StateParam(REVISION)):
-        held = list(examples.read())
+        yield from self._write(key, fire.micros // 1000, examples, revision)
+
+    def _write(self, partition: str, watermark_ms: int, examples, revision):
         written = revision.read() or 0
         if written:
             self._rewrites.inc()
         revision.write(written + 1)
-        yield from self._writer.process((key, held), watermark_ms=fire.micros // 1000, revision=written + 1)
+        yield from self._writer.process((partition, list(examples.read())), watermark_ms=watermark_ms,
+                                        revision=written + 1)
 
     @on_timer(EXPIRED)
     def expire(self, examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION)):

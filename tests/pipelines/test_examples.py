@@ -48,3 +48,36 @@ def test_tfrecord_framing_reads_back(tmp_path):
     path = tmp_path / "x.tfrecord"
     path.write_bytes(b"".join(_framed(r) for r in records))
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
+
+
+def test_streaming_writer_rewrites_an_hour_whole_when_an_example_comes_after_it_was_written(tmp_path):
+    import json
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+    from apache_beam.testing.test_stream import TestStream as BeamTestStream
+    from apache_beam.transforms.window import TimestampedValue
+
+    from pipelines.examples import WriteExamplesStreaming, partition_of
+    from pipelines.labeling import Example
+
+    first, second = sample_examples()[:2]  # impressions "a" and "b", both in the hour of T0
+    horizon = LabelConfig().horizon_ms
+    settle_ms = (T0 // 3_600_000 + 1) * 3_600_000 + horizon
+    stream = (BeamTestStream(coder=beam.coders.registry.get_coder(Example))
+              .advance_watermark_to((T0 - 1) / 1000)
+              .add_elements([TimestampedValue(first, first.label_time_ms / 1000)])
+              .advance_watermark_to((settle_ms + 1) / 1000)  # the hour is written with "a" alone
+              .add_elements([TimestampedValue(second, second.label_time_ms / 1000)])  # "b" comes after
+              .advance_watermark_to((settle_ms + 2) / 1000)
+              .advance_watermark_to_infinity())
+    options = PipelineOptions(flags=[])
+    options.view_as(StandardOptions).streaming = True
+    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        _ = p | stream | WriteExamplesStreaming(str(tmp_path), {"test": True}, horizon, allowed_lateness_ms=D)
+    hour = tmp_path / partition_of(T0)
+    manifest = json.loads((hour / "_manifest.json").read_text())
+    assert manifest["examples"] == 2 and manifest["revision"] == 2
+    expected = b"".join(_framed(serialize_example(e)) for e in sorted((first, second), key=lambda e: e.impression_id))
+    assert (hour / "examples.tfrecord").read_bytes() == expected
