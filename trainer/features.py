@@ -61,12 +61,20 @@ def example_columns() -> dict[str, tuple[str, object]]:
     return columns
 
 
-def parse_spec():
-    """The tf.io.parse_example spec of a LabeledExample."""
+LABEL_COLUMNS = ("clicked", "dwell_ms", "added_to_cart", "purchased", "is_correction")
+TRAINING_COLUMNS = (*INPUTS, *LABEL_COLUMNS)  # what training parses: each column left out is work saved per example
+
+
+def parse_spec(columns: tuple[str, ...] | None = None):
+    """The tf.io.parse_example spec of a LabeledExample, or of the named columns of it."""
     import tensorflow as tf
 
+    known = example_columns()
+    unknown = set(columns or ()) - set(known)
+    if unknown:
+        raise ValueError(f"not LabeledExample columns: {sorted(unknown)}")
     return {name: tf.io.FixedLenFeature([], getattr(tf, dtype), default_value=default)
-            for name, (dtype, default) in example_columns().items()}
+            for name, (dtype, default) in known.items() if columns is None or name in columns}
 
 
 def serving_spec():

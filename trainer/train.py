@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trainer.config import TrainConfig
 from trainer.data import Partition, dataset, find_partitions, label_strategy
-from trainer.features import serving_spec
+from trainer.features import TRAINING_COLUMNS, serving_spec
 from trainer.model import ValueRanker, adapt_statistics
 
 METADATA_FILE = "valueloop_model.json"
@@ -32,7 +32,8 @@ def train(config: TrainConfig, examples_dir: Path, start_ms: int | None, end_ms:
     """Trains on the partitions of [start_ms, end_ms), exports to `out_dir`; returns the metadata written."""
     partitions = find_partitions(examples_dir, start_ms, end_ms)
     model = build_model(config, partitions)
-    data = dataset(partitions, config.batch_size, config.shuffle_buffer, config.seed)
+    data = dataset(partitions, config.batch_size, config.shuffle_buffer, config.seed, columns=TRAINING_COLUMNS,
+                   cache=config.cache_parsed)
     started = time.perf_counter()
     history = model.fit(data, epochs=config.epochs, verbose=verbose)
     seconds = time.perf_counter() - started
