@@ -3,6 +3,7 @@
 All traffic is in the topics when the job starts; the job follows them and writes each event hour once the
 watermark settles it. Every hour it writes must equal, byte for byte, what the bounded join writes for it.
 """
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +26,32 @@ def tfrecords(root):
     return {p.parent.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("examples.tfrecord")}
 
 
+@contextlib.contextmanager
+def streaming_join(kafka_settings, tmp_path, output_dir):
+    """`valueloop join --mode streaming` as a user starts it, in its own process group; killed on exit."""
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
+                                  "join": {"labels": LABELS, "output_dir": str(output_dir)}}))
+    with open(tmp_path / "join.log", "w") as log:
+        job = subprocess.Popen([sys.executable, "-m", "valueloop.cli", "join", "--mode", "streaming", "--config",
+                                str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield job
+        finally:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+
+
+def wait_for_hours(job, directory, hours, at_least=None, timeout_s=300):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        written = tfrecords(directory)
+        if (set(hours) <= set(written)) if at_least is None else len(written) >= at_least:
+            return
+        assert job.poll() is None, "the streaming job stopped by itself"
+        time.sleep(2)
+
+
 def test_streaming_join_writes_the_bounded_joins_hours(kafka_settings, tmp_path):
     with KafkaSink(kafka_settings) as sink:
         sink.write(Simulation(SIM).events())
@@ -34,22 +61,9 @@ def test_streaming_join_writes_the_bounded_joins_hours(kafka_settings, tmp_path)
     assert len(expected) > 20
     wanted = sorted(expected)[:-1]  # the stream's watermark may trail the bounded one by an hour
 
-    config = tmp_path / "settings.json"
-    config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
-                                  "join": {"labels": LABELS, "output_dir": str(streamed)}}))
-    log = open(tmp_path / "join.log", "w")
-    job = subprocess.Popen([sys.executable, "-m", "valueloop.cli", "join", "--mode", "streaming", "--config", str(config)],
-                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not set(wanted) <= set(tfrecords(streamed)):
-            assert job.poll() is None, "the streaming job stopped by itself"
-            time.sleep(2)
+    with streaming_join(kafka_settings, tmp_path, streamed) as job:
+        wait_for_hours(job, streamed, wanted)
         time.sleep(5)  # a partition written twice would be rewritten by now
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
-        log.close()
     got = tfrecords(streamed)
     assert [hour for hour in wanted if got.get(hour) != expected[hour]] == []
 
@@ -79,17 +93,8 @@ def test_a_broker_restart_mid_stream_loses_and_duplicates_nothing(kafka_broker, 
     with KafkaSink(kafka_settings) as sink:
         sink.write(events[:half])
     streamed = tmp_path / "streamed"
-    config = tmp_path / "settings.json"
-    config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
-                                  "join": {"labels": LABELS, "output_dir": str(streamed)}}))
-    log = open(tmp_path / "join.log", "w")
-    job = subprocess.Popen([sys.executable, "-m", "valueloop.cli", "join", "--mode", "streaming", "--config", str(config)],
-                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(tfrecords(streamed)) < 3:
-            assert job.poll() is None, "the streaming job stopped by itself"
-            time.sleep(2)
+    with streaming_join(kafka_settings, tmp_path, streamed) as job:
+        wait_for_hours(job, streamed, (), at_least=3)
         assert len(tfrecords(streamed)) >= 3, "the stream wrote nothing before the restart"
         kafka_broker.down()
         time.sleep(3)
@@ -100,14 +105,7 @@ def test_a_broker_restart_mid_stream_loses_and_duplicates_nothing(kafka_broker, 
         run_bounded_join(kafka_settings, JoinSettings.model_validate({"labels": LABELS, "output_dir": str(bounded)}))
         expected = tfrecords(bounded)
         wanted = sorted(expected)[:-1]
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not set(wanted) <= set(tfrecords(streamed)):
-            assert job.poll() is None, "the streaming job stopped by itself"
-            time.sleep(2)
+        wait_for_hours(job, streamed, wanted)
         time.sleep(5)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
-        log.close()
     got = tfrecords(streamed)
     assert [hour for hour in wanted if got.get(hour) != expected[hour]] == []
