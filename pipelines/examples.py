@@ -110,32 +110,52 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+_SUMMARY = ("impression_id", "label_time_ms", "is_correction", "added_to_cart", "purchased", "clicked",
+            "event_time_ms", "label_strategy")
+
+
+def _summary(fields: dict) -> tuple:
+    return tuple(fields.get(name) for name in _SUMMARY)
+
+
 def write_partition(output_dir: str | Path, partition: str, examples: list[Example], source: dict,
-                    watermark_ms: int | None = None, revision: int = 1) -> tuple[dict, int]:
+                    watermark_ms: int | None = None, revision: int = 1,
+                    keep_written: bool = False) -> tuple[dict, int]:
     """Writes one partition's TFRecord file, then its manifest; returns the manifest and the duplicates dropped.
 
     An example is identified by its impression and which label it settles; a runner that retries work may
-    deliver one twice, and the file must hold it once.
+    deliver one twice, and the file must hold it once. With `keep_written`, the examples already in the
+    partition's file stay in it beside the new ones (a streaming hour written again after its state expired).
     """
-    unique = {(e.impression_id, e.label_time_ms, e.is_correction, e.added_to_cart, e.purchased): e for e in examples}
-    duplicates = len(examples) - len(unique)
-    examples = [unique[k] for k in sorted(unique)]
     directory = Path(output_dir) / partition
+    records: dict[tuple, tuple[tuple, bytes]] = {}
+    if keep_written and (directory / EXAMPLES_FILE).exists():
+        if (directory / MANIFEST_FILE).exists():
+            revision = max(revision, json.loads((directory / MANIFEST_FILE).read_text())["revision"] + 1)
+        for record in read_records(directory / EXAMPLES_FILE):
+            summary = _summary(parse_example_fields(record))
+            records[summary[:5]] = (summary, record)
+    for example in examples:
+        summary = _summary(example._asdict())
+        records[summary[:5]] = (summary, serialize_example(example))
+    duplicates = max(0, len(examples) - len(records)) if not keep_written else 0
+    rows = [records[key] for key in sorted(records)]
     directory.mkdir(parents=True, exist_ok=True)
     _remove_orphans(directory)
-    _write_atomically(directory / EXAMPLES_FILE, b"".join(_framed(serialize_example(e)) for e in examples))
+    _write_atomically(directory / EXAMPLES_FILE, b"".join(_framed(record) for _, record in rows))
+    summaries = [dict(zip(_SUMMARY, summary)) for summary, _ in rows]
     manifest = {
         "partition": partition,
         "file": EXAMPLES_FILE,
-        "examples": len(examples),
+        "examples": len(rows),
         "labels": {
-            "clicked": sum(e.clicked for e in examples),
-            "added_to_cart": sum(e.added_to_cart for e in examples),
-            "purchased": sum(e.purchased for e in examples),
-            "corrections": sum(e.is_correction for e in examples),
+            "clicked": sum(bool(e["clicked"]) for e in summaries),
+            "added_to_cart": sum(bool(e["added_to_cart"]) for e in summaries),
+            "purchased": sum(bool(e["purchased"]) for e in summaries),
+            "corrections": sum(bool(e["is_correction"]) for e in summaries),
         },
-        "label_strategy": examples[0].label_strategy,
-        "event_time_ms": [min(e.event_time_ms for e in examples), max(e.event_time_ms for e in examples)],
+        "label_strategy": summaries[0]["label_strategy"],
+        "event_time_ms": [min(e["event_time_ms"] for e in summaries), max(e["event_time_ms"] for e in summaries)],
         "source": source,
         "watermark_ms": watermark_ms,
         "revision": revision,
@@ -184,6 +204,73 @@ def _framed(record: bytes) -> bytes:
     """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
     length = struct.pack("<Q", len(record))
     return length + _masked_crc(length) + record + _masked_crc(record)
+
+
+def read_records(path: Path) -> list[bytes]:
+    """The records of a TFRecord file written by `_framed` (lengths and checksums checked)."""
+    data = Path(path).read_bytes()
+    records, at = [], 0
+    while at < len(data):
+        length_bytes = data[at:at + 8]
+        (length,) = struct.unpack("<Q", length_bytes)
+        record = data[at + 12:at + 12 + length]
+        if data[at + 8:at + 12] != _masked_crc(length_bytes) or data[at + 12 + length:at + 16 + length] != _masked_crc(record):
+            raise ValueError(f"{path}: corrupt record at byte {at}")
+        records.append(record)
+        at += 16 + length
+    return records
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value) of a protobuf message: ints for varints, bytes for length-delimited."""
+    at = 0
+    while at < len(data):
+        tag, at = _read_varint(data, at)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, at = _read_varint(data, at)
+        elif wire == 2:
+            length, at = _read_varint(data, at)
+            value, at = data[at:at + length], at + length
+        elif wire == 5:
+            value, at = data[at:at + 4], at + 4
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def parse_example_fields(record: bytes) -> dict:
+    """A tf.Example written by `serialize_example`, back to its flat named values (without TensorFlow)."""
+    fields = {}
+    for _, _, features in _fields(record):  # Example.features
+        for _, _, entry in _fields(features):  # Features.feature map entries
+            name, feature = None, b""
+            for number, _, value in _fields(entry):
+                if number == 1:
+                    name = value.decode()
+                else:
+                    feature = value
+            for kind, _, values in _fields(feature):
+                (_, _, packed), = list(_fields(values))
+                if kind == 1:
+                    fields[name] = packed.decode()
+                elif kind == 2:
+                    (fields[name],) = _FLOATS.unpack(packed)
+                else:
+                    n, _ = _read_varint(packed, 0)
+                    fields[name] = n - (1 << 64) if n >= 1 << 63 else n
+    return fields
 
 
 class WriteExamples(beam.PTransform):
@@ -249,8 +336,13 @@ class _WriteSettledHour(beam.DoFn):
         if written:
             self._rewrites.inc()
         revision.write(written + 1)
-        yield from self._writer.process((partition, list(examples.read())), watermark_ms=watermark_ms,
-                                        revision=written + 1)
+        # A first write by this state may still find the hour on disk: its state expired and then an example
+        # came (a runner that fires this step's timers before upstream timers' output reaches it). The examples
+        # written then stay; the file is never replaced by a smaller one.
+        manifest, _ = write_partition(self._writer._output_dir, partition, list(examples.read()),
+                                      self._writer._source, watermark_ms, written + 1, keep_written=True)
+        self._writer._files.inc()
+        yield manifest
 
     @on_timer(EXPIRED)
     def expire(self, examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION)):

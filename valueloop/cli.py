@@ -186,10 +186,9 @@ def join(
             _fail(f"--mode streaming runs on the direct runner (Prism); --runner {runner} is not available for it")
         if not join_settings.prism_location.exists():
             _fail(f"no Prism runner at {join_settings.prism_location}: run `make prism` (see infra/prism/README.md)")
-        typer.secho("streaming mode is experimental: its output equals the bounded join's for topics filled before "
-                    "it starts, but when new events arrive after it has caught up, some examples go missing from "
-                    "their hour's file (a known bug); use the bounded join for training data", fg=typer.colors.YELLOW,
-                    err=True)
+        typer.secho("streaming mode is experimental: on some runs some examples go missing from their hour's "
+                    "file, always when events arrive after it has caught up (a known bug); use the bounded join "
+                    "for training data", fg=typer.colors.YELLOW, err=True)
         typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
                    f"{join_settings.output_dir}; stop with Ctrl-C", err=True)
         run_streaming_join(settings.kafka, join_settings, str(join_settings.prism_location),

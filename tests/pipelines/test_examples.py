@@ -81,3 +81,31 @@ def test_streaming_writer_rewrites_an_hour_whole_when_an_example_comes_after_it_
     assert manifest["examples"] == 2 and manifest["revision"] == 2
     expected = b"".join(_framed(serialize_example(e)) for e in sorted((first, second), key=lambda e: e.impression_id))
     assert (hour / "examples.tfrecord").read_bytes() == expected
+
+
+def test_examples_read_back_from_their_bytes_without_tensorflow():
+    from pipelines.examples import parse_example_fields
+
+    for example in sample_examples():
+        expected = example_fields(example)
+        got = parse_example_fields(serialize_example(example))
+        assert set(got) == set(expected)
+        for name, value in expected.items():
+            assert got[name] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else
+                                 (int(value) if isinstance(value, bool) else value))
+
+
+def test_a_partition_written_again_keeps_what_it_held_and_never_shrinks(tmp_path):
+    import json
+
+    from pipelines.examples import read_records, write_partition
+
+    first, second = sample_examples()[:2]
+    write_partition(tmp_path / "whole", "dt=x/hour=00", [first, second], {"s": 1})
+    write_partition(tmp_path / "late", "dt=x/hour=00", [first], {"s": 1})
+    manifest, _ = write_partition(tmp_path / "late", "dt=x/hour=00", [second], {"s": 1}, keep_written=True)
+    assert manifest["examples"] == 2 and manifest["revision"] == 2
+    whole, late = (read_records(tmp_path / d / "dt=x/hour=00" / "examples.tfrecord") for d in ("whole", "late"))
+    assert late == whole
+    again, _ = write_partition(tmp_path / "late", "dt=x/hour=00", [second], {"s": 1}, keep_written=True)
+    assert again["examples"] == 2 and json.loads((tmp_path / "late/dt=x/hour=00/_manifest.json").read_text())["revision"] == 3
