@@ -19,7 +19,19 @@ import tf_keras as keras  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.metrics import auc  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "census-income" / "census-income.test.gz"
+_RELATIVE = Path("shared") / "data" / "census-income" / "census-income.test.gz"
+
+
+def data_path() -> Path:
+    """The census file: $VALUELOOP_CENSUS_DATA, else `shared/` beside the checkout, else the team's /work/shared."""
+    if os.environ.get("VALUELOOP_CENSUS_DATA"):
+        return Path(os.environ["VALUELOOP_CENSUS_DATA"])
+    candidates = [Path(__file__).resolve().parents[2] / _RELATIVE, Path("/work") / _RELATIVE]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"census-income data not found at {' or '.join(map(str, candidates))}; "
+                            "set VALUELOOP_CENSUS_DATA to census-income.test.gz")
 FIELDS = 42
 NUMERIC = (0, 5, 16, 17, 18, 30, 39)  # age, wage per hour, capital gains and losses, dividends, employers, weeks
 MARITAL, WEIGHT, INCOME = 7, 24, 41  # labels and the census instance weight, never features
@@ -41,7 +53,8 @@ class Split:
     features: int
 
 
-def read_rows(path: Path = DATA) -> list[list[str]]:
+def read_rows(path: Path | None = None) -> list[list[str]]:
+    path = path or data_path()
     rows = []
     with gzip.open(path, "rt") as f:
         for number, line in enumerate(f, 1):
