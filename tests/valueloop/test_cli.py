@@ -16,7 +16,7 @@ def run(*args, check=True, cwd=None):
 
 def test_help_is_the_manual():
     out = run("--help").stdout
-    for command in ("kafka", "simulate", "demo", "bench"):
+    for command in ("kafka", "simulate", "join", "label", "train", "evaluate", "census", "demo", "bench"):
         assert command in out
     assert "up" in run("kafka", "--help").stdout
 
