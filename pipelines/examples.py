@@ -138,7 +138,7 @@ def write_partition(output_dir: str | Path, partition: str, examples: list[Examp
     for example in examples:
         summary = _summary(example._asdict())
         records[summary[:5]] = (summary, serialize_example(example))
-    duplicates = max(0, len(examples) - len(records)) if not keep_written else 0
+    duplicates = 0 if keep_written else len(examples) - len(records)
     rows = [records[key] for key in sorted(records)]
     directory.mkdir(parents=True, exist_ok=True)
     _remove_orphans(directory)
@@ -173,14 +173,18 @@ class _WritePartition(beam.DoFn):
         self._files = Metrics.counter("examples", "partitions_written")
         self._duplicates = Metrics.counter("examples", "duplicates_dropped")
 
-    def process(self, partition_examples, watermark_ms: int | None = None, revision: int = 1):
+    def process(self, partition_examples, watermark_ms: int | None = None):
         partition, examples = partition_examples
-        manifest, duplicates = write_partition(self._output_dir, partition, list(examples), self._source,
-                                               watermark_ms, revision)
+        yield self.write(partition, list(examples), watermark_ms)
+
+    def write(self, partition: str, examples: list[Example], watermark_ms: int | None, revision: int = 1,
+              keep_written: bool = False) -> dict:
+        manifest, duplicates = write_partition(self._output_dir, partition, examples, self._source, watermark_ms,
+                                               revision, keep_written)
         if duplicates:
             self._duplicates.inc(duplicates)
         self._files.inc()
-        yield manifest
+        return manifest
 
 
 def _masked_crc(data: bytes) -> bytes:
@@ -339,10 +343,7 @@ class _WriteSettledHour(beam.DoFn):
         # A first write by this state may still find the hour on disk: its state expired and then an example
         # came (a runner that fires this step's timers before upstream timers' output reaches it). The examples
         # written then stay; the file is never replaced by a smaller one.
-        manifest, _ = write_partition(self._writer._output_dir, partition, list(examples.read()),
-                                      self._writer._source, watermark_ms, written + 1, keep_written=True)
-        self._writer._files.inc()
-        yield manifest
+        yield self._writer.write(partition, list(examples.read()), watermark_ms, written + 1, keep_written=True)
 
     @on_timer(EXPIRED)
     def expire(self, examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION)):
