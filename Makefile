@@ -4,14 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_LIB := infra/kafka/target/lib
 PRISM := infra/prism/bin/prism
+FLINK_JOB_SERVER := infra/flink/target/valueloop-flink-job-server.jar
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: setup prism demo test bench trap census clean
+.PHONY: setup prism flink demo test bench trap census clean
 
 setup: $(VENV)/.installed $(KAFKA_LIB)/.resolved
 
 # `valueloop join --mode streaming` and its test need it; the demo does not.
 prism: $(PRISM)
+
+# `valueloop join --runner flink` and its tests need it: Beam's Flink job server, from Maven Central.
+flink: $(FLINK_JOB_SERVER)
 
 $(VENV)/.installed: requirements.lock setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "valueloop needs Python 3.11; set PYTHON=python3.11")'
@@ -32,13 +36,18 @@ $(PRISM): infra/prism/version
 	GOBIN=$(abspath infra/prism/bin) GOFLAGS=-mod=mod go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$$(cat infra/prism/version)
 	touch $@
 
+$(FLINK_JOB_SERVER): infra/flink/pom.xml infra/flink/src/main/resources/simplelogger.properties
+	@command -v mvn >/dev/null || { echo "Maven is missing: apt-get install maven" >&2; exit 1; }
+	rm -rf infra/flink/target
+	mvn --quiet --batch-mode -f infra/flink/pom.xml package
+
 demo: setup
 	$(BIN)/valueloop demo
 
-test: setup $(PRISM)
+test: setup $(PRISM) $(FLINK_JOB_SERVER)
 	$(BIN)/python -m pytest tests
 
-bench: setup
+bench: setup $(FLINK_JOB_SERVER)
 	$(BIN)/valueloop bench ingest
 	$(BIN)/valueloop bench join
 	$(BIN)/valueloop bench train
@@ -60,4 +69,4 @@ census: setup
 
 clean:
 	-$(BIN)/valueloop kafka down
-	rm -rf $(VENV) .run infra/kafka/target infra/prism/bin
+	rm -rf $(VENV) .run infra/kafka/target infra/flink/target infra/prism/bin

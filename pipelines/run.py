@@ -67,17 +67,28 @@ def _event_time_of():
     return event_time_of
 
 
-def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, prism_location: str,
-                       from_ms: int | None = None) -> None:
-    """Follows the topics and writes each event hour once the watermark settles it, until the job is stopped."""
+def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str = "direct",
+                       from_ms: int | None = None, flink_options: dict | None = None) -> None:
+    """Follows the topics and writes each event hour once the watermark settles it, until the job is stopped.
+
+    `direct` runs on Prism (the binary at `settings.prism_location`), `flink` on an embedded Flink.
+    """
     from pipelines.examples import WriteExamplesStreaming
     from pipelines.kafka_source import FollowKafkaTopics, start_positions
     from pipelines.streaming import LabelImpressionsStreaming
 
     # Beam's portable runner puts job_server_timeout on the job's state and message streams too, which would end
     # a streaming job after it (60 s by default): a year, for a job that runs until it is stopped.
-    options = PipelineOptions(flags=[], runner="PrismRunner", prism_location=prism_location,
-                              environment_type="LOOPBACK", streaming=True, job_server_timeout=365 * 86400)
+    forever = {"job_server_timeout": 365 * 86400}
+    if runner == "direct":
+        options = PipelineOptions(flags=[], runner="PrismRunner", prism_location=str(settings.prism_location),
+                                  environment_type="LOOPBACK", streaming=True, **forever)
+    elif runner == "flink":
+        from pipelines.flink import flink_pipeline_options
+
+        options = flink_pipeline_options(streaming=True, **forever, **(flink_options or {}))
+    else:
+        raise ValueError(f"runner is direct or flink, not {runner!r}")
     start = start_positions(kafka.bootstrap_servers, kafka.event_topics.values(), from_ms)
     bound_ms = int(settings.out_of_orderness_s * 1000)
     with beam.Pipeline(options=options) as pipeline:

@@ -181,18 +181,23 @@ def join(
             _fail(f"--strategy is wait_for_window or fake_negative, not {strategy!r}")
         updates["labels"] = labels
     join_settings = join_settings.model_copy(update=updates)
+    if runner == "flink":
+        from pipelines.flink import JOB_SERVER_JAR
+
+        if not JOB_SERVER_JAR.is_file():
+            _fail(f"no Flink job server at {JOB_SERVER_JAR}: run `make flink` (see infra/flink/pom.xml)")
     if mode == "streaming":
-        if runner != "direct":
-            _fail(f"--mode streaming runs on the direct runner (Prism); --runner {runner} is not available for it")
-        if not join_settings.prism_location.exists():
+        if runner == "direct" and not join_settings.prism_location.exists():
             _fail(f"no Prism runner at {join_settings.prism_location}: run `make prism` (see infra/prism/README.md)")
         typer.secho("streaming mode is experimental: on some runs some examples go missing from their hour's "
                     "file, always when events arrive after it has caught up (a known bug); use the bounded join "
                     "for training data", fg=typer.colors.YELLOW, err=True)
         typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
                    f"{join_settings.output_dir}; stop with Ctrl-C", err=True)
-        run_streaming_join(settings.kafka, join_settings, str(join_settings.prism_location),
-                           from_ms=_parse_hour(start, "--from"))
+        try:
+            run_streaming_join(settings.kafka, join_settings, runner=runner, from_ms=_parse_hour(start, "--from"))
+        except ValueError as error:
+            _fail(str(error))
         return
     try:
         result = run_bounded_join(settings.kafka, join_settings, runner=runner,

@@ -112,3 +112,18 @@ def test_malformed_messages_land_in_the_dead_letter_topic_with_their_reason(join
     headers = dict(by_reason["invalid_value"].headers)
     assert headers["source.topic"].decode() == kafka_settings.event_topics["Dwell"]
     assert b"dwell_ms -3 is negative" in headers["detail"]
+
+
+def test_the_same_join_on_flink_writes_the_same_partitions(joined, tmp_path):
+    """The pipeline above, unchanged, on Beam's FlinkRunner (an embedded Flink behind infra/flink's job server)."""
+    _, direct, direct_out, kafka_settings = joined
+    out = tmp_path / "flink"
+    flink = run_bounded_join(kafka_settings, JoinSettings(labels=LABELS, output_dir=out), runner="flink",
+                             ranges=direct.ranges)
+    assert [m["partition"] for m in flink.manifests] == [m["partition"] for m in direct.manifests]
+    for ours, theirs in zip(flink.manifests, direct.manifests):
+        assert (ours["examples"], ours["labels"]) == (theirs["examples"], theirs["labels"]), ours["partition"]
+        assert (out / ours["partition"] / EXAMPLES_FILE).read_bytes() == \
+            (direct_out / theirs["partition"] / EXAMPLES_FILE).read_bytes(), ours["partition"]
+    assert {k: v for k, v in flink.counters.items() if k.startswith(("dead_letters.", "join."))} == \
+        {k: v for k, v in direct.counters.items() if k.startswith(("dead_letters.", "join."))}
