@@ -300,15 +300,17 @@ class _WriteSettledHour(beam.DoFn):
 
     An example of the hour that still comes after that makes the partition be written again at once, whole, with
     a higher revision in its manifest. That happens when the watermark jumps (a backlog read, then a pause) and
-    the runner fires this timer before the upstream timers whose output it is waiting for: Prism does. Waiting
-    for the settled timer to fire again is not enough, since a runner need not fire a timer set behind the
-    watermark until the watermark moves. The hour's state is dropped once the allowed lateness has passed too.
+    the runner fires this timer before the upstream timers whose output it is waiting for. Once the allowed
+    lateness has passed too, the hour's state is dropped.
+
+    One timer does both, settling and then expiring: runners do not order two timers of a key by their
+    timestamps when the watermark passes both at once (Flink fired an expiry before the write it should follow,
+    and the hour's examples were dropped unwritten).
     """
 
     EXAMPLES = BagStateSpec("examples", beam.coders.registry.get_coder(Example))
     REVISION = ReadModifyWriteStateSpec("revision", VarIntCoder())
-    SETTLED = TimerSpec("settled", TimeDomain.WATERMARK)
-    EXPIRED = TimerSpec("expired", TimeDomain.WATERMARK)
+    HOUR = TimerSpec("hour", TimeDomain.WATERMARK)
 
     def __init__(self, output_dir: str, source: dict, horizon_ms: int, allowed_lateness_ms: int):
         self._writer = _WritePartition(output_dir, source)
@@ -320,35 +322,35 @@ class _WriteSettledHour(beam.DoFn):
         self._rewrites = Metrics.counter("examples", "partition_rewrites")
 
     def process(self, hour_example, examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION),
-                settled=beam.DoFn.TimerParam(SETTLED), expired=beam.DoFn.TimerParam(EXPIRED)):
+                hour=beam.DoFn.TimerParam(HOUR)):
         partition, example = hour_example
         examples.add(example)
         settle_ms = (example.event_time_ms // 3_600_000 + 1) * 3_600_000 + self._horizon_ms
         if revision.read():  # written already: this example came after, so the partition is rewritten now
-            yield from self._write(partition, settle_ms, examples, revision)
+            yield self._write(partition, settle_ms, examples, revision)
             return
-        settled.set(Timestamp(micros=settle_ms * 1000))
-        expired.set(Timestamp(micros=(settle_ms + self._allowed_lateness_ms) * 1000))
+        hour.set(Timestamp(micros=settle_ms * 1000))
 
-    @on_timer(SETTLED)
-    def write(self, key=beam.DoFn.KeyParam, fire=beam.DoFn.TimestampParam, examples=beam.DoFn.StateParam(EXAMPLES),
-              revision=beam.DoFn.StateParam(REVISION)):
-        yield from self._write(key, fire.micros // 1000, examples, revision)
+    @on_timer(HOUR)
+    def settle_or_expire(self, key=beam.DoFn.KeyParam, fire=beam.DoFn.TimestampParam,
+                         examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION),
+                         hour=beam.DoFn.TimerParam(HOUR)):
+        fire_ms = fire.micros // 1000
+        if revision.read():  # the second firing: the allowed lateness has passed
+            examples.clear()
+            revision.clear()
+            return
+        yield self._write(key, fire_ms, examples, revision)
+        hour.set(Timestamp(micros=(fire_ms + self._allowed_lateness_ms) * 1000))
 
-    def _write(self, partition: str, watermark_ms: int, examples, revision):
+    def _write(self, partition: str, watermark_ms: int, examples, revision) -> dict:
         written = revision.read() or 0
         if written:
             self._rewrites.inc()
         revision.write(written + 1)
         # A first write by this state may still find the hour on disk: its state expired and then an example
-        # came (a runner that fires this step's timers before upstream timers' output reaches it). The examples
-        # written then stay; the file is never replaced by a smaller one.
-        yield self._writer.write(partition, list(examples.read()), watermark_ms, written + 1, keep_written=True)
-
-    @on_timer(EXPIRED)
-    def expire(self, examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION)):
-        examples.clear()
-        revision.clear()
+        # came. The examples written then stay; the file is never replaced by a smaller one.
+        return self._writer.write(partition, list(examples.read()), watermark_ms, written + 1, keep_written=True)
 
 
 class WriteExamplesStreaming(beam.PTransform):
