@@ -157,8 +157,8 @@ def _parse_hour(value: Optional[str], option: str) -> Optional[int]:
 def join(
     config: Optional[Path] = ConfigOption,
     runner: str = typer.Option("direct", help="direct (FnApiRunner when bounded, Prism when streaming) or flink."),
-    mode: str = typer.Option("bounded", help="bounded: fixed offset ranges, then exit; streaming (experimental): "
-                                             "follow the topics, writing each hour once settled, until stopped."),
+    mode: str = typer.Option("bounded", help="bounded: fixed offset ranges, then exit; streaming: follow the "
+                                             "topics, writing each hour once settled, until stopped."),
     start: Optional[str] = typer.Option(None, "--from", help="Label impressions from this hour (ISO, UTC)."),
     end: Optional[str] = typer.Option(None, "--to", help="... up to this hour, exclusive."),
     out: Optional[Path] = typer.Option(None, help="Output directory for the TFRecord partitions."),
@@ -189,9 +189,9 @@ def join(
     if mode == "streaming":
         if runner == "direct" and not join_settings.prism_location.exists():
             _fail(f"no Prism runner at {join_settings.prism_location}: run `make prism` (see infra/prism/README.md)")
-        typer.secho("streaming mode is experimental: on some runs some examples go missing from their hour's "
-                    "file, always when events arrive after it has caught up (a known bug); use the bounded join "
-                    "for training data", fg=typer.colors.YELLOW, err=True)
+        if runner == "direct":
+            typer.secho("streaming on Prism loses examples when events arrive after the job has caught up (a known "
+                        "bug): use --runner flink", fg=typer.colors.YELLOW, err=True)
         typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
                    f"{join_settings.output_dir}; stop with Ctrl-C", err=True)
         try:
