@@ -216,9 +216,12 @@ def read_records(path: Path) -> list[bytes]:
     records, at = [], 0
     while at < len(data):
         length_bytes = data[at:at + 8]
+        if len(length_bytes) < 8:
+            raise ValueError(f"{path}: truncated record at byte {at}")
         (length,) = struct.unpack("<Q", length_bytes)
         record = data[at + 12:at + 12 + length]
         if data[at + 8:at + 12] != _masked_crc(length_bytes) or data[at + 12 + length:at + 16 + length] != _masked_crc(record):
+            # a cut-off last record fails its checksum too
             raise ValueError(f"{path}: corrupt record at byte {at}")
         records.append(record)
         at += 16 + length

@@ -19,6 +19,10 @@ from schemas.registry import default_registry
 EVENT_NAMES = ("Impression", "Click", "Dwell", "AddToCart", "Purchase")
 
 
+class BadEventFileError(ValueError):
+    pass
+
+
 def read_events(directory: Path) -> Iterator[tuple[str, dict]]:
     """(record name, datum) of every event in the simulator's files under `directory`."""
     registry = default_registry()
@@ -30,8 +34,14 @@ def read_events(directory: Path) -> Iterator[tuple[str, dict]]:
             continue
         found = True
         with open(path, "rb") as f:
-            for datum in reader(f, reader_schema=registry.latest(name).parsed):
-                yield name, datum
+            records = 0
+            try:
+                for datum in reader(f, reader_schema=registry.latest(name).parsed):
+                    records += 1
+                    yield name, datum
+            except (ValueError, EOFError, KeyError, TypeError) as error:
+                raise BadEventFileError(f"{path}: unreadable after {records:,} {name} records "
+                                        f"({type(error).__name__}: {error})") from error
     if not found:
         raise FileNotFoundError(f"no event files ({', '.join(EVENT_NAMES)}) under {directory}: "
                                 "write some with `valueloop simulate --to files --out DIR`")

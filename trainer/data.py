@@ -5,12 +5,13 @@ A partition counts once its `_manifest.json` is there (the join writes it last).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.examples import MANIFEST_FILE
+from pipelines.examples import MANIFEST_FILE, read_records
 from trainer.features import parse_spec
 
 
@@ -52,6 +53,30 @@ def _show(ms: int | None) -> str:
     return "open" if ms is None else dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).isoformat()
 
 
+class CorruptPartitionError(ValueError):
+    pass
+
+
+@contextlib.contextmanager
+def naming_corrupt_files(partitions: list[Partition]):
+    """Turns TensorFlow's "corrupted record at N", which names no file, into an error that names them all."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        corrupt = []
+        for partition in partitions:
+            try:
+                read_records(partition.path)
+            except (OSError, ValueError) as reason:
+                corrupt.append(str(reason))
+        if not corrupt:
+            raise
+        raise CorruptPartitionError(f"{len(corrupt)} example file(s) cannot be read: " + "; ".join(corrupt)
+                                    + ". Run the join again over their hours to rewrite them") from error
+
+
 def label_strategy(partitions: list[Partition]) -> str:
     strategies = {p.manifest.get("label_strategy") for p in partitions}
     if len(strategies) > 1:
@@ -87,7 +112,8 @@ def load_columns(partitions: list[Partition], batch_size: int = 65_536) -> dict:
     import numpy as np
 
     parts: dict[str, list] = {}
-    for batch in dataset(partitions, batch_size):
-        for name, tensor in batch.items():
-            parts.setdefault(name, []).append(tensor.numpy())
+    with naming_corrupt_files(partitions):
+        for batch in dataset(partitions, batch_size):
+            for name, tensor in batch.items():
+                parts.setdefault(name, []).append(tensor.numpy())
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from trainer.config import TrainConfig
-from trainer.data import Partition, dataset, find_partitions, label_strategy
+from trainer.data import Partition, dataset, find_partitions, label_strategy, naming_corrupt_files
 from trainer.features import TRAINING_COLUMNS, serving_spec
 from trainer.model import ValueRanker, adapt_statistics
 
@@ -19,7 +19,8 @@ def build_model(config: TrainConfig, partitions: list[Partition]) -> ValueRanker
     import tf_keras as keras
 
     keras.utils.set_random_seed(config.seed)
-    vocabularies, stats = adapt_statistics(dataset(partitions, 65_536))
+    with naming_corrupt_files(partitions):
+        vocabularies, stats = adapt_statistics(dataset(partitions, 65_536))
     model = ValueRanker(config.model, vocabularies, stats,
                         fake_negative=label_strategy(partitions) == "fake_negative")
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
@@ -35,7 +36,8 @@ def train(config: TrainConfig, examples_dir: Path, start_ms: int | None, end_ms:
     data = dataset(partitions, config.batch_size, config.shuffle_buffer, config.seed, columns=TRAINING_COLUMNS,
                    cache=config.cache_parsed)
     started = time.perf_counter()
-    history = model.fit(data, epochs=config.epochs, verbose=verbose)
+    with naming_corrupt_files(partitions):
+        history = model.fit(data, epochs=config.epochs, verbose=verbose)
     seconds = time.perf_counter() - started
     examples = sum(p.examples for p in partitions)
     metadata = {

@@ -236,7 +236,7 @@ def label(
     labels = settings.join.labels.model_copy(update=updates)
     try:
         manifests = label_files(events, out or settings.join.output_dir, labels)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     totals = Counter()
     for manifest in manifests:
@@ -314,7 +314,10 @@ def evaluate(
         from simulator.world import World
 
         world = World.load(ground_truth)
-    columns = load_columns(partitions)
+    try:
+        columns = load_columns(partitions)
+    except ValueError as error:
+        _fail(str(error))
     report = ev.evaluate(loaded, columns, k=k, world=world)
     report["data"] = {"examples_dir": str(examples), "partitions": [p.manifest["partition"] for p in partitions]}
     verdict = None

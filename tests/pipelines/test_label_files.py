@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pipelines.examples import MANIFEST_FILE, partition_of
-from pipelines.label_files import label_events, label_files, read_events
+from pipelines.label_files import BadEventFileError, label_events, label_files, read_events
 from pipelines.labeling import LabelConfig
 from pipelines.reference_labeler import reference_labels
 from simulator import Simulation, SimulatorConfig
@@ -39,3 +39,14 @@ def test_files_label_like_the_reference_labeler_and_write_one_partition_per_hour
 def test_a_directory_without_event_files_says_how_to_make_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="valueloop simulate --to files"):
         list(read_events(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_event_file_is_named_with_how_far_it_was_read(tmp_path, damage):
+    with AvroFileSink(tmp_path / "sim") as sink:
+        sink.write(Simulation(CONFIG).events())
+    clicks = tmp_path / "sim" / "click.avro"
+    data = clicks.read_bytes()
+    clicks.write_bytes(data[: len(data) * 2 // 3] if damage == "truncated" else b"not an avro file" * 64)
+    with pytest.raises(BadEventFileError, match=r"click\.avro: unreadable after [\d,]+ Click records"):
+        list(read_events(tmp_path / "sim"))

@@ -16,7 +16,7 @@ from trainer.data import dataset, find_partitions, load_columns
 from trainer.evaluate import observed_labels
 from trainer.metrics import auc
 from trainer.model import ValueRanker
-from trainer.train import ExportedModel, build_model, export
+from trainer.train import ExportedModel, build_model, export, train
 
 LABELS = LabelConfig(purchase_window_s=6 * 3600.0)
 WORLD = SimulatorConfig(seed=11, requests=5000, days=2.0, catalogue=CatalogueConfig(users=1500, items=300))
@@ -149,3 +149,20 @@ def test_fake_negative_weighting_brings_conversion_rates_back_toward_the_truth(t
         mean_cart[weighting] = predictions["add_to_cart"].mean()
     truth = observed["add_to_cart"].mean()
     assert abs(mean_cart[True] - truth) < abs(mean_cart[False] - truth)
+
+
+def test_a_damaged_example_file_is_named_when_training_reads_it(examples_dir, tmp_path):
+    import shutil
+
+    from trainer.data import CorruptPartitionError
+
+    damaged = tmp_path / "examples"
+    shutil.copytree(examples_dir, damaged)
+    victim = find_partitions(damaged)[3].path
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CorruptPartitionError, match=str(victim).replace(".", r"\.") + ": corrupt record at byte"):
+        load_columns(find_partitions(damaged))
+    with pytest.raises(CorruptPartitionError, match="1 example file"):
+        train(CONFIG.model_copy(update={"epochs": 1}), damaged, None, None, tmp_path / "model", verbose=0)
