@@ -156,7 +156,8 @@ def _parse_hour(value: Optional[str], option: str) -> Optional[int]:
 @app.command()
 def join(
     config: Optional[Path] = ConfigOption,
-    runner: str = typer.Option("direct", help="direct (FnApiRunner when bounded, Prism when streaming) or flink."),
+    runner: Optional[str] = typer.Option(None, help="direct (FnApiRunner when bounded, Prism when streaming) or flink; "
+                                                    "by default direct when bounded, flink when streaming."),
     mode: str = typer.Option("bounded", help="bounded: fixed offset ranges, then exit; streaming: follow the "
                                              "topics, writing each hour once settled, until stopped."),
     start: Optional[str] = typer.Option(None, "--from", help="Label impressions from this hour (ISO, UTC)."),
@@ -181,6 +182,7 @@ def join(
             _fail(f"--strategy is wait_for_window or fake_negative, not {strategy!r}")
         updates["labels"] = labels
     join_settings = join_settings.model_copy(update=updates)
+    runner = runner or ("flink" if mode == "streaming" else "direct")
     if runner == "flink":
         from pipelines.flink import JOB_SERVER_JAR
 
