@@ -47,6 +47,11 @@ def _broker(settings: Settings):
     return KafkaBroker(settings.kafka)
 
 
+def _unreachable(settings: Settings, error: Exception) -> str:
+    return (f"Kafka at {settings.kafka.bootstrap_servers}: {type(error).__name__}: {error}. Is the broker up? "
+            "`valueloop kafka up` starts the local node")
+
+
 def _broker_up(settings: Settings):
     """Starts (or finds) the local node; exits with its error when it cannot."""
     from infra.kafka import BrokerError
@@ -167,6 +172,8 @@ def join(
     workers: Optional[int] = typer.Option(None, help="Worker processes for the direct runner."),
 ):
     """Join the event topics into labeled tf.Example partitions by event hour, with manifests."""
+    from kafka.errors import KafkaError
+
     from pipelines.labeling import LabelStrategy
     from pipelines.run import run_bounded_join, run_streaming_join
 
@@ -183,6 +190,8 @@ def join(
         updates["labels"] = labels
     join_settings = join_settings.model_copy(update=updates)
     runner = runner or ("flink" if mode == "streaming" else "direct")
+    if runner not in ("direct", "flink"):
+        _fail(f"--runner is direct or flink, not {runner!r}")
     if runner == "flink":
         from pipelines.flink import JOB_SERVER_JAR
 
@@ -200,12 +209,16 @@ def join(
             run_streaming_join(settings.kafka, join_settings, runner=runner, from_ms=_parse_hour(start, "--from"))
         except ValueError as error:
             _fail(str(error))
+        except KafkaError as error:
+            _fail(_unreachable(settings, error))
         return
     try:
         result = run_bounded_join(settings.kafka, join_settings, runner=runner,
                                   from_ms=_parse_hour(start, "--from"), to_ms=_parse_hour(end, "--to"))
     except ValueError as error:
         _fail(str(error))
+    except KafkaError as error:
+        _fail(_unreachable(settings, error))
     for manifest in result.manifests:
         labels = manifest["labels"]
         typer.echo(f"{manifest['partition']}  {manifest['examples']:>7,} examples  clicked {labels['clicked']:>6,}  "

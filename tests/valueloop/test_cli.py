@@ -65,6 +65,21 @@ def test_simulate_rejects_an_unknown_destination(tmp_path):
     assert result.returncode == 1 and "--to is kafka or files" in result.stderr
 
 
+def test_join_rejects_an_unknown_runner_before_touching_kafka(tmp_path):
+    result = run("join", "--runner", "spark", "--out", str(tmp_path), check=False)
+    assert result.returncode == 1 and "--runner is direct or flink, not 'spark'" in result.stderr
+
+
+def test_join_without_a_broker_says_so_and_how_to_start_one(tmp_path):
+    from tests.conftest import free_port
+
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"kafka": {"port": free_port()}}))
+    result = run("join", "--config", str(config), "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 1 and "Is the broker up? `valueloop kafka up`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_simulate_label_train_and_evaluate_as_a_user_runs_them(tmp_path):
     config = tmp_path / "settings.yaml"
     config.write_text("simulator:\n  catalogue:\n    users: 1500\n    items: 300\n"
