@@ -16,10 +16,13 @@ class MissingJobServerError(RuntimeError):
     pass
 
 
-def flink_pipeline_options(flink_master: str = "[local]", job_server_jar: str | Path = JOB_SERVER_JAR,
-                           parallelism: int = 1, streaming: bool = False, **extra) -> PipelineOptions:
-    jar = Path(job_server_jar)
+def require_job_server(jar: Path = JOB_SERVER_JAR) -> Path:
     if not jar.is_file():
         raise MissingJobServerError(f"no Flink job server at {jar}: run `make flink` (see infra/flink/pom.xml)")
-    return PipelineOptions(flags=[], runner="FlinkRunner", flink_master=flink_master, flink_job_server_jar=str(jar),
-                           environment_type="LOOPBACK", parallelism=parallelism, streaming=streaming, **extra)
+    return jar
+
+
+def flink_pipeline_options(streaming: bool = False, **extra) -> PipelineOptions:
+    jar = require_job_server()
+    return PipelineOptions(flags=[], runner="FlinkRunner", flink_master="[local]", flink_job_server_jar=str(jar),
+                           environment_type="LOOPBACK", parallelism=1, streaming=streaming, **extra)

@@ -38,7 +38,7 @@ def plan_ranges(kafka: KafkaSettings, settings: JoinSettings, from_ms: int | Non
                             (to_ms if to_ms is not None else 2**62) + horizon_ms + lateness_ms)
 
 
-def _runner(name: str, settings: JoinSettings, flink_options: dict | None):
+def _runner(name: str, settings: JoinSettings):
     if name == "direct":
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -49,7 +49,7 @@ def _runner(name: str, settings: JoinSettings, flink_options: dict | None):
     if name == "flink":
         from pipelines.flink import flink_pipeline_options
 
-        return "FlinkRunner", flink_pipeline_options(**(flink_options or {}))
+        return "FlinkRunner", flink_pipeline_options()
     raise ValueError(f"runner is direct or flink, not {name!r}")
 
 
@@ -68,7 +68,7 @@ def _event_time_of():
 
 
 def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str = "direct",
-                       from_ms: int | None = None, flink_options: dict | None = None) -> None:
+                       from_ms: int | None = None) -> None:
     """Follows the topics and writes each event hour once the watermark settles it, until the job is stopped.
 
     `direct` runs on Prism (the binary at `settings.prism_location`), `flink` on an embedded Flink.
@@ -86,7 +86,7 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
     elif runner == "flink":
         from pipelines.flink import flink_pipeline_options
 
-        options = flink_pipeline_options(streaming=True, **forever, **(flink_options or {}))
+        options = flink_pipeline_options(streaming=True, **forever)
     else:
         raise ValueError(f"runner is direct or flink, not {runner!r}")
     start = start_positions(kafka.bootstrap_servers, kafka.event_topics.values(), from_ms)
@@ -105,14 +105,14 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
 
 def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str = "direct",
                      from_ms: int | None = None, to_ms: int | None = None,
-                     ranges: list[PartitionRange] | None = None, flink_options: dict | None = None) -> JoinResult:
+                     ranges: list[PartitionRange] | None = None) -> JoinResult:
     for bound, name in ((from_ms, "--from"), (to_ms, "--to")):
         if bound is not None and bound % 3_600_000:
             raise ValueError(f"{name} must be on the hour: partitions are whole event hours")
     ranges = ranges if ranges is not None else plan_ranges(kafka, settings, from_ms, to_ms)
     source = {"ranges": [r._asdict() for r in ranges],
               "ranges_digest": hashlib.sha256(json.dumps([list(r) for r in ranges]).encode()).hexdigest()[:16]}
-    runner_impl, options = _runner(runner, settings, flink_options)
+    runner_impl, options = _runner(runner, settings)
     pipeline = beam.Pipeline(runner=runner_impl, options=options)
     records = pipeline | "Read Kafka offset ranges" >> ReadKafkaRanges(kafka.bootstrap_servers, ranges, settings.split_size)
     decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics)

@@ -193,14 +193,17 @@ def join(
     if runner not in ("direct", "flink"):
         _fail(f"--runner is direct or flink, not {runner!r}")
     if runner == "flink":
-        from pipelines.flink import JOB_SERVER_JAR
+        from pipelines.flink import MissingJobServerError, require_job_server
 
-        if not JOB_SERVER_JAR.is_file():
-            _fail(f"no Flink job server at {JOB_SERVER_JAR}: run `make flink` (see infra/flink/pom.xml)")
+        try:
+            require_job_server()
+        except MissingJobServerError as error:
+            _fail(str(error))
     if mode == "streaming":
-        if runner == "direct" and not join_settings.prism_location.exists():
-            _fail(f"no Prism runner at {join_settings.prism_location}: run `make prism` (see infra/prism/README.md)")
         if runner == "direct":
+            if not join_settings.prism_location.exists():
+                _fail(f"no Prism runner at {join_settings.prism_location}: run `make prism` "
+                      "(see infra/prism/README.md)")
             typer.secho("streaming on Prism loses examples when events arrive after the job has caught up (a known "
                         "bug): use --runner flink", fg=typer.colors.YELLOW, err=True)
         typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
