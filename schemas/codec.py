@@ -12,7 +12,7 @@ from typing import Iterable, NamedTuple
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
-from schemas.compiled import UnsupportedSchema, compile_record
+from schemas.compiled import UnsupportedSchema, compile_reader, compile_record
 from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
 from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS, find_problem
 
@@ -105,14 +105,19 @@ class EventDecoder:
         self._registry = registry or default_registry()
         self._expected = frozenset(expected) if expected is not None else None
         self._max_future_skew_ms = max_future_skew_ms
-        self._readers: dict[bytes, tuple[SchemaVersion, dict]] = {}
+        self._readers: dict[bytes, tuple[SchemaVersion, dict, object]] = {}
 
-    def _reader_for(self, fp: bytes) -> tuple[SchemaVersion, dict] | None:
+    def _reader_for(self, fp: bytes) -> tuple[SchemaVersion, dict, object] | None:
         if fp not in self._readers:
             writer = self._registry.by_fingerprint(fp)
             if writer is None:
                 return None
-            self._readers[fp] = (writer, self._registry.latest(writer.short_name).parsed)
+            latest = self._registry.latest(writer.short_name)
+            try:
+                compiled = compile_reader(writer.raw, latest.raw)
+            except UnsupportedSchema:
+                compiled = None
+            self._readers[fp] = (writer, latest.parsed, compiled)
         return self._readers[fp]
 
     def decode(
@@ -133,16 +138,20 @@ class EventDecoder:
         found = self._reader_for(fp)
         if found is None:
             raise bad(Reason.UNKNOWN_FINGERPRINT, f"no kept schema has fingerprint {fp.hex()}")
-        writer, reader_schema = found
+        writer, reader_schema, compiled = found
         if self._expected is not None and writer.short_name not in self._expected:
             raise bad(Reason.UNEXPECTED_TYPE, f"{writer.short_name} where {', '.join(sorted(self._expected))} belongs")
-        body = io.BytesIO(raw[HEADER_SIZE:])
         try:
-            datum = schemaless_reader(body, writer.parsed, reader_schema)
-        except Exception as error:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ... on bad bytes
+            if compiled is not None:
+                datum, end = compiled(raw, HEADER_SIZE)
+            else:
+                body = io.BytesIO(raw[HEADER_SIZE:])
+                datum = schemaless_reader(body, writer.parsed, reader_schema)
+                end = HEADER_SIZE + body.tell()
+        except Exception as error:  # EOFError, IndexError, struct.error, UnicodeDecodeError, ... on bad bytes
             raise bad(Reason.MALFORMED_BODY, f"{writer.short_name} v{writer.version}: {type(error).__name__}: {error}")
-        if body.tell() != len(raw) - HEADER_SIZE:
-            raise bad(Reason.MALFORMED_BODY, f"{len(raw) - HEADER_SIZE - body.tell()} trailing bytes after the record")
+        if end != len(raw):
+            raise bad(Reason.MALFORMED_BODY, f"{len(raw) - end} trailing bytes after the record")
         reference = timestamp_ms if timestamp_ms is not None and timestamp_ms > 0 else int(time.time() * 1000)
         problem = find_problem(datum, reference, self._max_future_skew_ms)
         if problem is not None:

@@ -144,3 +144,136 @@ def _field_part(type_, value: str, namespace: dict, lines: list[str], counter: l
             namespace[name] = _optional(namespace[_PRIMITIVE_WRITERS[other]], null_first=type_[0] == "null")
             return f"{name}({value})"
     raise UnsupportedSchema(f"cannot compile the Avro type {type_!r}")
+
+
+# -- reading --------------------------------------------------------------------------------------------------
+
+_READ_DOUBLE = struct.Struct("<d").unpack_from
+_READ_FLOAT = struct.Struct("<f").unpack_from
+
+
+class MalformedBody(ValueError):
+    """The bytes are not a record of the writer schema."""
+
+
+def read_varint_rest(b: bytes, i: int, first: int) -> tuple[int, int]:
+    """Finishes an unsigned varint whose first byte (continuation bit set) was `first`; returns it and the end."""
+    n, shift = first & 0x7F, 7
+    while True:
+        byte = b[i]
+        i += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, i
+        shift += 7
+        if shift > 63:
+            raise MalformedBody(f"varint longer than 10 bytes at byte {i}")
+
+
+def _read_bytes(b: bytes, i: int) -> tuple[bytes, int]:
+    n = b[i]
+    if n > 0x7F:
+        n, i = read_varint_rest(b, i + 1, n)
+    else:
+        i += 1
+    n = (n >> 1) ^ -(n & 1)
+    if n < 0 or i + n > len(b):
+        raise MalformedBody(f"length {n} at byte {i} overruns the record")
+    return b[i:i + n], i + n
+
+
+def _read_string(b: bytes, i: int) -> tuple[str, int]:
+    value, i = _read_bytes(b, i)
+    return value.decode(), i
+
+
+_PROMOTIONS = {("int", "long"), ("float", "double")}  # read the same way: Python has one int and one float
+
+
+def _promotes(writer, reader) -> bool:
+    return isinstance(writer, str) and isinstance(reader, str) and (writer, reader) in _PROMOTIONS
+
+
+def _both_records(writer, reader) -> bool:
+    return all(isinstance(t, dict) and t.get("type") == "record" for t in (writer, reader))
+
+
+def compile_reader(writer: dict, reader: dict) -> Callable[[bytes, int], tuple[dict, int]]:
+    """Returns read(b, i) -> (datum, end): a record written under `writer` (raw schema) at byte i of `b`,
+    resolved to `reader` as Avro's rules say (fields matched by name, reader-only fields take their defaults,
+    writer-only fields are skipped). Raises UnsupportedSchema for what `compile_record` would not write either;
+    the compiled function raises MalformedBody, IndexError, struct.error or UnicodeDecodeError on bad bytes.
+    """
+    namespace: dict = {"_rest": read_varint_rest, "_D": _READ_DOUBLE, "_F": _READ_FLOAT, "MalformedBody": MalformedBody}
+    lines: list[str] = ["end = len(b)"]
+    value = _read_record(writer, reader, namespace, lines, [0])
+    source = "def read(b, i):\n" + "".join(f"    {line}\n" for line in lines) + f"    return {value}, i\n"
+    exec(compile(source, f"<avro reader {writer.get('name')}>", "exec"), namespace)
+    return namespace["read"]
+
+
+def _type_name(type_) -> object:
+    if isinstance(type_, dict) and type_.get("type") in _PRIMITIVE_WRITERS and "logicalType" not in type_:
+        return type_["type"]
+    return type_
+
+
+def _read_record(writer: dict, reader: dict, namespace: dict, lines: list[str], counter: list[int]) -> str:
+    reader_fields = {f["name"]: f for f in reader["fields"]}
+    values: dict[str, str] = {}
+    for field in writer["fields"]:
+        target = reader_fields.get(field["name"])
+        local = _read_value(_type_name(field["type"]), _type_name(target["type"]) if target else None,
+                            namespace, lines, counter)
+        if target is not None:
+            values[field["name"]] = local
+    entries = []
+    for name, field in reader_fields.items():
+        if name in values:
+            entries.append(f"{name!r}: {values[name]}")
+        elif "default" in field and isinstance(field["default"], (str, int, float, bool, type(None))):
+            entries.append(f"{name!r}: {field['default']!r}")
+        else:
+            raise UnsupportedSchema(f"reader field {name!r} has no default the writer could leave it to")
+    return "{" + ", ".join(entries) + "}"
+
+
+def _read_value(writer, reader, namespace: dict, lines: list[str], counter: list[int]) -> str:
+    """Appends the lines that read one value of type `writer` at i; returns the local holding it (`reader` None:
+    read and dropped)."""
+    counter[0] += 1
+    v = f"v{counter[0]}"
+    if reader is not None and writer != reader and not _promotes(writer, reader) and not _both_records(writer, reader):
+        raise UnsupportedSchema(f"cannot resolve {writer!r} to {reader!r}")
+    if isinstance(writer, dict) and writer.get("type") == "record":
+        return _read_record(writer, reader or writer, namespace, lines, counter)
+    if writer in ("int", "long"):
+        lines += [f"{v} = b[i]", "i += 1", f"if {v} > 0x7F: {v}, i = _rest(b, i, {v})", f"{v} = ({v} >> 1) ^ -({v} & 1)"]
+    elif writer in ("string", "bytes"):
+        # Inlined for lengths below 64, whose zigzagged varint is one even byte; the rest take the long way.
+        decode = ".decode()" if writer == "string" else ""
+        lines += [f"{v} = b[i]", f"if {v} < 0x80 and not {v} & 1:", f"    j = i + 1 + ({v} >> 1)",
+                  f"    if j > end: raise MalformedBody(f'length {{{v} >> 1}} at byte {{i}} overruns the record')",
+                  f"    {v}, i = b[i + 1:j]{decode}, j",
+                  f"else: {v}, i = _long_{writer}(b, i)"]
+        namespace[f"_long_{writer}"] = _read_string if writer == "string" else _read_bytes
+    elif writer in ("double", "float"):
+        lines += [f"{v}, = _{writer[0].upper()}(b, i)", f"i += {8 if writer == 'double' else 4}"]
+    elif writer == "boolean":
+        lines += [f"{v} = b[i]", "i += 1", f"if {v} > 1: raise MalformedBody(f'boolean byte {{{v}}} at byte {{i - 1}}')",
+                  f"{v} = {v} == 1"]
+    elif isinstance(writer, list) and len(writer) == 2 and "null" in writer and reader in (None, writer):
+        other = _type_name(writer[1] if writer[0] == "null" else writer[0])
+        if not (isinstance(other, str) and other in _PRIMITIVE_WRITERS):
+            raise UnsupportedSchema(f"cannot compile the Avro type {writer!r}")
+        some = 2 if writer[0] == "null" else 0  # the zigzagged branch index of the non-null type
+        branch = f"{v}b"
+        lines += [f"{branch} = b[i]", "i += 1", f"if {branch} == {some}:"]
+        inner: list[str] = []
+        value = _read_value(other, other, namespace, inner, counter)
+        lines += [f"    {line}" for line in inner] + [f"    {v} = {value}",
+                  f"elif {branch} == {2 - some}:", f"    {v} = None",
+                  f"else: raise MalformedBody(f'union branch byte {{{branch}}} at byte {{i - 1}}')"]
+    else:
+        raise UnsupportedSchema(f"cannot compile the Avro type {writer!r}")
+    return v

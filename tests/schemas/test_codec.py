@@ -126,3 +126,57 @@ def test_strings_beyond_the_fast_path_are_still_written():
     long_id = "x" * 20_000
     raw = EventEncoder().encode("Click", {**CLICK, "event_id": long_id})
     assert EventDecoder().decode(raw, "t", 0, 0, PRODUCED_MS).datum["event_id"] == long_id
+
+
+def _fastavro_read(raw: bytes) -> dict:
+    from fastavro import schemaless_reader
+
+    registry = default_registry()
+    writer = registry.by_fingerprint(raw[2:10])
+    return schemaless_reader(io.BytesIO(raw[10:]), writer.parsed, registry.latest(writer.short_name).parsed)
+
+
+def test_compiled_reader_reads_what_fastavro_reads_for_simulated_traffic():
+    from simulator import Simulation, SimulatorConfig
+
+    config = SimulatorConfig.model_validate({"requests": 400, "days": 0.2, "catalogue": {"users": 100, "items": 50}})
+    encoder, decoder = EventEncoder(), EventDecoder()
+    for event in Simulation(config).events():
+        raw = encoder.encode(event.name, event.datum)
+        assert decoder.decode(raw, "t", 0, 0, event.delivery_ms).datum == _fastavro_read(raw)
+
+
+def test_compiled_reader_resolves_an_older_writer_version_with_the_readers_defaults():
+    datum = impression()
+    del datum["features"]["device"]
+    raw = EventEncoder().encode("Impression", datum, version=1)
+    decoded = EventDecoder().decode(raw, "t", 0, 0, PRODUCED_MS).datum
+    assert decoded == _fastavro_read(raw)
+    assert decoded["features"]["device"] == "unknown"
+
+
+@pytest.mark.parametrize("value", [0, 1, -1, 63, -64, 64, 8191, -8193, 2**28, 2**41, -(2**45), 2**63 - 1, -(2**63)])
+def test_compiled_reader_reads_longs_and_long_strings(value):
+    long_id = "é" * 3000  # 6,000 bytes: a two-byte length
+    raw = EventEncoder().encode("Click", {**CLICK, "event_id": long_id, "event_time_ms": value})
+    from schemas.compiled import compile_reader
+
+    schema = default_registry().latest("Click").raw
+    datum, end = compile_reader(schema, schema)(raw, 10)
+    assert (datum["event_id"], datum["event_time_ms"], end) == (long_id, value, len(raw))
+
+
+def test_every_truncation_and_a_flipped_union_branch_are_malformed():
+    raw = EventEncoder().encode("Impression", impression())
+    for cut in range(10, len(raw)):
+        with pytest.raises(BadEventError) as caught:
+            EventDecoder().decode(raw[:cut], "t", 0, 0, PRODUCED_MS)
+        assert caught.value.reason is Reason.MALFORMED_BODY, cut
+    datum = impression()
+    datum["features"]["item_rating"] = 4.25
+    raw = EventEncoder().encode("Impression", datum)
+    rating_at = raw.index(b"\x02" + struct.pack("<f", 4.25))
+    damaged = raw[:rating_at] + b"\x04" + raw[rating_at + 1:]  # union branch 2 of a two-branch union
+    with pytest.raises(BadEventError, match="union branch") as caught:
+        EventDecoder().decode(damaged, "t", 0, 0, PRODUCED_MS)
+    assert caught.value.reason is Reason.MALFORMED_BODY
