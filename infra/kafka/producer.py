@@ -18,10 +18,10 @@ from kafka import codec as kafka_codec
 from kafka import errors as kafka_errors
 from kafka.net.compat import KafkaNetClient
 from kafka.partitioner.default import murmur2
-from kafka.protocol.metadata import MetadataRequest
 from kafka.protocol.producer import ProduceRequest
 from kafka.record.util import calc_crc32c
 
+from infra.kafka.metadata import TopicMetadataError, partition_leaders
 from schemas.compiled import _LAST
 from schemas.compiled import write_long as zigzag_varint
 
@@ -146,19 +146,11 @@ class BatchProducer:
         return partition
 
     def _load_metadata(self, topic: str) -> list[int]:
-        node = self._client.least_loaded_node()
-        request = MetadataRequest(topics=[MetadataRequest.MetadataRequestTopic(name=topic)],
-                                  allow_auto_topic_creation=False)
-        response = self._client.send_and_receive(node, request, timeout_ms=self._timeout_ms)
-        for described in response.topics:
-            if described.name == topic:
-                if described.error_code:
-                    error = kafka_errors.for_code(described.error_code)
-                    raise DeliveryError(f"topic {topic}: {error.__name__}: create it first (valueloop kafka up)")
-                leaders = dict((p.partition_index, p.leader_id) for p in described.partitions)
-                self._leaders[topic] = [leaders[p] for p in sorted(leaders)]
-                return self._leaders[topic]
-        raise DeliveryError(f"topic {topic}: not in the broker's metadata")
+        try:
+            self._leaders[topic] = partition_leaders(self._client, topic, self._timeout_ms)
+        except TopicMetadataError as error:
+            raise DeliveryError(f"{error}: create it first (valueloop kafka up)") from None
+        return self._leaders[topic]
 
     def _finish(self, slot: tuple[str, int]) -> None:
         batch = self._open.pop(slot, None)

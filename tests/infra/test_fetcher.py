@@ -1,0 +1,86 @@
+import struct
+
+import pytest
+from kafka import KafkaProducer
+from kafka.record.util import calc_crc32c
+
+from infra.kafka.fetcher import CorruptBatchError, FetchError, PartitionFetcher, parse_record_batches
+from infra.kafka.producer import BatchProducer, RecordBatch
+from tests.infra.test_producer import RECORDS, _read_partitions
+
+_ATTRIBUTES_AT = 21  # the int16 attributes, the first byte the CRC covers
+
+
+def _batch(codec: int = 0, attributes: int = 0) -> bytes:
+    batch = RecordBatch()
+    for ts, key, value in RECORDS:
+        batch.append(ts, key, value)
+    built = bytearray(batch.build(codec))
+    if attributes:
+        struct.pack_into(">h", built, _ATTRIBUTES_AT, struct.unpack_from(">h", built, _ATTRIBUTES_AT)[0] | attributes)
+        struct.pack_into(">I", built, 17, calc_crc32c(memoryview(built)[_ATTRIBUTES_AT:]))
+    return bytes(built)
+
+
+def _read_all(fetcher: PartitionFetcher, topic: str, partition: int, start: int = 0) -> list[tuple]:
+    records, position = [], start
+    while True:
+        fetched = fetcher.fetch(topic, partition, position)
+        if not fetched.records:
+            assert position == fetched.high_watermark
+            return records
+        records += fetched.records
+        position = fetched.records[-1][0] + 1
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "lz4", "zstd"])
+def test_the_fetcher_reads_what_kafka_pythons_consumer_reads(kafka_settings, compression):
+    topic = kafka_settings.event_topics["Click"]
+    with BatchProducer(kafka_settings.bootstrap_servers, compression_type=compression, batch_bytes=3_000) as producer:
+        for n in range(2_000):
+            producer.send(topic, f"value {n}".encode() * (n % 7), f"u{n % 40}".encode(), 1_700_000_000_000 + 37 * n)
+    # And messages of another client: a null key, headers (which the fetcher skips) and a value larger than 8 KiB.
+    other = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, compression_type=compression)
+    other.send(topic, b"no key", partition=0, headers=[("h", b"v")], timestamp_ms=1_700_000_999_000).get(timeout=30)
+    other.send(topic, b"v" * 20_000, key=b"k" * 200, partition=1, timestamp_ms=1_700_001_000_000).get(timeout=30)
+    other.close()
+    expected = {p: [(m.offset, m.timestamp, m.key, m.value) for m in messages]
+                for p, messages in _read_partitions(kafka_settings, topic).items()}
+    fetcher = PartitionFetcher(kafka_settings.bootstrap_servers, max_bytes=16_384)  # many fetches per partition
+    try:
+        assert {p: _read_all(fetcher, topic, p) for p in expected} == expected
+        middle = expected[0][len(expected[0]) // 2]
+        assert _read_all(fetcher, topic, 0, start=middle[0])[0] == middle  # starts inside a batch
+    finally:
+        fetcher.close()
+    assert sum(len(records) for records in expected.values()) == 2_002
+
+
+def test_an_offset_past_the_log_start_is_refused_by_name(kafka_settings):
+    topic = kafka_settings.event_topics["Click"]
+    fetcher = PartitionFetcher(kafka_settings.bootstrap_servers)
+    try:
+        with pytest.raises(FetchError, match=rf"{topic}\[0\]@1000000: OffsetOutOfRangeError"):
+            fetcher.fetch(topic, 0, 1_000_000)
+    finally:
+        fetcher.close()
+
+
+def test_a_batch_that_fails_its_checksum_is_named_by_offset():
+    damaged = bytearray(_batch())
+    damaged[-5] ^= 0xFF
+    with pytest.raises(CorruptBatchError, match="t\\[2\\]: batch at offset 0 fails its CRC-32C check"):
+        parse_record_batches(bytes(damaged), where="t[2]: ")
+
+
+def test_a_batch_cut_off_at_the_end_of_a_fetch_waits_for_the_next():
+    whole = _batch(codec=4)
+    assert [r[0] for r in parse_record_batches(whole + whole[:-10])] == [0, 1, 2, 3]
+    assert parse_record_batches(whole[:40]) == []
+
+
+def test_control_batches_are_skipped_and_log_append_time_applies_to_every_record():
+    assert parse_record_batches(_batch(attributes=0x20)) == []
+    newest = max(ts for ts, _, _ in RECORDS)
+    assert [r[1] for r in parse_record_batches(_batch(attributes=0x08))] == [newest] * len(RECORDS)
+    assert [r[1] for r in parse_record_batches(_batch())] == [ts for ts, _, _ in RECORDS]
