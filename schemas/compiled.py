@@ -201,14 +201,36 @@ def _both_records(writer, reader) -> bool:
 def compile_reader(writer: dict, reader: dict) -> Callable[[bytes, int], tuple[dict, int]]:
     """Returns read(b, i) -> (datum, end): a record written under `writer` (raw schema) at byte i of `b`,
     resolved to `reader` as Avro's rules say (fields matched by name, reader-only fields take their defaults,
-    writer-only fields are skipped). Raises UnsupportedSchema for what `compile_record` would not write either;
-    the compiled function raises MalformedBody, IndexError, struct.error or UnicodeDecodeError on bad bytes.
+    writer-only fields are skipped). Raises UnsupportedSchema for what `compile_record` would not write either.
+
+    On bad bytes the compiled function raises MalformedBody, IndexError, struct.error or UnicodeDecodeError, or
+    returns an end beyond len(b) (a length that overruns): a caller must check that `end` is where the record
+    should end.
     """
     namespace: dict = {"_rest": read_varint_rest, "_D": _READ_DOUBLE, "_F": _READ_FLOAT, "MalformedBody": MalformedBody}
-    lines: list[str] = ["end = len(b)"]
+    lines: list[str] = []
     value = _read_record(writer, reader, namespace, lines, [0])
     source = "def read(b, i):\n" + "".join(f"    {line}\n" for line in lines) + f"    return {value}, i\n"
     exec(compile(source, f"<avro reader {writer.get('name')}>", "exec"), namespace)
+    return namespace["read"]
+
+
+def compile_field_reader(writer: dict, field: str) -> Callable[[bytes, int], object]:
+    """Returns read(b, i) -> the value of the top-level `field` of a record written under `writer` at byte i,
+    reading only the fields before it (for routing a message before it is decoded in full). On bad bytes it
+    raises, or may return a string cut short."""
+    namespace: dict = {"_rest": read_varint_rest, "_D": _READ_DOUBLE, "_F": _READ_FLOAT, "MalformedBody": MalformedBody}
+    lines: list[str] = []
+    counter = [0]
+    for f in writer["fields"]:
+        if f["name"] == field:
+            value = _read_value(_type_name(f["type"]), _type_name(f["type"]), namespace, lines, counter)
+            break
+        _read_value(_type_name(f["type"]), None, namespace, lines, counter)
+    else:
+        raise UnsupportedSchema(f"{writer.get('name')} has no field {field!r}")
+    source = "def read(b, i):\n" + "".join(f"    {line}\n" for line in lines) + f"    return {value}\n"
+    exec(compile(source, f"<avro {field} reader {writer.get('name')}>", "exec"), namespace)
     return namespace["read"]
 
 
@@ -248,12 +270,14 @@ def _read_value(writer, reader, namespace: dict, lines: list[str], counter: list
     if isinstance(writer, dict) and writer.get("type") == "record":
         return _read_record(writer, reader or writer, namespace, lines, counter)
     if writer in ("int", "long"):
-        lines += [f"{v} = b[i]", "i += 1", f"if {v} > 0x7F: {v}, i = _rest(b, i, {v})", f"{v} = ({v} >> 1) ^ -({v} & 1)"]
+        lines += [f"{v} = b[i]", "i += 1", f"if {v} > 0x7F:", f"    {v}b = b[i]",
+                  f"    if {v}b < 0x80: {v}, i = ({v} & 0x7F) | ({v}b << 7), i + 1",
+                  f"    else: {v}, i = _rest(b, i, {v})", f"{v} = ({v} >> 1) ^ -({v} & 1)"]
     elif writer in ("string", "bytes"):
-        # Inlined for lengths below 64, whose zigzagged varint is one even byte; the rest take the long way.
+        # Inlined for lengths below 64, whose zigzagged varint is one even byte; the rest take the long way. A
+        # length that overruns the bytes leaves i past the end, which the caller's end check rejects.
         decode = ".decode()" if writer == "string" else ""
         lines += [f"{v} = b[i]", f"if {v} < 0x80 and not {v} & 1:", f"    j = i + 1 + ({v} >> 1)",
-                  f"    if j > end: raise MalformedBody(f'length {{{v} >> 1}} at byte {{i}} overruns the record')",
                   f"    {v}, i = b[i + 1:j]{decode}, j",
                   f"else: {v}, i = _long_{writer}(b, i)"]
         namespace[f"_long_{writer}"] = _read_string if writer == "string" else _read_bytes

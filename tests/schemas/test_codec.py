@@ -180,3 +180,14 @@ def test_every_truncation_and_a_flipped_union_branch_are_malformed():
     with pytest.raises(BadEventError, match="union branch") as caught:
         EventDecoder().decode(damaged, "t", 0, 0, PRODUCED_MS)
     assert caught.value.reason is Reason.MALFORMED_BODY
+
+
+def test_peek_reads_one_field_and_says_none_for_what_cannot_be_routed():
+    decoder = EventDecoder()
+    raw = EventEncoder().encode("Impression", impression(user_id="u42"))
+    assert decoder.peek(raw, "user_id") == "u42"
+    assert decoder.peek(EventEncoder().encode("Click", CLICK), "user_id") == "u1"
+    assert decoder.peek(raw[:14], "user_id") is None  # broken before the field
+    assert decoder.peek(b"not avro", "user_id") is None
+    assert decoder.peek(MAGIC + bytes(8) + raw[10:], "user_id") is None  # unknown fingerprint
+    assert decoder.peek(raw, "no_such_field") is None
