@@ -80,20 +80,72 @@ def _feature_bytes(name: str, value) -> bytes:
     return _int_feature(int(value))
 
 
-def serialize_example(example: Example) -> bytes:
-    """A tf.train.Example in protobuf wire format, written without importing TensorFlow into the workers."""
+def _entry(key: bytes, feature: bytes) -> bytes:
+    """One Features.feature map entry (field 1 of Features): the name's key field, then the Feature (2)."""
+    size = len(key) + 2 + len(feature)
+    if size < 128:  # the usual case, with one-byte lengths throughout
+        return b"".join((b"\x0a", _BYTE[size], key, b"\x12", _BYTE[len(feature)], feature))
+    body = key + b"\x12" + _varint(len(feature)) + feature
+    return b"\x0a" + _varint(len(body)) + body
+
+
+def _serialize_any(example: Example) -> bytes:
+    """`serialize_example` for any example, whatever its served features: the general, slower way."""
     entries = []
     for name, value in sorted(example_fields(example).items()):
-        key = _ENTRY_KEYS.get(name) or _entry_key(name)
-        feature = _feature_bytes(name, value)
-        size = len(key) + 2 + len(feature)
-        if size < 128:  # the usual case, with one-byte lengths throughout
-            entries.append(b"".join((b"\x0a", _BYTE[size], key, b"\x12", _BYTE[len(feature)], feature)))
-        else:
-            body = key + b"\x12" + _varint(len(feature)) + feature
-            entries.append(b"\x0a" + _varint(len(body)) + body)  # Features.feature (1), a map entry
+        entries.append(_entry(_ENTRY_KEYS.get(name) or _entry_key(name), _feature_bytes(name, value)))
     features = b"".join(entries)
     return b"\x0a" + _varint(len(features)) + features  # Example.features (1)
+
+
+def _compile_serializer():
+    """serialize(example) for examples whose served features are exactly the LabeledExample schema's, as
+    straight-line code over the fields in name order: the bytes of `_serialize_any`, about four times faster.
+
+    Lengths that do not fit the one-byte forms inlined here (strings of 100 bytes or more, numbers outside
+    0..127) take the general helpers.
+    """
+    from schemas import default_registry
+
+    served = next(f["type"] for f in default_registry().latest("LabeledExample").raw["fields"] if f["name"] == "features")
+    feature_names = [f["name"] for f in served["fields"]]
+    where = {name: f"e[{i}]" for i, name in enumerate(Example._fields) if name != "features"}
+    where.update({name: f"f[{name!r}]" for name in feature_names})
+    namespace = {"_B": _BYTE, "_F": _FLOATS.pack, "_entry": _entry, "_bytes_feature": _bytes_feature,
+                 "_int_feature": _int_feature, "_varint": _varint, "_any": _serialize_any}
+    lines = [f"f = e[{Example._fields.index('features')}]",
+             f"if len(f) != {len(feature_names)} or not f.keys() >= {set(feature_names)!r}: return _any(e)", "out = []"]
+    for n, name in enumerate(sorted(where)):
+        key = _entry_key(name)
+        namespace[f"K{n}"] = key
+        lines.append(f"v = {where[name]}")
+        if name in _FLOAT_FIELDS:
+            namespace[f"P{n}"] = b"\x0a" + _BYTE[len(key) + 10] + key + b"\x12\x08\x12\x06\x0a\x04"
+            lines.append(f"if v is not None: out.append(P{n} + _F(v))")
+        elif name in _STRING_FIELDS:
+            short = 128 - len(key) - 6  # longest string with one-byte lengths throughout
+            lines += ["if v is not None:", "    b = v.encode()", "    n = len(b)",
+                      f"    out.append(b''.join((b'\\x0a', _B[{len(key) + 6} + n], K{n}, b'\\x12', _B[n + 4], "
+                      f"b'\\x0a', _B[n + 2], b'\\x0a', _B[n], b)) if n < {short} else _entry(K{n}, _bytes_feature(b)))"]
+        else:
+            namespace[f"S{n}"] = [_entry(key, _int_feature(v)) for v in range(128)]
+            lines.append(f"if v is not None: out.append(S{n}[v] if 0 <= v < 128 else _entry(K{n}, _int_feature(int(v))))")
+    lines += ["features = b''.join(out)", "return b'\\x0a' + _varint(len(features)) + features"]
+    source = "def serialize(e):\n" + "".join(f"    {line}\n" for line in lines)
+    exec(compile(source, "<tf.Example writer>", "exec"), namespace)
+    return namespace["serialize"]
+
+
+_STRING_FIELDS = {"impression_id", "request_id", "user_id", "item_id", "surface", "policy", "item_category", "device",
+                  "label_strategy"}
+_SERIALIZERS: list = []
+
+
+def serialize_example(example: Example) -> bytes:
+    """A tf.train.Example in protobuf wire format, written without importing TensorFlow into the workers."""
+    if not _SERIALIZERS:
+        _SERIALIZERS.append(_compile_serializer())
+    return _SERIALIZERS[0](example)
 
 
 def partition_of(event_time_ms: int) -> str:
@@ -118,6 +170,15 @@ def _summary(fields: dict) -> tuple:
     return tuple(fields.get(name) for name in _SUMMARY)
 
 
+def serialized(example: Example) -> tuple[tuple, bytes]:
+    """The example as its manifest summary and its tf.Example bytes: what a partition file is written from.
+
+    Pairs of plain values cross a runner's shuffle far cheaper than Example tuples with a features dict."""
+    return ((example.impression_id, example.label_time_ms, example.is_correction, example.added_to_cart,
+             example.purchased, example.clicked, example.event_time_ms, example.label_strategy),
+            serialize_example(example))
+
+
 def write_partition(output_dir: str | Path, partition: str, examples: list[Example], source: dict,
                     watermark_ms: int | None = None, revision: int = 1,
                     keep_written: bool = False) -> tuple[dict, int]:
@@ -127,6 +188,14 @@ def write_partition(output_dir: str | Path, partition: str, examples: list[Examp
     deliver one twice, and the file must hold it once. With `keep_written`, the examples already in the
     partition's file stay in it beside the new ones (a streaming hour written again after its state expired).
     """
+    return write_serialized_partition(output_dir, partition, [serialized(e) for e in examples], source,
+                                      watermark_ms, revision, keep_written)
+
+
+def write_serialized_partition(output_dir: str | Path, partition: str, rows: list[tuple[tuple, bytes]], source: dict,
+                               watermark_ms: int | None = None, revision: int = 1,
+                               keep_written: bool = False) -> tuple[dict, int]:
+    """`write_partition` for examples already `serialized`."""
     directory = Path(output_dir) / partition
     records: dict[tuple, tuple[tuple, bytes]] = {}
     if keep_written and (directory / EXAMPLES_FILE).exists():
@@ -135,10 +204,9 @@ def write_partition(output_dir: str | Path, partition: str, examples: list[Examp
         for record in read_records(directory / EXAMPLES_FILE):
             summary = _summary(parse_example_fields(record))
             records[summary[:5]] = (summary, record)
-    for example in examples:
-        summary = _summary(example._asdict())
-        records[summary[:5]] = (summary, serialize_example(example))
-    duplicates = 0 if keep_written else len(examples) - len(records)
+    for summary, record in rows:
+        records[tuple(summary[:5])] = (tuple(summary), record)
+    duplicates = 0 if keep_written else len(rows) - len(records)
     rows = [records[key] for key in sorted(records)]
     directory.mkdir(parents=True, exist_ok=True)
     _remove_orphans(directory)
@@ -173,14 +241,14 @@ class _WritePartition(beam.DoFn):
         self._files = Metrics.counter("examples", "partitions_written")
         self._duplicates = Metrics.counter("examples", "duplicates_dropped")
 
-    def process(self, partition_examples, watermark_ms: int | None = None):
-        partition, examples = partition_examples
-        yield self.write(partition, list(examples), watermark_ms)
+    def process(self, partition_batches, watermark_ms: int | None = None):
+        partition, batches = partition_batches
+        yield self.write(partition, [row for batch in batches for row in batch], watermark_ms)
 
-    def write(self, partition: str, examples: list[Example], watermark_ms: int | None, revision: int = 1,
+    def write(self, partition: str, rows: list[tuple[tuple, bytes]], watermark_ms: int | None, revision: int = 1,
               keep_written: bool = False) -> dict:
-        manifest, duplicates = write_partition(self._output_dir, partition, examples, self._source, watermark_ms,
-                                               revision, keep_written)
+        manifest, duplicates = write_serialized_partition(self._output_dir, partition, rows, self._source,
+                                                          watermark_ms, revision, keep_written)
         if duplicates:
             self._duplicates.inc(duplicates)
         self._files.inc()
@@ -281,7 +349,8 @@ def parse_example_fields(record: bytes) -> dict:
 
 
 class WriteExamples(beam.PTransform):
-    """Examples to TFRecord partitions by impression event hour; yields each partition's manifest."""
+    """(partition, [`serialized` example]) batches to TFRecord partitions by impression event hour, all of a partition's batches
+    in one file; yields each partition's manifest."""
 
     def __init__(self, output_dir: str, source: dict, watermark=None):
         super().__init__()
@@ -289,11 +358,9 @@ class WriteExamples(beam.PTransform):
         self._source = source
         self._watermark = watermark  # a singleton PCollection, recorded in each manifest
 
-    def expand(self, examples):
+    def expand(self, batches):
         side = {} if self._watermark is None else {"watermark_ms": beam.pvalue.AsSingleton(self._watermark)}
-        return (examples
-                | "Key by event hour" >> beam.Map(lambda e: (partition_of(e.event_time_ms), e)).with_output_types(
-                    Tuple[str, Example])
+        return (batches
                 | "Group by event hour" >> beam.GroupByKey()
                 | "Write partition and manifest" >> beam.ParDo(_WritePartition(self._output_dir, self._source), **side))
 
@@ -353,7 +420,8 @@ class _WriteSettledHour(beam.DoFn):
         revision.write(written + 1)
         # A first write by this state may still find the hour on disk: its state expired and then an example
         # came. The examples written then stay; the file is never replaced by a smaller one.
-        return self._writer.write(partition, list(examples.read()), watermark_ms, written + 1, keep_written=True)
+        return self._writer.write(partition, [serialized(e) for e in examples.read()], watermark_ms, written + 1,
+                                  keep_written=True)
 
 
 class WriteExamplesStreaming(beam.PTransform):

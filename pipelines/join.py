@@ -1,16 +1,18 @@
 """Each user's events, grouped in one step, labeled by the pure rules in `labeling`.
 
-Every label (click, dwell, attribution of carts and purchases) concerns one user, so a single GroupByKey on
-user id brings together everything a label needs; the bounded path then labels each group in memory.
+Every label (click, dwell, attribution of carts and purchases) concerns one user, so one grouping by the
+user's shard (`decode.GroupByUserShard`) brings together everything a label needs; the bounded path then
+labels each user of a shard in memory.
 Dropping repeated deliveries and setting aside late events happens here, per user, and is counted.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import List, NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipelines.examples import partition_of, serialized
 from pipelines.labeling import Example, LabelConfig, label_user_events
 from pipelines.records import DecodedEvent, LateEvent
 
@@ -19,7 +21,7 @@ LATE = "late"
 
 
 class LabeledStreams(NamedTuple):
-    examples: beam.PCollection  # labeling.Example
+    examples: beam.PCollection  # labeling.Example; from the bounded path, (partition, [serialized example])
     late: beam.PCollection  # LateEvent
 
 
@@ -32,7 +34,9 @@ def settled_hours_end_ms(watermark_ms: int, config: LabelConfig) -> int:
     return (watermark_ms - config.horizon_ms) // HOUR_MS * HOUR_MS
 
 
-class _LabelUser(beam.DoFn):
+class _LabelShard(beam.DoFn):
+    """Labels every user of one shard, each user's events on their own; yields examples grouped by hour."""
+
     def __init__(self, config: LabelConfig, from_ms: int | None, to_ms: int | None, allowed_lateness_ms: int):
         self._config = config
         self._from_ms, self._to_ms = from_ms, to_ms
@@ -43,22 +47,33 @@ class _LabelUser(beam.DoFn):
         self._late = Metrics.counter("join", "late_events")
         self._examples = Metrics.counter("join", "examples")
 
-    def process(self, user_events, watermark_ms: int):
-        _user, events = user_events
+    def process(self, shard_events, watermark_ms: int):
+        _shard, events = shard_events
+        by_user: dict[str, list[DecodedEvent]] = {}
+        for event in events:
+            by_user.setdefault(event.datum["user_id"], []).append(event)
         # Only whole hours are written, so only impressions of hours that the watermark has wholly settled.
         to_ms = settled_hours_end_ms(watermark_ms, self._config)
         if self._to_ms is not None:
             to_ms = min(to_ms, self._to_ms)
+        from_ms = self._from_ms if self._from_ms is not None else -(2**62)
+        by_hour: dict[int, list[Example]] = {}
+        for events in by_user.values():
+            for example in self._label_user(events, watermark_ms):
+                if isinstance(example, beam.pvalue.TaggedOutput):
+                    yield example
+                elif from_ms <= example.event_time_ms < to_ms:
+                    by_hour.setdefault(example.event_time_ms // HOUR_MS, []).append(example)
+        self._examples.inc(sum(len(examples) for examples in by_hour.values()))
+        for hour, examples in by_hour.items():
+            yield partition_of(hour * HOUR_MS), [serialized(e) for e in examples]
+
+    def _label_user(self, events: list[DecodedEvent], watermark_ms: int):
         unique: dict[tuple[str, str], DecodedEvent] = {}
-        duplicates = 0
         for event in events:
-            key = (event.name, event.datum["event_id"])
-            if key in unique:
-                duplicates += 1
-            else:
-                unique[key] = event
-        if duplicates:
-            self._duplicates.inc(duplicates)
+            unique.setdefault((event.name, event.datum["event_id"]), event)
+        if len(unique) < len(events):
+            self._duplicates.inc(len(events) - len(unique))
         on_time = []
         for event in unique.values():
             lateness = event.delivered_ms - event.datum["event_time_ms"] - self._allowed_lateness_ms
@@ -67,14 +82,13 @@ class _LabelUser(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(LATE, LateEvent(event, lateness))
             else:
                 on_time.append((event.name, event.datum))
-        for example in label_user_events(on_time, self._config, watermark_ms):
-            if (self._from_ms is None or example.event_time_ms >= self._from_ms) and example.event_time_ms < to_ms:
-                self._examples.inc()
-                yield example
+        yield from label_user_events(on_time, self._config, watermark_ms)
 
 
 class LabelImpressions(beam.PTransform):
-    """DecodedEvents to labeled examples of the impressions in [from_ms, to_ms) that the watermark settles.
+    """(user shard, [DecodedEvent]) pairs, each with every event of its users (see `decode.GroupByUserShard`), to
+    the labeled examples of the impressions in [from_ms, to_ms) that the watermark settles, as (partition,
+    [`examples.serialized` example]) pairs: several per partition, one per shard that has some.
 
     `watermark` is a singleton PCollection (see `EstimateWatermark`). An event delivered more than
     `allowed_lateness_ms` after its event time goes to the late output instead.
@@ -83,31 +97,29 @@ class LabelImpressions(beam.PTransform):
     def __init__(self, config: LabelConfig, watermark, from_ms: int | None = None, to_ms: int | None = None,
                  allowed_lateness_ms: int = 86_400_000):
         super().__init__()
-        self._fn = _LabelUser(config, from_ms, to_ms, allowed_lateness_ms)
+        self._fn = _LabelShard(config, from_ms, to_ms, allowed_lateness_ms)
         self._watermark = watermark
 
-    def expand(self, events):
-        outputs = (events
-                   | "Key by user" >> beam.Map(lambda e: (e.datum["user_id"], e)).with_output_types(Tuple[str, DecodedEvent])
-                   | "Group each user's events" >> beam.GroupByKey()
-                   | "Label the user's impressions" >> beam.ParDo(
-                       self._fn, watermark_ms=beam.pvalue.AsSingleton(self._watermark, default_value=NO_WATERMARK)
-                   ).with_output_types(Example).with_outputs(LATE, main=EXAMPLES))
+    def expand(self, shard_events):
+        outputs = shard_events | "Label each user's impressions" >> beam.ParDo(
+            self._fn, watermark_ms=beam.pvalue.AsSingleton(self._watermark, default_value=NO_WATERMARK)
+        ).with_output_types(Tuple[str, List[Tuple[tuple, bytes]]]).with_outputs(LATE, main=EXAMPLES)
         return LabeledStreams(outputs[EXAMPLES], outputs[LATE])
 
 
 class EstimateWatermark(beam.PTransform):
-    """The bounded input's watermark: per partition the newest record time, the minimum over partitions, less
+    """KafkaChunks to the bounded input's watermark: per partition the newest record time, the minimum over partitions, less
     the out-of-orderness bound. Every event time at or before it has (up to the allowed lateness) been read."""
 
     def __init__(self, out_of_orderness_ms: int):
         super().__init__()
         self._bound = out_of_orderness_ms
 
-    def expand(self, records):
+    def expand(self, chunks):
         bound = self._bound
-        return (records
-                | "Record time by partition" >> beam.Map(lambda r: ((r.topic, r.partition), r.timestamp_ms))
+        return (chunks
+                | "Record time by partition" >> beam.Map(
+                    lambda c: ((c.topic, c.partition), max(r[1] for r in c.records)))
                 | "Newest per partition" >> beam.CombinePerKey(max)
                 | "Drop partition" >> beam.Values()
                 | "Oldest of the partitions" >> beam.CombineGlobally(min).without_defaults()

@@ -3,6 +3,8 @@
 Bounded mode reads fixed ranges: the offsets snapshotted when the job starts, or those that cover an
 event-time interval (found with offsets_for_times on record timestamps). Each range splits into pieces of at
 most `split_size` offsets, so the runner can read partitions in parallel and resume a range where it stopped.
+It reads with `infra.kafka.fetcher` and emits chunks of records, claiming each chunk's offsets at once: one
+element per message would cap the job near the runner's per-element speed.
 
 Unbounded mode follows the topics with one consumer and checkpoints its per-partition offsets (and newest
 event times) with the runner at every deferral, estimating the watermark from event time.
@@ -20,7 +22,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from pipelines.records import KafkaRecord
+from pipelines.records import KafkaChunk, KafkaRecord
 
 
 class PartitionRange(NamedTuple):
@@ -74,22 +76,39 @@ def ranges_for_times(bootstrap_servers: str, topics: Iterable[str], from_ms: int
         consumer.close()
 
 
-class _ReadRange(beam.DoFn, RestrictionProvider):
-    """Reads one PartitionRange; as its own restriction provider it splits ranges into `split_size` offsets."""
+class _RunTracker(OffsetRestrictionTracker):
+    """Offsets claimed a run at a time: a claim of offset n claims every unclaimed offset up to n as well.
 
-    def __init__(self, bootstrap_servers: str, split_size: int, idle_timeout_s: float):
+    When the range has been split below n since the run was read, the claim takes what the range still holds
+    (up to its new stop) and succeeds; the reader then emits only the records below the stop.
+    """
+
+    def try_claim(self, position):
+        stop = self._range.stop
+        last = self._last_claim_attempt if self._last_claim_attempt is not None else self._range.start - 1
+        if position >= stop > last + 1:
+            position = stop - 1
+        return super().try_claim(position)
+
+
+class _ReadRange(beam.DoFn, RestrictionProvider):
+    """Reads one PartitionRange in chunks; as its own restriction provider it splits ranges into `split_size`
+    offsets."""
+
+    def __init__(self, bootstrap_servers: str, split_size: int, chunk_size: int, idle_timeout_s: float):
         self._bootstrap = bootstrap_servers
         self._split_size = split_size
+        self._chunk_size = chunk_size
         self._idle_timeout_s = idle_timeout_s
-        self._consumer = None
+        self._fetcher = None
 
     # -- restriction provider -----------------------------------------------------------------------
 
     def initial_restriction(self, element: PartitionRange) -> OffsetRange:
         return OffsetRange(element.start, element.stop)
 
-    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
-        return OffsetRestrictionTracker(restriction)
+    def create_tracker(self, restriction: OffsetRange) -> _RunTracker:
+        return _RunTracker(restriction)
 
     def split(self, element, restriction: OffsetRange):
         yield from restriction.split(self._split_size)
@@ -100,66 +119,80 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
     # -- reading ------------------------------------------------------------------------------------
 
     def setup(self):
-        self._consumer = _consumer(self._bootstrap)
+        from infra.kafka.fetcher import PartitionFetcher
+        from pipelines.worker import collect_garbage_less_often
+
+        collect_garbage_less_often()
+        self._fetcher = PartitionFetcher(self._bootstrap, client_id="valueloop-join")
 
     def teardown(self):
-        if self._consumer is not None:
-            self._consumer.close()
+        if self._fetcher is not None:
+            self._fetcher.close()
 
     def process(self, element: PartitionRange, tracker=beam.DoFn.RestrictionParam()):
-        from kafka import TopicPartition
+        from infra.kafka.fetcher import CorruptBatchError, FetchError
 
-        restriction = tracker.current_restriction()
-        tp = TopicPartition(element.topic, element.partition)
-        consumer = self._consumer
-        consumer.assign([tp])
-        consumer.seek(tp, restriction.start)
+        position = tracker.current_restriction().start
+        claimed = position - 1
         idle_since = time.monotonic()
-        claimed = restriction.start - 1
-        while True:
+        while position < tracker.current_restriction().stop:
+            try:
+                fetched = self._fetcher.fetch(element.topic, element.partition, position)
+            except (FetchError, CorruptBatchError) as error:
+                raise SourceError(str(error)) from error
             stop = tracker.current_restriction().stop
-            if consumer.position(tp) >= stop:
-                break
-            records = consumer.poll(timeout_ms=500, max_records=20_000).get(tp, ())
+            records = [r for r in fetched.records if r[0] < stop] if fetched.records and fetched.records[-1][0] >= stop \
+                else fetched.records
             if not records:
-                self._check_reachable(consumer, tp, stop, idle_since)
+                self._check_reachable(element, position, stop, fetched.high_watermark, idle_since)
                 continue
             idle_since = time.monotonic()
-            for r in records:
-                if not tracker.try_claim(r.offset):
+            for at in range(0, len(records), self._chunk_size):
+                run = records[at:at + self._chunk_size]
+                if not tracker.try_claim(run[-1][0]):
                     return
-                claimed = r.offset
-                yield KafkaRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
+                claimed = run[-1][0]
+                stop = tracker.current_restriction().stop
+                if claimed >= stop:  # split below the run's end while it was read
+                    kept = [r for r in run if r[0] < stop]
+                    if kept:
+                        yield KafkaChunk(element.topic, element.partition, kept)
+                    return
+                yield KafkaChunk(element.topic, element.partition, run)
+            position = claimed + 1
         # Offsets without a record (transaction markers, compaction) still have to be claimed to finish.
         stop = tracker.current_restriction().stop
         if claimed < stop - 1:
             tracker.try_claim(stop - 1)
 
-    def _check_reachable(self, consumer, tp, stop: int, idle_since: float) -> None:
-        end = consumer.end_offsets([tp])[tp]
+    def _check_reachable(self, element: PartitionRange, position: int, stop: int, end: int, idle_since: float) -> None:
+        where = f"{element.topic}[{element.partition}]"
         if end < stop:
-            raise SourceError(f"{tp.topic}[{tp.partition}]: asked to read up to offset {stop}, the log ends at {end}")
+            raise SourceError(f"{where}: asked to read up to offset {stop}, the log ends at {end}")
         if time.monotonic() - idle_since > self._idle_timeout_s:
-            raise SourceError(f"{tp.topic}[{tp.partition}]: no records for {self._idle_timeout_s:.0f}s at offset "
-                              f"{consumer.position(tp)} though the log ends at {end}")
+            raise SourceError(f"{where}: no records for {self._idle_timeout_s:.0f}s at offset {position} "
+                              f"though the log ends at {end}")
 
 
 class ReadKafkaRanges(beam.PTransform):
-    """Reads the given offset ranges: one KafkaRecord per message, in offset order within a partition."""
+    """Reads the given offset ranges: KafkaChunks of up to `chunk_size` records, in offset order within a
+    partition, read with `infra.kafka.fetcher` (kafka-python's network client, record batches parsed in bulk)."""
 
     def __init__(self, bootstrap_servers: str, ranges: list[PartitionRange], split_size: int = 50_000,
-                 idle_timeout_s: float = 60.0):
+                 chunk_size: int = 5_000, idle_timeout_s: float = 60.0):
         super().__init__()
         self._bootstrap = bootstrap_servers
         self._ranges = [r for r in ranges if r.stop > r.start]
         self._split_size = split_size
+        self._chunk_size = chunk_size
         self._idle_timeout_s = idle_timeout_s
 
     def expand(self, pbegin):
         return (pbegin
                 | "Offset ranges" >> beam.Create(self._ranges)
-                | "Read offset ranges" >> beam.ParDo(_ReadRange(self._bootstrap, self._split_size, self._idle_timeout_s))
-                .with_output_types(KafkaRecord))
+                | "Read offset ranges" >> beam.ParDo(
+                    _ReadRange(self._bootstrap, self._split_size, self._chunk_size, self._idle_timeout_s))
+                .with_output_types(KafkaChunk))
 
 
 # -- unbounded: follow the topics ------------------------------------------------------------------------------

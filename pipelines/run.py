@@ -13,7 +13,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from infra.kafka import KafkaSettings
-from pipelines.decode import DecodeEvents, WriteDeadLetters
+from pipelines.decode import DecodeEventGroups, DecodeEvents, GroupByUserShard, WriteDeadLetters
 from pipelines.examples import RecordLateEvents, WriteExamples
 from pipelines.join import EstimateWatermark, LabelImpressions
 from pipelines.kafka_source import PartitionRange, ReadKafkaRanges, ranges_for_times, snapshot_ranges
@@ -114,10 +114,11 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
               "ranges_digest": hashlib.sha256(json.dumps([list(r) for r in ranges]).encode()).hexdigest()[:16]}
     runner_impl, options = _runner(runner, settings)
     pipeline = beam.Pipeline(runner=runner_impl, options=options)
-    records = pipeline | "Read Kafka offset ranges" >> ReadKafkaRanges(kafka.bootstrap_servers, ranges, settings.split_size)
-    decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics)
+    chunks = pipeline | "Read Kafka offset ranges" >> ReadKafkaRanges(kafka.bootstrap_servers, ranges, settings.split_size)
+    groups = chunks | "Group by user" >> GroupByUserShard(settings.user_shards)
+    decoded = groups | "Decode events" >> DecodeEventGroups(kafka.event_topics)
     decoded.dead_letters | "Dead letters" >> WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic)
-    watermark = records | "Estimate the watermark" >> EstimateWatermark(int(settings.out_of_orderness_s * 1000))
+    watermark = chunks | "Estimate the watermark" >> EstimateWatermark(int(settings.out_of_orderness_s * 1000))
     labeled = decoded.events | "Label impressions" >> LabelImpressions(
         settings.labels, watermark, from_ms, to_ms, int(settings.allowed_lateness_s * 1000))
     manifests = labeled.examples | "Write examples" >> WriteExamples(settings.output_dir, source, watermark)

@@ -16,6 +16,7 @@ class JoinSettings(BaseModel):
     allowed_lateness_s: float = Field(86400.0, ge=0, description="Events delivered later than this go to the late output.")
     output_dir: Path = Path("out/examples")
     split_size: int = Field(50_000, ge=1, description="Offsets per unit of parallel reading.")
+    user_shards: int = Field(64, ge=1, description="Groups of users that the bounded join labels together.")
     direct_num_workers: int = Field(1, ge=1)
     prism_location: Path = Field(Path(__file__).resolve().parents[1] / "infra" / "prism" / "bin" / "prism",
                                  description="The Prism binary that streaming runs use (built by make prism).")

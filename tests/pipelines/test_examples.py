@@ -1,7 +1,7 @@
 """tf.Example serialization against TensorFlow's own parser, and the TFRecord framing against TFRecordDataset."""
 import pytest
 
-from pipelines.examples import _framed, example_fields, serialize_example
+from pipelines.examples import _framed, _serialize_any, example_fields, serialize_example
 from pipelines.labeling import LabelConfig, label_user_events
 from tests.pipelines.events import D, S, T0, click, impression, purchase
 
@@ -39,6 +39,20 @@ def test_negative_and_large_integers_round_trip():
     parsed = tf.train.Example.FromString(serialize_example(odd))
     assert parsed.features.feature["position"].int64_list.value[0] == -5
     assert parsed.features.feature["event_time_ms"].int64_list.value[0] == 2**62
+
+
+def test_the_compiled_writer_writes_the_general_writers_bytes_on_and_off_its_fast_paths():
+    examples = sample_examples()
+    first = examples[0]
+    odd = [
+        first._replace(impression_id="i" * 200, surface="é" * 70),  # lengths of two-byte varints
+        first._replace(position=-5, event_time_ms=2**62, label_time_ms=0, dwell_ms=None, click_time_ms=None),
+        first._replace(features={**first.features, "item_rating": None}),
+        first._replace(features={**first.features, "campaign": "spring"}),  # a feature beyond the schema
+        first._replace(features={k: v for k, v in first.features.items() if k != "device"}),
+    ]
+    for example in examples + odd:
+        assert serialize_example(example) == _serialize_any(example)
 
 
 def test_tfrecord_framing_reads_back(tmp_path):
