@@ -153,6 +153,30 @@ def partition_of(event_time_ms: int) -> str:
     return f"dt={hour:%Y-%m-%d}/hour={hour:%H}"
 
 
+def hour_of(partition: str) -> int:
+    """The start, in ms since the epoch, of the event hour a partition (`partition_of`) holds."""
+    day, hour = partition.split("/")
+    moment = dt.datetime.strptime(f"{day[3:]} {hour[5:]}", "%Y-%m-%d %H").replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp()) * 1000
+
+
+def resume_hour_ms(output_dir: str | Path) -> int | None:
+    """Where a streaming join that stopped should start again: the first hour after the oldest complete
+    partition (one with a manifest) in `output_dir` that has none; None when there is no partition at all.
+
+    Not simply the hour after the newest: when the watermark passes several hours at once, the runner may write
+    them in any order, and a job killed then leaves a gap. An hour without impressions also counts as a gap,
+    which only makes the restart read and write again more than it needs."""
+    written = {hour_of(path.parent.relative_to(output_dir).as_posix())
+               for path in Path(output_dir).glob(f"dt=*/hour=*/{MANIFEST_FILE}")}
+    if not written:
+        return None
+    hour = min(written)
+    while hour in written:
+        hour += 3_600_000
+    return hour
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     with open(temporary, "wb") as f:

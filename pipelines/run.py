@@ -71,7 +71,9 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
                        from_ms: int | None = None) -> None:
     """Follows the topics and writes each event hour once the watermark settles it, until the job is stopped.
 
-    `direct` runs on Prism (the binary at `settings.prism_location`), `flink` on an embedded Flink.
+    With `from_ms`, it writes the hours from that one on, reading the records of the label horizon before it
+    again for context (the clicks that compete for a conversion), as the bounded join does. `direct` runs on
+    Prism (the binary at `settings.prism_location`), `flink` on an embedded Flink.
     """
     from pipelines.examples import WriteExamplesStreaming
     from pipelines.kafka_source import FollowKafkaTopics, start_positions
@@ -89,7 +91,8 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
         options = flink_pipeline_options(streaming=True, **forever)
     else:
         raise ValueError(f"runner is direct or flink, not {runner!r}")
-    start = start_positions(kafka.bootstrap_servers, kafka.event_topics.values(), from_ms)
+    context_from_ms = None if from_ms is None else from_ms - settings.labels.horizon_ms
+    start = start_positions(kafka.bootstrap_servers, kafka.event_topics.values(), context_from_ms)
     bound_ms = int(settings.out_of_orderness_s * 1000)
     with beam.Pipeline(options=options) as pipeline:
         records = pipeline | "Follow Kafka" >> FollowKafkaTopics(kafka.bootstrap_servers, start, bound_ms, _event_time_of())
@@ -97,7 +100,11 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
         decoded.dead_letters | "Dead letters" >> WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic)
         labeled = decoded.events | "Label impressions" >> LabelImpressionsStreaming(
             settings.labels, int(settings.allowed_lateness_s * 1000))
-        labeled.examples | "Write examples" >> WriteExamplesStreaming(
+        examples = labeled.examples
+        if from_ms is not None:
+            examples = examples | "Only impressions from --from" >> beam.Filter(
+                lambda example, first_ms=from_ms: example.event_time_ms >= first_ms)
+        examples | "Write examples" >> WriteExamplesStreaming(
             settings.output_dir, {"mode": "streaming", "from_ms": from_ms}, settings.labels.horizon_ms,
             int(settings.allowed_lateness_s * 1000))
         labeled.late | "Late events" >> RecordLateEvents(settings.output_dir, f"streaming-{os.getpid()}")

@@ -170,6 +170,8 @@ def join(
     out: Optional[Path] = typer.Option(None, help="Output directory for the TFRecord partitions."),
     strategy: Optional[str] = typer.Option(None, help="wait_for_window or fake_negative."),
     workers: Optional[int] = typer.Option(None, help="Worker processes for the direct runner."),
+    resume: bool = typer.Option(False, "--resume", help="Streaming: start at the first hour missing from the "
+                                                          "output (after a stop or a crash)."),
 ):
     """Join the event topics into labeled tf.Example partitions by event hour, with manifests."""
     from kafka.errors import KafkaError
@@ -199,6 +201,8 @@ def join(
             require_job_server()
         except MissingJobServerError as error:
             _fail(str(error))
+    if resume and mode != "streaming":
+        _fail("--resume is for --mode streaming: a bounded run over the same offsets replaces its files anyway")
     if mode == "streaming":
         if runner == "direct":
             if not join_settings.prism_location.exists():
@@ -206,10 +210,22 @@ def join(
                       "(see infra/prism/README.md)")
             typer.secho("streaming on Prism loses examples when events arrive after the job has caught up (a known "
                         "bug): use --runner flink", fg=typer.colors.YELLOW, err=True)
+        from_ms = _parse_hour(start, "--from")
+        if resume:
+            import datetime as dt
+
+            from pipelines.examples import resume_hour_ms
+
+            if start is not None:
+                _fail("--resume finds the hour to start at; give it or --from, not both")
+            from_ms = resume_hour_ms(join_settings.output_dir)
+            where = "the start of the topics" if from_ms is None else \
+                dt.datetime.fromtimestamp(from_ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:00Z")
+            typer.echo(f"resuming at {where}", err=True)
         typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
                    f"{join_settings.output_dir}; stop with Ctrl-C", err=True)
         try:
-            run_streaming_join(settings.kafka, join_settings, runner=runner, from_ms=_parse_hour(start, "--from"))
+            run_streaming_join(settings.kafka, join_settings, runner=runner, from_ms=from_ms)
         except ValueError as error:
             _fail(str(error))
         except KafkaError as error:

@@ -154,3 +154,20 @@ def test_a_partition_written_again_keeps_what_it_held_and_never_shrinks(tmp_path
     assert late == whole
     again, _ = write_partition(tmp_path / "late", "dt=x/hour=00", [second], {"s": 1}, keep_written=True)
     assert again["examples"] == 2 and json.loads((tmp_path / "late/dt=x/hour=00/_manifest.json").read_text())["revision"] == 3
+
+
+def test_a_stream_resumes_at_the_first_hour_missing_after_the_oldest_partition(tmp_path):
+    from pipelines.examples import partition_of, resume_hour_ms, write_partition
+
+    assert resume_hour_ms(tmp_path) is None
+    (example, _) = sample_examples()[:2]
+    hour = example.event_time_ms // 3_600_000 * 3_600_000
+    for offset in (0, 1, 2, 3):
+        write_partition(tmp_path, partition_of(hour + offset * 3_600_000), [example], {"s": 1})
+    (tmp_path / partition_of(hour + 4 * 3_600_000)).mkdir(parents=True)  # no manifest: not complete
+    assert resume_hour_ms(tmp_path) == hour + 4 * 3_600_000
+    write_partition(tmp_path, partition_of(hour + 6 * 3_600_000), [example], {"s": 1})  # written before hour 4
+    assert resume_hour_ms(tmp_path) == hour + 4 * 3_600_000
+    write_partition(tmp_path, partition_of(hour + 4 * 3_600_000), [example], {"s": 1})
+    write_partition(tmp_path, partition_of(hour + 5 * 3_600_000), [example], {"s": 1})
+    assert resume_hour_ms(tmp_path) == hour + 7 * 3_600_000

@@ -27,14 +27,14 @@ def tfrecords(root):
 
 
 @contextlib.contextmanager
-def streaming_join(kafka_settings, tmp_path, output_dir, runner="direct"):
+def streaming_join(kafka_settings, tmp_path, output_dir, runner="direct", *options):
     """`valueloop join --mode streaming` as a user starts it, in its own process group; killed on exit."""
     config = tmp_path / "settings.json"
     config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
                                   "join": {"labels": LABELS, "output_dir": str(output_dir)}}))
-    with open(tmp_path / "join.log", "w") as log:
+    with open(tmp_path / "join.log", "a") as log:
         job = subprocess.Popen([sys.executable, "-m", "valueloop.cli", "join", "--mode", "streaming", "--runner",
-                                runner, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                runner, "--config", str(config), *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield job
         finally:
@@ -114,3 +114,29 @@ def test_a_broker_restart_mid_stream_loses_and_duplicates_nothing(kafka_broker, 
         time.sleep(5)
     got = tfrecords(streamed)
     assert [hour for hour in wanted if got.get(hour) != expected[hour]] == []
+
+
+def test_a_killed_stream_resumed_from_its_output_writes_the_bounded_joins_hours(kafka_settings, tmp_path):
+    events = list(Simulation(SIM).events())
+    half = len(events) // 2
+    with KafkaSink(kafka_settings) as sink:
+        sink.write(events[:half])
+    streamed = tmp_path / "streamed"
+    with streaming_join(kafka_settings, tmp_path, streamed, "flink") as job:
+        wait_for_hours(job, streamed, (), at_least=3)
+    before = tfrecords(streamed)  # the job was killed (SIGKILL) on leaving the block
+    assert len(before) >= 3, "the stream wrote nothing before it was killed"
+    with KafkaSink(kafka_settings) as sink:
+        sink.write(events[half:])
+    bounded = tmp_path / "bounded"
+    run_bounded_join(kafka_settings, JoinSettings.model_validate({"labels": LABELS, "output_dir": str(bounded)}))
+    expected = tfrecords(bounded)
+    wanted = sorted(expected)[:-1]
+
+    with streaming_join(kafka_settings, tmp_path, streamed, "flink", "--resume") as job:
+        wait_for_hours(job, streamed, wanted)
+        time.sleep(5)
+    got = tfrecords(streamed)
+    assert [hour for hour in wanted if got.get(hour) != expected[hour]] == []
+    assert {hour: got[hour] for hour in before} == before  # what was written before the kill stands
+    assert "resuming at " in (tmp_path / "join.log").read_text()

@@ -70,6 +70,14 @@ def test_join_rejects_an_unknown_runner_before_touching_kafka(tmp_path):
     assert result.returncode == 1 and "--runner is direct or flink, not 'spark'" in result.stderr
 
 
+def test_join_resumes_only_a_stream_and_only_where_it_finds_the_hour_itself(tmp_path):
+    result = run("join", "--resume", "--out", str(tmp_path), check=False)
+    assert result.returncode == 1 and "--resume is for --mode streaming" in result.stderr
+    result = run("join", "--mode", "streaming", "--runner", "flink", "--resume", "--from", "2026-11-01T05:00Z",
+                 "--out", str(tmp_path), check=False)
+    assert result.returncode == 1 and "give it or --from, not both" in result.stderr
+
+
 def test_join_without_a_broker_says_so_and_how_to_start_one(tmp_path):
     from tests.conftest import free_port
 
