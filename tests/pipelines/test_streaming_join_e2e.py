@@ -117,7 +117,7 @@ def test_a_broker_restart_mid_stream_loses_and_duplicates_nothing(kafka_broker, 
 
 
 def test_a_killed_stream_resumed_from_its_output_writes_the_bounded_joins_hours(kafka_settings, tmp_path):
-    events = list(Simulation(SIM).events())
+    events = list(Simulation(SIM.model_copy(update={"requests": 500})).events())
     half = len(events) // 2
     with KafkaSink(kafka_settings) as sink:
         sink.write(events[:half])
