@@ -165,14 +165,6 @@ class EventDecoder:
                 raise bad(Reason.INVALID_VALUE, f"{name}: {problem}")
         return Event(name, datum)
 
-    def reread(self, raw: bytes) -> Event:
-        """Decodes again a message that `decode` has accepted, without its checks: for a pipeline that carries
-        the bytes through a shuffle, where they cost a small fraction of a decoded datum."""
-        writer, name, reader_schema, compiled = self._reader_for(bytes(raw[2:HEADER_SIZE]))
-        if compiled is not None:
-            return Event(name, compiled(raw, HEADER_SIZE)[0])
-        return Event(name, schemaless_reader(io.BytesIO(raw[HEADER_SIZE:]), writer.parsed, reader_schema))
-
     def peek(self, raw: bytes, field: str):
         """The value of a top-level field of a message, read without decoding or checking the rest; None when
         the message cannot say (not single-object, an unknown schema, a body broken before the field). For
