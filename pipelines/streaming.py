@@ -2,15 +2,15 @@
 
 It calls the same pure function as the bounded path (`labeling.label_user_events`), asking at each timer for
 the examples whose label time lies between the previous firing and this one, so the two paths cannot
-disagree. A timer fires when the watermark reaches the next moment at which some example of the user becomes
-due (an impression settles; under fake-negative, a click is known or a conversion arrives).
+disagree. A timer fires when the watermark reaches a moment at which some example of the user becomes due (an
+impression settles; under fake-negative, a click is known or a conversion arrives).
 """
 from __future__ import annotations
 
 from typing import Tuple
 
 import apache_beam as beam
-from apache_beam.coders import VarIntCoder
+from apache_beam.coders import IterableCoder, StrUtf8Coder, TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -22,6 +22,7 @@ from pipelines.records import DecodedEvent, LateEvent
 
 _NEVER = 2**62
 _EVENT_CODER = beam.coders.registry.get_coder(DecodedEvent)
+_PROGRESS_CODER = TupleCoder([VarIntCoder(), IterableCoder(StrUtf8Coder())])
 
 
 def next_release_ms(events: list[DecodedEvent], config: LabelConfig, after_ms: int | None) -> int | None:
@@ -42,10 +43,28 @@ def _release_hint_ms(event: DecodedEvent, config: LabelConfig) -> int | None:
     return None
 
 
+def _identity(event: DecodedEvent) -> str:
+    return f"{event.name}/{event.datum['event_id']}"
+
+
+def _set_release(release, at_ms: int) -> None:
+    """One timer per release time (tagged by it), so every release already known is pending at once."""
+    release.set(Timestamp(micros=at_ms * 1000), dynamic_timer_tag=str(at_ms))
+
+
 class _LabelUserStreaming(beam.DoFn):
+    """One user's events in a bag, the rest of the user's progress in one value.
+
+    Two choices keep a backlog from crawling (a restart after an outage, a replay):
+    - every state read is a round trip to the runner, so what each arriving event needs (when the user was last
+      released, the identities of the held events for the duplicate check) is one value, and the bag is only
+      appended to on arrival and read when a timer fires;
+    - each release time is a timer of its own, so when the watermark jumps over many of them they all fire in
+      the same pass; one timer re-set after each firing made a chain of passes as long as the user's history.
+    """
     EVENTS = BagStateSpec("events", _EVENT_CODER)
-    FIRED = ReadModifyWriteStateSpec("fired_ms", VarIntCoder())  # event time of the last release
-    NEXT = ReadModifyWriteStateSpec("next_ms", VarIntCoder())  # when the release timer is set for
+    # (event time of the last release, or -1 before the first; identities of the held events)
+    PROGRESS = ReadModifyWriteStateSpec("progress", _PROGRESS_CODER)
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
 
     def __init__(self, config: LabelConfig, allowed_lateness_ms: int):
@@ -58,41 +77,38 @@ class _LabelUserStreaming(beam.DoFn):
         self._examples = Metrics.counter("join", "examples")
 
     def process(self, element: Tuple[str, DecodedEvent], events=beam.DoFn.StateParam(EVENTS),
-                fired=beam.DoFn.StateParam(FIRED), next_ms=beam.DoFn.StateParam(NEXT),
-                release=beam.DoFn.TimerParam(RELEASE)):
+                progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
         _user, event = element
         event_ms = event.datum["event_time_ms"]
-        last_fired = fired.read()
+        last_fired, held = progress.read() or (-1, ())
         lateness = max(event.delivered_ms - event_ms - self._allowed_lateness_ms,
-                       (last_fired - event_ms - self._allowed_lateness_ms) if last_fired is not None else -1)
+                       (last_fired - event_ms - self._allowed_lateness_ms) if last_fired >= 0 else -1)
         if lateness > 0:
             self._late.inc()
             yield beam.pvalue.TaggedOutput(LATE, LateEvent(event, lateness))
             return
-        held = list(events.read())
-        if any(e.name == event.name and e.datum["event_id"] == event.datum["event_id"] for e in held):
+        identity = _identity(event)
+        if identity in held:
             self._duplicates.inc()
             return
         events.add(event)
+        progress.write((last_fired, (*held, identity)))
         hint = _release_hint_ms(event, self._config)
         if hint is not None:
-            hint = max(hint, (last_fired or hint - 1) + 1)
-            scheduled = next_ms.read()
-            if scheduled is None or hint < scheduled:
-                release.set(Timestamp(micros=hint * 1000))
-                next_ms.write(hint)
+            _set_release(release, max(hint, last_fired + 1))
 
     @on_timer(RELEASE)
     def on_release(self, fire=beam.DoFn.TimestampParam, events=beam.DoFn.StateParam(EVENTS),
-                   fired=beam.DoFn.StateParam(FIRED), next_ms=beam.DoFn.StateParam(NEXT),
-                   release=beam.DoFn.TimerParam(RELEASE)):
+                   progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
         now_ms = fire.micros // 1000
+        last_fired = (progress.read() or (-1, ()))[0]
+        if now_ms <= last_fired:
+            return  # a release this one's predecessor already covered
         held = list(events.read())
         pairs = [(e.name, e.datum) for e in held]
-        for example in label_user_events(pairs, self._config, now_ms, since_ms=fired.read()):
+        for example in label_user_events(pairs, self._config, now_ms, since_ms=last_fired if last_fired >= 0 else None):
             self._examples.inc()
             yield example
-        fired.write(now_ms)
         # Keep only what a later example can still need: nothing older than the longest window and the lateness.
         keep_after = now_ms - self._config.horizon_ms - self._allowed_lateness_ms
         kept = [e for e in held if e.datum["event_time_ms"] >= keep_after]
@@ -100,12 +116,10 @@ class _LabelUserStreaming(beam.DoFn):
             events.clear()
             for e in kept:
                 events.add(e)
+        progress.write((now_ms, tuple(_identity(e) for e in kept)))
         upcoming = next_release_ms(kept, self._config, now_ms)
-        if upcoming is None:
-            next_ms.clear()
-        else:
-            release.set(Timestamp(micros=upcoming * 1000))
-            next_ms.write(upcoming)
+        if upcoming is not None:
+            _set_release(release, upcoming)
 
 
 class LabelImpressionsStreaming(beam.PTransform):
