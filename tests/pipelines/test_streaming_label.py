@@ -102,3 +102,12 @@ def test_fake_negative_emits_at_the_click_and_corrects_when_the_conversion_arriv
               equal_to([("a", 10 * S, True, None, False, False, 0.0, False),
                         ("a", 20 * 60 * S, True, None, True, False, 0.0, True),
                         ("a", 6 * H, True, None, False, True, 8.0, True)]))
+
+
+def test_releases_that_the_watermark_passes_at_once_each_come_out_at_their_own_time():
+    # a backlog: a week of one user's impressions arrive together, then the watermark jumps past all of them
+    shown = [impression(f"a{k}", T0 + k * 7 * H) for k in range(24)]
+    bought = [click("a5", T0 + 35 * H + 10 * S), purchase("p", T0 + 36 * H, value=3.0)]
+    expected = [(f"a{k}", k * 7 * H + HORIZON, k == 5, None, False, k == 5, 3.0 if k == 5 else 0.0, False)
+                for k in range(24)]
+    labels_of(*run([T0 - 1, [arriving(e) for e in shown + bought], T0 + 30 * D]), equal_to(expected))
