@@ -2,7 +2,8 @@
 
 The same MMoE and shared-bottom layers as the ranker, here over one-hot categoricals and normalised numbers.
 Compared on one seeded 80/20 split: MMoE, shared-bottom, and one single-task network per task, each with the
-same budget; a tenth of the training split is held out to stop early.
+same budget; a tenth of the training split is held out to stop early. Each kind is an ensemble of the same
+number of seeds, each holding out a different tenth.
 """
 from __future__ import annotations
 
@@ -169,16 +170,25 @@ ARCHITECTURES = {
 
 
 def run(data: Split, base: ModelConfig, epochs: int = 30, batch_size: int = 1024, learning_rate: float = 0.002,
-        seed: int = 7, verbose: int = 0) -> dict:
-    """Test AUC of each task for MMoE, shared-bottom and single-task networks on one split."""
+        seeds: tuple[int, ...] = (7,), verbose: int = 0) -> dict:
+    """Test AUC of each task for MMoE, shared-bottom and single-task networks on one split.
+
+    With several seeds, every kind of network is trained once per seed, each time holding out another tenth of
+    the training split to stop early, and scored by the mean of its test logits: the same ensemble for each
+    kind, so the comparison keeps an equal budget, and no result rests on one lucky seed.
+    """
     import tensorflow as tf
 
-    validation = int(len(data.x_train) * 0.1)
-    x_fit, x_val = data.x_train[validation:], data.x_train[:validation]
-    y_fit = {t: v[validation:] for t, v in data.y_train.items()}
-    y_val = {t: v[:validation] for t, v in data.y_train.items()}
+    tenth = int(len(data.x_train) * 0.1)
 
-    def fit(config: ModelConfig, tasks: tuple[str, ...]) -> dict[str, float]:
+    def fit(config: ModelConfig, tasks: tuple[str, ...], member: int, seed: int) -> dict[str, np.ndarray]:
+        # Each member of an ensemble holds out a different tenth of the training split, so together they learn
+        # from all of it; the test split is never seen before scoring.
+        held = np.zeros(len(data.x_train), bool)
+        held[(member % 10) * tenth:(member % 10 + 1) * tenth] = True
+        x_fit, x_val = data.x_train[~held], data.x_train[held]
+        y_fit = {t: v[~held] for t, v in data.y_train.items()}
+        y_val = {t: v[held] for t, v in data.y_train.items()}
         keras.utils.set_random_seed(seed)
         model = build(config, data.features, tasks, learning_rate)
         train = tf.data.Dataset.from_tensor_slices((x_fit, {t: y_fit[t] for t in tasks})).shuffle(
@@ -190,9 +200,13 @@ def run(data: Split, base: ModelConfig, epochs: int = 30, batch_size: int = 1024
         callbacks = [keras.callbacks.ReduceLROnPlateau(monitor="val_total_loss", factor=0.3, patience=2, min_lr=1e-5),
                      keras.callbacks.EarlyStopping(monitor="val_total_loss", patience=6), best]
         model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=verbose)
-        return {t: auc(data.y_test[t], best.test_logits[t]) for t in tasks}
+        return best.test_logits
 
-    results = {name: fit(make(base), TASKS) for name, make in ARCHITECTURES.items()}
+    def ensemble(config: ModelConfig, tasks: tuple[str, ...]) -> dict[str, float]:
+        logits = [fit(config, tasks, member, seed) for member, seed in enumerate(seeds)]
+        return {t: auc(data.y_test[t], np.mean([one[t] for one in logits], axis=0)) for t in tasks}
+
+    results = {name: ensemble(make(base), TASKS) for name, make in ARCHITECTURES.items()}
     single = base.model_copy(update={"architecture": "shared_bottom"})
-    results["single_task"] = {t: fit(single, (t,))[t] for t in TASKS}
+    results["single_task"] = {t: ensemble(single, (t,))[t] for t in TASKS}
     return results
