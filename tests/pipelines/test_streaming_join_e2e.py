@@ -89,8 +89,10 @@ def _send_when_led(settings, events, timeout_s=90):
 
 
 @pytest.mark.parametrize("runner", [
-    pytest.param("direct", marks=pytest.mark.xfail(strict=True, reason=KNOWN_LOSS + " Here it fails every time, "
-                                                   "restart or not: a pause in the traffic is enough.")),
+    # Not strict: with a timer per release time it still fails in most runs (a pause in the traffic is enough,
+    # restart or not), but it has passed in one, so a pass is no sign that the bug is gone.
+    pytest.param("direct", marks=pytest.mark.xfail(strict=False, reason=KNOWN_LOSS + " Here it fails in most "
+                                                   "runs, restart or not: a pause in the traffic is enough.")),
     "flink"])
 def test_a_broker_restart_mid_stream_loses_and_duplicates_nothing(kafka_broker, kafka_settings, tmp_path, runner):
     events = list(Simulation(SIM).events())
