@@ -475,6 +475,27 @@ def bench_join(
         _record(run_join_benchmark(settings, requests=requests, days=days, output_dir=Path(scratch)), out)
 
 
+@bench_app.command("stream")
+def bench_stream(
+    config: Optional[Path] = ConfigOption,
+    requests: int = typer.Option(1_000, help="Ranking requests to simulate (about 13 events each)."),
+    days: float = typer.Option(3.0, help="Simulated days in the backlog."),
+    users: int = typer.Option(80, help="Users: fewer users, longer histories in each user's state."),
+    items: int = typer.Option(40, help="Items in the catalogue."),
+    out: Path = typer.Option(Path("bench/results/stream.json"), help="Where the JSON result goes."),
+):
+    """Seconds for the streaming join on Flink to catch up with a backlog, beside the bounded join on Flink."""
+    import tempfile
+
+    from bench.stream import run_stream_benchmark
+
+    settings = _settings(config)
+    _broker_up(settings)
+    with tempfile.TemporaryDirectory(prefix="valueloop-bench-stream-") as scratch:
+        _record(run_stream_benchmark(settings, requests=requests, days=days, users=users, items=items,
+                                     scratch=Path(scratch)), out)
+
+
 def main() -> None:
     app()
 
