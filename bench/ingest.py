@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-import uuid
 from typing import Callable
 
 from infra.kafka import KafkaBroker, KafkaSettings
@@ -22,21 +21,12 @@ from simulator.sinks import KafkaSink
 from valueloop.config import Settings
 
 from bench.environment import describe
+from bench.topics import fresh_topics
 
 GOAL_EVENTS_PER_S = 100_000
 COMPRESSION = "zstd"
 
 _events: list = []  # the run's events; worker processes inherit them through fork, nothing is pickled
-
-
-def _fresh_topics(settings: KafkaSettings, label: str) -> KafkaSettings:
-    prefix = f"bench.{label}.{uuid.uuid4().hex[:6]}"
-    fresh = settings.model_copy(update={
-        "event_topics": {name: f"{prefix}.{name.lower()}" for name in settings.event_topics},
-        "dead_letter_topic": f"{prefix}.dead_letter",
-    })
-    KafkaBroker(fresh).create_topics()
-    return fresh
 
 
 def _shard(shard: int, shards: int) -> list:
@@ -130,7 +120,7 @@ def _median_run(label: str, path: Callable, settings: Settings, workers: int, re
     """Runs `path` `repeats` times (fresh topics each time) and keeps the median run, with every rate beside it."""
     runs = []
     for _ in range(repeats):
-        topics = _fresh_topics(settings.kafka, path.__name__) if to_kafka else None
+        topics = fresh_topics(settings.kafka, path.__name__) if to_kafka else None
         runs.append(_measure(label, path, topics, workers))
         if to_kafka:
             _check_stored(topics, runs[-1])
@@ -156,7 +146,7 @@ def run_ingest_benchmark(settings: Settings, requests: int, workers: int = 2, re
                         ("confluent-kafka (librdkafka)", confluent)):
         results.append(_median_run(label, path, settings, workers, repeats, True))
 
-    topics = _fresh_topics(settings.kafka, "end_to_end")
+    topics = fresh_topics(settings.kafka, "end_to_end")
     start = time.perf_counter()
     with KafkaSink(topics) as sink:
         sink.write(Simulation(config).events())

@@ -12,17 +12,16 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psutil
 
-from infra.kafka import KafkaBroker
 from simulator import Simulation
 from simulator.sinks import KafkaSink
 from valueloop.config import Settings
 
 from bench.environment import describe
+from bench.topics import fresh_topics
 
 GOAL_EVENTS_PER_S = 100_000
 GOAL_WITHIN_REFERENCE = 5.0
@@ -113,17 +112,13 @@ def _in_child(path: str, settings: Settings) -> dict:
 
 
 def run_join_benchmark(settings: Settings, requests: int, days: float, output_dir: Path) -> dict:
-    prefix = f"bench.join.{uuid.uuid4().hex[:6]}"
-    kafka = settings.kafka.model_copy(update={
-        "event_topics": {name: f"{prefix}.{name.lower()}" for name in settings.kafka.event_topics},
-        "dead_letter_topic": f"{prefix}.dead_letter"})
-    KafkaBroker(kafka).create_topics()
+    kafka = fresh_topics(settings.kafka, "join")
     simulator = settings.simulator.model_copy(update={"requests": requests, "days": days})
     with KafkaSink(kafka) as sink:
         sink.write(Simulation(simulator).events())
     run_settings = settings.model_copy(update={
         "kafka": kafka, "simulator": simulator,
-        "join": settings.join.model_copy(update={"output_dir": output_dir / prefix})})
+        "join": settings.join.model_copy(update={"output_dir": output_dir / "examples"})})
     reference = _in_child("reference", run_settings)
     beam = _in_child("beam_fnapi", run_settings)
     flink = _in_child("beam_flink", run_settings)

@@ -15,15 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-from infra.kafka import KafkaBroker
 from simulator import Simulation
 from simulator.sinks import KafkaSink
 from valueloop.config import Settings
 
 from bench.environment import describe
+from bench.topics import fresh_topics
 
 
 def _digests(directory: Path) -> dict[str, str]:
@@ -68,11 +67,7 @@ def _streaming(settings: Settings, expected: dict[str, str], scratch: Path, time
 
 def run_stream_benchmark(settings: Settings, requests: int, days: float, users: int, items: int, scratch: Path,
                          purchase_window_s: float = 86_400.0, timeout_s: float = 900.0) -> dict:
-    prefix = f"bench.stream.{uuid.uuid4().hex[:6]}"
-    kafka = settings.kafka.model_copy(update={
-        "event_topics": {name: f"{prefix}.{name.lower()}" for name in settings.kafka.event_topics},
-        "dead_letter_topic": f"{prefix}.dead_letter"})
-    KafkaBroker(kafka).create_topics()
+    kafka = fresh_topics(settings.kafka, "stream")
     simulator = settings.simulator.model_copy(update={
         "requests": requests, "days": days,
         "catalogue": settings.simulator.catalogue.model_copy(update={"users": users, "items": items})})
