@@ -4,10 +4,14 @@ Sources and sinks live here, at the edge; the composites in decode, join and exa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 import apache_beam as beam
@@ -25,6 +29,58 @@ class JoinResult:
     manifests: list[dict]
     counters: dict[str, int]
     ranges: list[PartitionRange]
+
+
+class JobStopped(Exception):
+    """The process was asked to stop (SIGINT or SIGTERM) and the job has stopped, its job server with it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stopped_by_signals():
+    """SIGTERM, what `kill` and schedulers send, stops a job the way Ctrl-C does, and either ends in JobStopped.
+
+    Beam stops the job server it started (the Flink job server's JVM, Prism) on SIGINT only, by a handler that
+    then calls the one it found; a SIGTERM would end this process and leave the server running. So SIGTERM is
+    passed on as SIGINT. Whatever the stop then raises (a KeyboardInterrupt, or the job's streams cancelled under
+    it) becomes one JobStopped. Beam's threads whose streams the stop closed fail too; their tracebacks are not
+    printed: they are the stop, not a failure.
+    """
+    stopped: list[int] = []
+
+    def stopping(signum):
+        stopped.append(signum)
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)  # the closed streams' errors, as above
+
+    def on_sigint(signum, frame):
+        stopping(signum)
+        signal.default_int_handler(signum, frame)
+
+    def on_sigterm(signum, frame):
+        stopping(signum)
+        signal.raise_signal(signal.SIGINT)
+
+    def quiet_after_stop(args):
+        if not stopped:
+            default_hook(args)
+
+    default_hook, threading.excepthook = threading.excepthook, quiet_after_stop
+    handlers = {signal.SIGINT: signal.signal(signal.SIGINT, on_sigint),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, on_sigterm)}
+    try:
+        yield
+    except BaseException as error:
+        if not stopped:
+            raise
+        raise JobStopped(stopped[0]) from error
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if not stopped:
+            threading.excepthook = default_hook
 
 
 def plan_ranges(kafka: KafkaSettings, settings: JoinSettings, from_ms: int | None, to_ms: int | None) -> list[PartitionRange]:

@@ -177,7 +177,7 @@ def join(
     from kafka.errors import KafkaError
 
     from pipelines.labeling import LabelStrategy
-    from pipelines.run import run_bounded_join, run_streaming_join
+    from pipelines.run import JobStopped, run_bounded_join, run_streaming_join, stopped_by_signals
 
     settings = _settings(config)
     if mode not in ("bounded", "streaming"):
@@ -223,17 +223,25 @@ def join(
                 dt.datetime.fromtimestamp(from_ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:00Z")
             typer.echo(f"resuming at {where}", err=True)
         typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
-                   f"{join_settings.output_dir}; stop with Ctrl-C", err=True)
+                   f"{join_settings.output_dir}; stop with Ctrl-C or SIGTERM", err=True)
         try:
-            run_streaming_join(settings.kafka, join_settings, runner=runner, from_ms=from_ms)
+            with stopped_by_signals():
+                run_streaming_join(settings.kafka, join_settings, runner=runner, from_ms=from_ms)
+        except JobStopped as stop:
+            _fail(f"{stop}: the hours written so far stand; `--resume` carries on at the first one missing",
+                  128 + stop.signum)
         except ValueError as error:
             _fail(str(error))
         except KafkaError as error:
             _fail(_unreachable(settings, error))
         return
     try:
-        result = run_bounded_join(settings.kafka, join_settings, runner=runner,
-                                  from_ms=_parse_hour(start, "--from"), to_ms=_parse_hour(end, "--to"))
+        with stopped_by_signals():
+            result = run_bounded_join(settings.kafka, join_settings, runner=runner,
+                                      from_ms=_parse_hour(start, "--from"), to_ms=_parse_hour(end, "--to"))
+    except JobStopped as stop:
+        _fail(f"{stop}: partitions written so far stand; running the same join again replaces them",
+              128 + stop.signum)
     except ValueError as error:
         _fail(str(error))
     except KafkaError as error:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from pipelines.run import run_bounded_join
@@ -38,7 +39,8 @@ def streaming_join(kafka_settings, tmp_path, output_dir, runner="direct", *optio
         try:
             yield job
         finally:
-            os.killpg(job.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # a group that stopped by itself is empty
+                os.killpg(job.pid, signal.SIGKILL)
             job.wait()
 
 
@@ -142,3 +144,29 @@ def test_a_killed_stream_resumed_from_its_output_writes_the_bounded_joins_hours(
     assert [hour for hour in wanted if got.get(hour) != expected[hour]] == []
     assert {hour: got[hour] for hour in before} == before  # what was written before the kill stands
     assert "resuming at " in (tmp_path / "join.log").read_text()
+
+
+def _processes_in_group(group: int) -> list[psutil.Process]:
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == group:
+                members.append(process)
+    return members
+
+
+def test_sigterm_stops_the_stream_and_the_flink_job_server_it_started(kafka_settings, tmp_path):
+    """SIGTERM to the job's own process, as `kill` or a scheduler sends it: the job server's JVM goes with it."""
+    with KafkaSink(kafka_settings) as sink:
+        sink.write(Simulation(SIM.model_copy(update={"requests": 300})).events())
+    streamed = tmp_path / "streamed"
+    with streaming_join(kafka_settings, tmp_path, streamed, "flink") as job:
+        wait_for_hours(job, streamed, (), at_least=1)
+        assert any("flink-job-server" in " ".join(p.cmdline()) for p in _processes_in_group(job.pid))
+        os.kill(job.pid, signal.SIGTERM)
+        code = job.wait(timeout=60)
+        assert _processes_in_group(job.pid) == []  # not even the JVM, which SIGKILL of the group would hide
+        assert code == 128 + signal.SIGTERM
+    log = (tmp_path / "join.log").read_text()
+    assert "error: stopped by SIGTERM" in log
+    assert "Traceback" not in log
