@@ -7,6 +7,7 @@ impression settles; under fake-negative, a click is known or a conversion arrive
 """
 from __future__ import annotations
 
+import bisect
 from typing import Tuple
 
 import apache_beam as beam
@@ -23,12 +24,6 @@ from pipelines.records import DecodedEvent, LateEvent
 _NEVER = 2**62
 _EVENT_CODER = beam.coders.registry.get_coder(DecodedEvent)
 _PROGRESS_CODER = TupleCoder([VarIntCoder(), IterableCoder(StrUtf8Coder())])
-
-
-def next_release_ms(events: list[DecodedEvent], config: LabelConfig, after_ms: int | None) -> int | None:
-    """The earliest label time after `after_ms` among the user's examples, as if every event were in."""
-    due = label_user_events([(e.name, e.datum) for e in events], config, _NEVER, since_ms=after_ms)
-    return min((e.label_time_ms for e in due), default=None)
 
 
 def _release_hint_ms(event: DecodedEvent, config: LabelConfig) -> int | None:
@@ -105,10 +100,12 @@ class _LabelUserStreaming(beam.DoFn):
         if now_ms <= last_fired:
             return  # a release this one's predecessor already covered
         held = list(events.read())
-        pairs = [(e.name, e.datum) for e in held]
-        for example in label_user_events(pairs, self._config, now_ms, since_ms=last_fired if last_fired >= 0 else None):
-            self._examples.inc()
-            yield example
+        # Every example still to come, as if every event were in: those due now, and when the next one is.
+        pending = label_user_events([(e.name, e.datum) for e in held], self._config, _NEVER,
+                                    since_ms=last_fired if last_fired >= 0 else None)
+        due = bisect.bisect_right(pending, now_ms, key=lambda e: e.label_time_ms)  # sorted by label time
+        self._examples.inc(due)
+        yield from pending[:due]
         # Keep only what a later example can still need: nothing older than the longest window and the lateness.
         keep_after = now_ms - self._config.horizon_ms - self._allowed_lateness_ms
         kept = [e for e in held if e.datum["event_time_ms"] >= keep_after]
@@ -117,9 +114,8 @@ class _LabelUserStreaming(beam.DoFn):
             for e in kept:
                 events.add(e)
         progress.write((now_ms, tuple(_identity(e) for e in kept)))
-        upcoming = next_release_ms(kept, self._config, now_ms)
-        if upcoming is not None:
-            _set_release(release, upcoming)
+        if due < len(pending):
+            _set_release(release, pending[due].label_time_ms)
 
 
 class LabelImpressionsStreaming(beam.PTransform):
