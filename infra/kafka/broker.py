@@ -94,6 +94,7 @@ class KafkaBroker:
 
     def up(self) -> BrokerStatus:
         """Starts the node unless it already runs, waits until it answers, then creates missing topics."""
+        started = None
         if self.pid() is None:
             java = self._java()
             classpath = self._classpath()
@@ -101,8 +102,15 @@ class KafkaBroker:
             self._write_properties()
             if not (self.data_dir / "meta.properties").exists():
                 self._format(java, classpath)
-            self._start(java, classpath)
-        self._wait_until_answering()
+            started = self._start(java, classpath)
+        try:
+            self._wait_until_answering(started)
+        except BaseException:
+            if started is not None and started.poll() is None:  # a node that never answered is not left running
+                started.kill()
+                started.wait()
+                self.pid_file.unlink(missing_ok=True)
+            raise
         self.create_topics()
         return self.status()
 
@@ -248,7 +256,7 @@ class KafkaBroker:
         if result.returncode != 0:
             raise BrokerError(f"formatting {self.data_dir} failed:\n{result.stdout}{result.stderr}")
 
-    def _start(self, java: str, classpath: str) -> None:
+    def _start(self, java: str, classpath: str) -> subprocess.Popen:
         out = open(self.log_dir / "server.out", "ab")
         process = subprocess.Popen(
             [java, f"-Xmx{self.settings.heap_mb}m", "-Xms256m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
@@ -258,19 +266,23 @@ class KafkaBroker:
         out.close()
         self.pid_file.write_text(f"{process.pid}\n")
         self.address_file.write_text(f"{self.settings.bootstrap_servers}\n")
+        return process
 
     def _log_options(self) -> list[str]:
         return [f"-Dlog4j2.configurationFile={KAFKA_INFRA / 'log4j2.properties'}", f"-Dkafka.logs.dir={self.log_dir}"]
 
-    def _wait_until_answering(self) -> None:
+    def _wait_until_answering(self, started: subprocess.Popen | None) -> None:
+        """Until the node answers. A node that `up` has just `started` is watched through its process handle, not
+        `pid()`: in one CI run `pid()` found a starting node gone (its command-line check failed) while it ran on."""
         from kafka.admin import KafkaAdminClient
         from kafka.errors import KafkaConfigurationError, KafkaError
 
         deadline = time.monotonic() + self.settings.start_timeout_s
         while True:
-            pid = self.pid()
-            if pid is None:
-                raise BrokerError(f"the broker exited while starting; last lines of its log:\n{self._log_tail()}")
+            exit_code = started.poll() if started is not None else (None if self.pid() is not None else "unknown")
+            if exit_code is not None:
+                raise BrokerError(f"the broker exited while starting (exit code {exit_code}); last lines of its "
+                                  f"log:\n{self._log_tail()}")
             try:
                 admin = KafkaAdminClient(
                     bootstrap_servers=self.bootstrap_servers, client_id="valueloop-probe",

@@ -1,8 +1,10 @@
+import signal
 import socket
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -32,6 +34,23 @@ def test_a_taken_port_is_named(tmp_path):
         broker = KafkaBroker(KafkaSettings(port=port, controller_port=free_port(), run_dir=tmp_path))
         with pytest.raises(BrokerError, match=f"port 127.0.0.1:{port} is taken"):
             broker.up()
+
+
+def test_up_stopped_before_the_node_answers_leaves_no_node_running(tmp_path):
+    port, controller = free_ports(2)
+    up = subprocess.Popen([*VALUELOOP, "kafka", "up", "--port", str(port), "--controller-port", str(controller),
+                           "--run-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "broker.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        node = psutil.Process(int((tmp_path / "broker.pid").read_text()))
+        up.send_signal(signal.SIGINT)  # Ctrl-C while it waits for the node to answer
+        up.wait(timeout=60)
+        assert not node.is_running() or node.status() == psutil.STATUS_ZOMBIE
+        assert not (tmp_path / "broker.pid").exists()
+    finally:
+        subprocess.run([*VALUELOOP, "kafka", "down", "--run-dir", str(tmp_path)], capture_output=True, timeout=120)
 
 
 def test_unresolved_jars_say_how_to_resolve_them(tmp_path):
