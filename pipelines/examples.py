@@ -372,6 +372,16 @@ def parse_example_fields(record: bytes) -> dict:
     return fields
 
 
+def describe_partition(manifest: dict) -> str:
+    """One line for a written partition: its hour, its examples and their labels."""
+    labels = manifest["labels"]
+    line = (f"{manifest['partition']}  {manifest['examples']:>7,} examples  clicked {labels['clicked']:>6,}  "
+            f"carted {labels['added_to_cart']:>5,}  purchased {labels['purchased']:>5,}")
+    if manifest.get("revision", 1) > 1:
+        line += f"  (written again: revision {manifest['revision']})"
+    return line
+
+
 class WriteExamples(beam.PTransform):
     """(partition, [`serialized` example]) batches to TFRecord partitions by impression event hour, all of a partition's batches
     in one file; yields each partition's manifest."""
@@ -449,7 +459,8 @@ class _WriteSettledHour(beam.DoFn):
 
 
 class WriteExamplesStreaming(beam.PTransform):
-    """Streaming examples to the same hour partitions as WriteExamples, each written once its hour is settled."""
+    """Streaming examples to the same hour partitions as WriteExamples, each written once its hour is settled;
+    yields the manifest of every write."""
 
     def __init__(self, output_dir: str, source: dict, horizon_ms: int, allowed_lateness_ms: int):
         super().__init__()

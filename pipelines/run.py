@@ -123,9 +123,19 @@ def _event_time_of():
     return event_time_of
 
 
+_LOG = logging.getLogger("valueloop.join")
+
+
+def _report_written(manifest: dict) -> None:
+    from pipelines.examples import describe_partition
+
+    _LOG.info("wrote %s", describe_partition(manifest))
+
+
 def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str = "direct",
                        from_ms: int | None = None) -> None:
-    """Follows the topics and writes each event hour once the watermark settles it, until the job is stopped.
+    """Follows the topics and writes each event hour once the watermark settles it, until the job is stopped;
+    logs a line for every hour written to the `valueloop.join` logger.
 
     With `from_ms`, it writes the hours from that one on, reading the records of the label horizon before it
     again for context (the clicks that compete for a conversion), as the bounded join does. `direct` runs on
@@ -162,9 +172,10 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
         if from_ms is not None:
             examples = examples | "Only impressions from --from" >> beam.Filter(
                 lambda example, first_ms=from_ms: example.event_time_ms >= first_ms)
-        examples | "Write examples" >> WriteExamplesStreaming(
+        written = examples | "Write examples" >> WriteExamplesStreaming(
             settings.output_dir, {"mode": "streaming", "from_ms": from_ms}, settings.labels.horizon_ms,
             int(settings.allowed_lateness_s * 1000))
+        written | "Report each hour written" >> beam.Map(_report_written)
         labeled.late | "Late events" >> RecordLateEvents(settings.output_dir, f"streaming-{os.getpid()}")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from collections import Counter
 from pathlib import Path
@@ -39,6 +40,16 @@ def _settings(config: Optional[Path], **kafka_overrides) -> Settings:
 def _fail(message: str, code: int = 1):
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _log_to_stderr(name: str) -> None:
+    """INFO lines of one logger on stderr, stamped with the time, whatever the libraries do with the root logger."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _broker(settings: Settings):
@@ -177,6 +188,7 @@ def join(
     from kafka.errors import KafkaError
 
     from pipelines.labeling import LabelStrategy
+    from pipelines.examples import describe_partition
     from pipelines.run import JobStopped, run_bounded_join, run_streaming_join, stopped_by_signals
 
     settings = _settings(config)
@@ -224,6 +236,7 @@ def join(
             typer.echo(f"resuming at {where}", err=True)
         typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
                    f"{join_settings.output_dir}; stop with Ctrl-C or SIGTERM", err=True)
+        _log_to_stderr("valueloop.join")  # a line per hour written
         try:
             with stopped_by_signals():
                 run_streaming_join(settings.kafka, join_settings, runner=runner, from_ms=from_ms)
@@ -247,9 +260,7 @@ def join(
     except KafkaError as error:
         _fail(_unreachable(settings, error))
     for manifest in result.manifests:
-        labels = manifest["labels"]
-        typer.echo(f"{manifest['partition']}  {manifest['examples']:>7,} examples  clicked {labels['clicked']:>6,}  "
-                   f"carted {labels['added_to_cart']:>5,}  purchased {labels['purchased']:>5,}")
+        typer.echo(describe_partition(manifest))
     typer.echo(json.dumps({"partitions": len(result.manifests), "counters": result.counters}, indent=2))
 
 

@@ -156,7 +156,8 @@ def _processes_in_group(group: int) -> list[psutil.Process]:
 
 
 def test_sigterm_stops_the_stream_and_the_flink_job_server_it_started(kafka_settings, tmp_path):
-    """SIGTERM to the job's own process, as `kill` or a scheduler sends it: the job server's JVM goes with it."""
+    """SIGTERM to the job's own process, as `kill` or a scheduler sends it: the job server's JVM goes with it.
+    Until then the job logs a line for every hour it writes."""
     with KafkaSink(kafka_settings) as sink:
         sink.write(Simulation(SIM.model_copy(update={"requests": 300})).events())
     streamed = tmp_path / "streamed"
@@ -170,3 +171,5 @@ def test_sigterm_stops_the_stream_and_the_flink_job_server_it_started(kafka_sett
     log = (tmp_path / "join.log").read_text()
     assert "error: stopped by SIGTERM" in log
     assert "Traceback" not in log
+    for hour in tfrecords(streamed):  # and it said what it wrote as it went
+        assert f" wrote {hour} " in log
