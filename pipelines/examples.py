@@ -485,7 +485,8 @@ class _AppendLate(beam.DoFn):
         event = late.event
         self._file.write(json.dumps({"name": event.name, "event_id": event.datum["event_id"],
                                      "user_id": event.datum["user_id"], "event_time_ms": event.datum["event_time_ms"],
-                                     "delivered_ms": event.delivered_ms, "lateness_ms": late.lateness_ms}) + "\n")
+                                     "delivered_ms": event.delivered_ms, "lateness_ms": late.lateness_ms,
+                                     "reason": late.reason}) + "\n")
 
     def finish_bundle(self):
         self._file.flush()

@@ -43,9 +43,17 @@ class DeadLetter(NamedTuple):
     detail: str
 
 
+PAST_ALLOWED_LATENESS = "past_allowed_lateness"
+AFTER_RELEASE = "after_release"
+
+
 class LateEvent(NamedTuple):
+    """An event set aside, and why: it came past the allowed lateness, or (streaming) it would change examples
+    already released."""
+
     event: DecodedEvent
-    lateness_ms: int  # how far past the allowed lateness it arrived
+    lateness_ms: int  # past the allowed lateness: by how much; after release: how far behind the release it was
+    reason: str = PAST_ALLOWED_LATENESS
 
 
 _ESTIMATED_SIZE = 256  # bytes: about an encoded impression

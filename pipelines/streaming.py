@@ -4,6 +4,11 @@ It calls the same pure function as the bounded path (`labeling.label_user_events
 the examples whose label time lies between the previous firing and this one, so the two paths cannot
 disagree. A timer fires when the watermark reaches a moment at which some example of the user becomes due (an
 impression settles; under fake-negative, a click is known or a conversion arrives).
+
+An event that arrives behind the user's last release, within the allowed lateness, is checked against what has
+been released: what it adds comes out at once (a fake-negative correction for a conversion that was late), and
+an event that would change or withdraw a released example (a final label, a negative) goes to the late output
+with the reason `after_release`, counted. Released examples are never taken back, and nothing is dropped unseen.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.join import EXAMPLES, LATE, LabeledStreams
 from pipelines.labeling import Example, LabelConfig, LabelStrategy, label_user_events
-from pipelines.records import DecodedEvent, LateEvent
+from pipelines.records import AFTER_RELEASE, DecodedEvent, LateEvent
 
 _NEVER = 2**62
 _EVENT_CODER = beam.coders.registry.get_coder(DecodedEvent)
@@ -36,6 +41,22 @@ def _release_hint_ms(event: DecodedEvent, config: LabelConfig) -> int | None:
     if config.strategy is LabelStrategy.FAKE_NEGATIVE:
         return t
     return None
+
+
+def _released_changes(held: list[DecodedEvent], event: DecodedEvent, config: LabelConfig,
+                      released_ms: int) -> list[Example] | None:
+    """What `event` adds to the examples released up to `released_ms`: the new ones (a fake-negative correction
+    for a conversion that comes after its release time), or None when it would change or withdraw one already
+    released (a final label, a negative): a released example is not taken back.
+    """
+    def released(events):
+        return {e._replace(features=None): e for e in label_user_events(events, config, released_ms)}
+
+    pairs = [(e.name, e.datum) for e in held]
+    before, after = released(pairs), released([*pairs, (event.name, event.datum)])
+    if before.keys() - after.keys():
+        return None
+    return [example for key, example in after.items() if key not in before]
 
 
 def _identity(event: DecodedEvent) -> str:
@@ -86,6 +107,14 @@ class _LabelUserStreaming(beam.DoFn):
         if identity in held:
             self._duplicates.inc()
             return
+        if event_ms <= last_fired:  # behind the last release: it may concern examples already out
+            changed = _released_changes(list(events.read()), event, self._config, last_fired)
+            if changed is None:
+                self._late.inc()
+                yield beam.pvalue.TaggedOutput(LATE, LateEvent(event, last_fired - event_ms, AFTER_RELEASE))
+                return
+            self._examples.inc(len(changed))
+            yield from changed
         events.add(event)
         progress.write((last_fired, (*held, identity)))
         hint = _release_hint_ms(event, self._config)
@@ -119,7 +148,8 @@ class _LabelUserStreaming(beam.DoFn):
 
 
 class LabelImpressionsStreaming(beam.PTransform):
-    """Timestamped DecodedEvents to examples as the watermark releases them; late events to the late output."""
+    """Timestamped DecodedEvents to examples as the watermark releases them; to the late output, events past the
+    allowed lateness and those that would change examples already released."""
 
     def __init__(self, config: LabelConfig, allowed_lateness_ms: int = 86_400_000):
         super().__init__()

@@ -111,3 +111,23 @@ def test_releases_that_the_watermark_passes_at_once_each_come_out_at_their_own_t
     expected = [(f"a{k}", k * 7 * H + HORIZON, k == 5, None, False, k == 5, 3.0 if k == 5 else 0.0, False)
                 for k in range(24)]
     labels_of(*run([T0 - 1, [arriving(e) for e in shown + bought], T0 + 30 * D]), equal_to(expected))
+
+
+def test_an_event_that_would_change_a_released_example_goes_to_the_late_output():
+    # within the allowed lateness, but the impression's final labels went out when the watermark settled it
+    shown, clicked = impression("a", T0), click("a", T0 + 10 * S)
+    bought = purchase("p", T0 + 23 * H, value=4.0)
+    labels_of(*run([T0 - 1, [arriving(shown), arriving(clicked)], T0 + HORIZON + 1,
+                    [arriving(bought, delivered_ms=T0 + HORIZON + 2)], T0 + 3 * D]),
+              equal_to([("a", HORIZON, True, None, False, False, 0.0, False)]),
+              equal_to(["p"]))
+
+
+def test_fake_negative_corrects_for_a_conversion_that_comes_after_its_release_time():
+    config = CONFIG.model_copy(update={"strategy": LabelStrategy.FAKE_NEGATIVE})
+    shown, clicked = impression("a", T0), click("a", T0 + 10 * S)
+    bought = purchase("p", T0 + 20 * 60 * S, value=8.0)  # behind the release at the click window's end
+    labels_of(*run([T0 - 1, [arriving(shown), arriving(clicked)], T0 + 2 * H,
+                    [arriving(bought, delivered_ms=T0 + 2 * H)], T0 + 3 * D], config=config),
+              equal_to([("a", 10 * S, True, None, False, False, 0.0, False),
+                        ("a", 20 * 60 * S, True, None, False, True, 8.0, True)]))
