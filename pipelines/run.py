@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from infra.kafka import KafkaSettings
 from pipelines.decode import DecodeEventGroups, DecodeEvents, GroupByUserShard, WriteDeadLetters
-from pipelines.examples import RecordLateEvents, WriteExamples
+from pipelines.examples import RecordLateEvents, WriteExamples, describe_partition
 from pipelines.join import EstimateWatermark, LabelImpressions
 from pipelines.kafka_source import PartitionRange, ReadKafkaRanges, ranges_for_times, snapshot_ranges
 from pipelines.settings import JoinSettings
@@ -127,8 +127,6 @@ _LOG = logging.getLogger("valueloop.join")
 
 
 def _report_written(manifest: dict) -> None:
-    from pipelines.examples import describe_partition
-
     _LOG.info("wrote %s", describe_partition(manifest))
 
 

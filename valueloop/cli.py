@@ -155,6 +155,24 @@ def _simulate(settings: Settings, to: str, out: Path, **overrides):
     return simulation.summary
 
 
+@contextlib.contextmanager
+def _running_join(settings: Settings, after_stop: str):
+    """A join's errors as the command reports them; a stop by Ctrl-C or SIGTERM exits with 128 + the signal."""
+    from kafka.errors import KafkaError
+
+    from pipelines.run import JobStopped, stopped_by_signals
+
+    try:
+        with stopped_by_signals():
+            yield
+    except JobStopped as stop:
+        _fail(f"{stop}: {after_stop}", 128 + stop.signum)
+    except ValueError as error:
+        _fail(str(error))
+    except KafkaError as error:
+        _fail(_unreachable(settings, error))
+
+
 def _parse_hour(value: Optional[str], option: str) -> Optional[int]:
     import datetime as dt
 
@@ -185,11 +203,9 @@ def join(
                                                           "output (after a stop or a crash)."),
 ):
     """Join the event topics into labeled tf.Example partitions by event hour, with manifests."""
-    from kafka.errors import KafkaError
-
     from pipelines.labeling import LabelStrategy
     from pipelines.examples import describe_partition
-    from pipelines.run import JobStopped, run_bounded_join, run_streaming_join, stopped_by_signals
+    from pipelines.run import run_bounded_join, run_streaming_join
 
     settings = _settings(config)
     if mode not in ("bounded", "streaming"):
@@ -237,28 +253,12 @@ def join(
         typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
                    f"{join_settings.output_dir}; stop with Ctrl-C or SIGTERM", err=True)
         _log_to_stderr("valueloop.join")  # a line per hour written
-        try:
-            with stopped_by_signals():
-                run_streaming_join(settings.kafka, join_settings, runner=runner, from_ms=from_ms)
-        except JobStopped as stop:
-            _fail(f"{stop}: the hours written so far stand; `--resume` carries on at the first one missing",
-                  128 + stop.signum)
-        except ValueError as error:
-            _fail(str(error))
-        except KafkaError as error:
-            _fail(_unreachable(settings, error))
+        with _running_join(settings, "the hours written so far stand; `--resume` carries on at the first one missing"):
+            run_streaming_join(settings.kafka, join_settings, runner=runner, from_ms=from_ms)
         return
-    try:
-        with stopped_by_signals():
-            result = run_bounded_join(settings.kafka, join_settings, runner=runner,
-                                      from_ms=_parse_hour(start, "--from"), to_ms=_parse_hour(end, "--to"))
-    except JobStopped as stop:
-        _fail(f"{stop}: partitions written so far stand; running the same join again replaces them",
-              128 + stop.signum)
-    except ValueError as error:
-        _fail(str(error))
-    except KafkaError as error:
-        _fail(_unreachable(settings, error))
+    with _running_join(settings, "partitions written so far stand; running the same join again replaces them"):
+        result = run_bounded_join(settings.kafka, join_settings, runner=runner,
+                                  from_ms=_parse_hour(start, "--from"), to_ms=_parse_hour(end, "--to"))
     for manifest in result.manifests:
         typer.echo(describe_partition(manifest))
     typer.echo(json.dumps({"partitions": len(result.manifests), "counters": result.counters}, indent=2))
