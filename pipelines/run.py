@@ -46,8 +46,9 @@ def stopped_by_signals():
     Beam stops the job server it started (the Flink job server's JVM, Prism) on SIGINT only, by a handler that
     then calls the one it found; a SIGTERM would end this process and leave the server running. So SIGTERM is
     passed on as SIGINT. Whatever the stop then raises (a KeyboardInterrupt, or the job's streams cancelled under
-    it) becomes one JobStopped. Beam's threads whose streams the stop closed fail too; their tracebacks are not
-    printed: they are the stop, not a failure.
+    it) becomes one JobStopped. Beam's threads whose streams the stop closed fail too; their exceptions and logged
+    errors are not printed: they are the stop, not a failure. (A bundle that the stop cuts off still has its
+    traceback printed: Beam's SDK worker writes that to stderr itself.)
     """
     stopped: list[int] = []
 

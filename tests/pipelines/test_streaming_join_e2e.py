@@ -169,7 +169,8 @@ def test_sigterm_stops_the_stream_and_the_flink_job_server_it_started(kafka_sett
         assert _processes_in_group(job.pid) == []  # not even the JVM, which SIGKILL of the group would hide
         assert code == 128 + signal.SIGTERM
     log = (tmp_path / "join.log").read_text()
-    assert "error: stopped by SIGTERM" in log
-    assert "Traceback" not in log
+    # Its last word. A bundle the stop cut off may have its traceback printed before it: Beam's worker prints
+    # those to stderr itself.
+    assert log.strip().splitlines()[-1].startswith("error: stopped by SIGTERM")
     for hour in tfrecords(streamed):  # and it said what it wrote as it went
         assert f" wrote {hour} " in log
