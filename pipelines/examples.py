@@ -24,6 +24,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.labeling import Example
+from pipelines.records import Revision
 from schemas.compiled import uvarint
 
 _FLOATS = struct.Struct("<f")
@@ -194,13 +195,25 @@ def _summary(fields: dict) -> tuple:
     return tuple(fields.get(name) for name in _SUMMARY)
 
 
+def kind_of(summary: tuple) -> tuple:
+    """Which of its impression's examples a summary (`serialized`) is: the one example of `wait_for_window`,
+    the negative of `fake_negative`, or one of its corrections (cart, purchase). A partition holds one of each;
+    a later version of the labels replaces the earlier."""
+    impression_id, _label_time_ms, is_correction, added_to_cart, purchased = summary[:5]
+    return impression_id, is_correction, is_correction and added_to_cart, is_correction and purchased
+
+
+def summary_of(example: Example) -> tuple:
+    """What the manifest and the writer need of an example, in `_SUMMARY` order."""
+    return (example.impression_id, example.label_time_ms, example.is_correction, example.added_to_cart,
+            example.purchased, example.clicked, example.event_time_ms, example.label_strategy)
+
+
 def serialized(example: Example) -> tuple[tuple, bytes]:
     """The example as its manifest summary and its tf.Example bytes: what a partition file is written from.
 
     Pairs of plain values cross a runner's shuffle far cheaper than Example tuples with a features dict."""
-    return ((example.impression_id, example.label_time_ms, example.is_correction, example.added_to_cart,
-             example.purchased, example.clicked, example.event_time_ms, example.label_strategy),
-            serialize_example(example))
+    return summary_of(example), serialize_example(example)
 
 
 def write_partition(output_dir: str | Path, partition: str, examples: list[Example], source: dict,
@@ -208,18 +221,19 @@ def write_partition(output_dir: str | Path, partition: str, examples: list[Examp
                     keep_written: bool = False) -> tuple[dict, int]:
     """Writes one partition's TFRecord file, then its manifest; returns the manifest and the duplicates dropped.
 
-    An example is identified by its impression and which label it settles; a runner that retries work may
-    deliver one twice, and the file must hold it once. With `keep_written`, the examples already in the
-    partition's file stay in it beside the new ones (a streaming hour written again after its state expired).
+    An example is identified by its impression and its kind (`kind_of`); a runner that retries work may deliver
+    one twice, and the file must hold it once. With `keep_written`, the examples already in the partition's
+    file stay in it unless a new example of the same kind replaces one (a streaming hour written again).
     """
     return write_serialized_partition(output_dir, partition, [serialized(e) for e in examples], source,
                                       watermark_ms, revision, keep_written)
 
 
 def write_serialized_partition(output_dir: str | Path, partition: str, rows: list[tuple[tuple, bytes]], source: dict,
-                               watermark_ms: int | None = None, revision: int = 1,
-                               keep_written: bool = False) -> tuple[dict, int]:
-    """`write_partition` for examples already `serialized`."""
+                               watermark_ms: int | None = None, revision: int = 1, keep_written: bool = False,
+                               withdrawn: frozenset[tuple] = frozenset()) -> tuple[dict, int]:
+    """`write_partition` for examples already `serialized`; with `keep_written`, the `withdrawn` kinds are
+    taken out of what was written before."""
     directory = Path(output_dir) / partition
     records: dict[tuple, tuple[tuple, bytes]] = {}
     if keep_written and (directory / EXAMPLES_FILE).exists():
@@ -227,11 +241,12 @@ def write_serialized_partition(output_dir: str | Path, partition: str, rows: lis
             revision = max(revision, json.loads((directory / MANIFEST_FILE).read_text())["revision"] + 1)
         for record in read_records(directory / EXAMPLES_FILE):
             summary = _summary(parse_example_fields(record))
-            records[summary[:5]] = (summary, record)
+            if kind_of(summary) not in withdrawn:
+                records[kind_of(summary)] = (summary, record)
     for summary, record in rows:
-        records[tuple(summary[:5])] = (tuple(summary), record)
+        records[kind_of(summary)] = (tuple(summary), record)
     duplicates = 0 if keep_written else len(rows) - len(records)
-    rows = [records[key] for key in sorted(records)]
+    rows = sorted(records.values(), key=lambda row: row[0][:5])
     directory.mkdir(parents=True, exist_ok=True)
     _remove_orphans(directory)
     _write_atomically(directory / EXAMPLES_FILE, b"".join(_framed(record) for _, record in rows))
@@ -246,8 +261,9 @@ def write_serialized_partition(output_dir: str | Path, partition: str, rows: lis
             "purchased": sum(bool(e["purchased"]) for e in summaries),
             "corrections": sum(bool(e["is_correction"]) for e in summaries),
         },
-        "label_strategy": summaries[0]["label_strategy"],
-        "event_time_ms": [min(e["event_time_ms"] for e in summaries), max(e["event_time_ms"] for e in summaries)],
+        "label_strategy": summaries[0]["label_strategy"] if summaries else None,  # None: every example withdrawn
+        "event_time_ms": [min(e["event_time_ms"] for e in summaries),
+                          max(e["event_time_ms"] for e in summaries)] if summaries else None,
         "source": source,
         "watermark_ms": watermark_ms,
         "revision": revision,
@@ -270,9 +286,9 @@ class _WritePartition(beam.DoFn):
         yield self.write(partition, [row for batch in batches for row in batch], watermark_ms)
 
     def write(self, partition: str, rows: list[tuple[tuple, bytes]], watermark_ms: int | None, revision: int = 1,
-              keep_written: bool = False) -> dict:
+              keep_written: bool = False, withdrawn: frozenset[tuple] = frozenset()) -> dict:
         manifest, duplicates = write_serialized_partition(self._output_dir, partition, rows, self._source,
-                                                          watermark_ms, revision, keep_written)
+                                                          watermark_ms, revision, keep_written, withdrawn)
         if duplicates:
             self._duplicates.inc(duplicates)
         self._files.inc()
@@ -400,19 +416,21 @@ class WriteExamples(beam.PTransform):
 
 
 class _WriteSettledHour(beam.DoFn):
-    """Holds an hour's examples until the watermark passes the hour's end plus the label horizon, then writes.
+    """Holds an hour's example revisions until the watermark passes the hour's end plus the label horizon, then
+    writes the newest of each kind of example, leaving out the withdrawn.
 
-    An example of the hour that still comes after that makes the partition be written again at once, whole, with
-    a higher revision in its manifest. That happens when the watermark jumps (a backlog read, then a pause) and
-    the runner fires this timer before the upstream timers whose output it is waiting for. Once the allowed
-    lateness has passed too, the hour's state is dropped.
+    A revision of the hour that still comes after that makes the partition be written again at once, whole,
+    with a higher revision in its manifest. That happens when an event within the allowed lateness changes
+    examples already released, and when the watermark jumps (a backlog read, then a pause) and the runner fires
+    this timer before the upstream timers whose output it is waiting for. Once the allowed lateness has passed
+    too, the hour's state is dropped.
 
     One timer does both, settling and then expiring: runners do not order two timers of a key by their
     timestamps when the watermark passes both at once (Flink fired an expiry before the write it should follow,
     and the hour's examples were dropped unwritten).
     """
 
-    EXAMPLES = BagStateSpec("examples", beam.coders.registry.get_coder(Example))
+    REVISIONS = BagStateSpec("revisions", beam.coders.registry.get_coder(Revision))
     REVISION = ReadModifyWriteStateSpec("revision", VarIntCoder())
     HOUR = TimerSpec("hour", TimeDomain.WATERMARK)
 
@@ -425,51 +443,59 @@ class _WriteSettledHour(beam.DoFn):
         self._writer.setup()
         self._rewrites = Metrics.counter("examples", "partition_rewrites")
 
-    def process(self, hour_example, examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION),
-                hour=beam.DoFn.TimerParam(HOUR)):
-        partition, example = hour_example
-        examples.add(example)
-        settle_ms = (example.event_time_ms // 3_600_000 + 1) * 3_600_000 + self._horizon_ms
-        if revision.read():  # written already: this example came after, so the partition is rewritten now
-            yield self._write(partition, settle_ms, examples, revision)
+    def process(self, hour_revision, revisions=beam.DoFn.StateParam(REVISIONS),
+                revision=beam.DoFn.StateParam(REVISION), hour=beam.DoFn.TimerParam(HOUR)):
+        partition, change = hour_revision
+        revisions.add(change)
+        settle_ms = (change.example.event_time_ms // 3_600_000 + 1) * 3_600_000 + self._horizon_ms
+        if revision.read():  # written already: this came after, so the partition is rewritten now
+            yield self._write(partition, settle_ms, revisions, revision)
             return
         hour.set(Timestamp(micros=settle_ms * 1000))
 
     @on_timer(HOUR)
     def settle_or_expire(self, key=beam.DoFn.KeyParam, fire=beam.DoFn.TimestampParam,
-                         examples=beam.DoFn.StateParam(EXAMPLES), revision=beam.DoFn.StateParam(REVISION),
+                         revisions=beam.DoFn.StateParam(REVISIONS), revision=beam.DoFn.StateParam(REVISION),
                          hour=beam.DoFn.TimerParam(HOUR)):
         fire_ms = fire.micros // 1000
         if revision.read():  # the second firing: the allowed lateness has passed
-            examples.clear()
+            revisions.clear()
             revision.clear()
             return
-        yield self._write(key, fire_ms, examples, revision)
+        yield self._write(key, fire_ms, revisions, revision)
         hour.set(Timestamp(micros=(fire_ms + self._allowed_lateness_ms) * 1000))
 
-    def _write(self, partition: str, watermark_ms: int, examples, revision) -> dict:
+    def _write(self, partition: str, watermark_ms: int, revisions, revision) -> dict:
         written = revision.read() or 0
         if written:
             self._rewrites.inc()
         revision.write(written + 1)
-        # A first write by this state may still find the hour on disk: its state expired and then an example
-        # came. The examples written then stay; the file is never replaced by a smaller one.
-        return self._writer.write(partition, [serialized(e) for e in examples.read()], watermark_ms, written + 1,
-                                  keep_written=True)
+        newest: dict[tuple, tuple[int, bool, tuple]] = {}
+        for change in revisions.read():
+            row = serialized(change.example)
+            kind = kind_of(row[0])
+            if kind not in newest or change.version >= newest[kind][0]:
+                newest[kind] = (change.version, change.withdrawn, row)
+        rows = [row for _, withdrawn, row in newest.values() if not withdrawn]
+        withdrawn = frozenset(kind for kind, (_, gone, _) in newest.items() if gone)
+        # A first write by this state may still find the hour on disk: its state expired and then a revision
+        # came. The examples written then stay unless it replaces or withdraws one of them.
+        return self._writer.write(partition, rows, watermark_ms, written + 1, keep_written=True, withdrawn=withdrawn)
 
 
 class WriteExamplesStreaming(beam.PTransform):
-    """Streaming examples to the same hour partitions as WriteExamples, each written once its hour is settled;
-    yields the manifest of every write."""
+    """Streaming example `Revision`s to the same hour partitions as WriteExamples, each hour written once it is
+    settled and again whenever a revision of it comes after; yields the manifest of every write."""
 
     def __init__(self, output_dir: str, source: dict, horizon_ms: int, allowed_lateness_ms: int):
         super().__init__()
         self._fn = _WriteSettledHour(str(output_dir), source, horizon_ms, allowed_lateness_ms)
 
-    def expand(self, examples):
-        return (examples
-                | "Key by event hour" >> beam.Map(lambda e: (partition_of(e.event_time_ms), e)).with_output_types(
-                    Tuple[str, Example])
+    def expand(self, revisions):
+        return (revisions
+                | "Key by event hour" >> beam.Map(
+                    lambda change: (partition_of(change.example.event_time_ms), change)).with_output_types(
+                    Tuple[str, Revision])
                 | "Write each hour once settled" >> beam.ParDo(self._fn))
 
 
@@ -485,8 +511,7 @@ class _AppendLate(beam.DoFn):
         event = late.event
         self._file.write(json.dumps({"name": event.name, "event_id": event.datum["event_id"],
                                      "user_id": event.datum["user_id"], "event_time_ms": event.datum["event_time_ms"],
-                                     "delivered_ms": event.delivered_ms, "lateness_ms": late.lateness_ms,
-                                     "reason": late.reason}) + "\n")
+                                     "delivered_ms": event.delivered_ms, "lateness_ms": late.lateness_ms}) + "\n")
 
     def finish_bundle(self):
         self._file.flush()

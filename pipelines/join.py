@@ -21,7 +21,7 @@ LATE = "late"
 
 
 class LabeledStreams(NamedTuple):
-    examples: beam.PCollection  # labeling.Example; from the bounded path, (partition, [serialized example])
+    examples: beam.PCollection  # bounded: (partition, [examples.serialized example]); streaming: records.Revision
     late: beam.PCollection  # LateEvent
 
 

@@ -43,17 +43,11 @@ class DeadLetter(NamedTuple):
     detail: str
 
 
-PAST_ALLOWED_LATENESS = "past_allowed_lateness"
-AFTER_RELEASE = "after_release"
-
-
 class LateEvent(NamedTuple):
-    """An event set aside, and why: it came past the allowed lateness, or (streaming) it would change examples
-    already released."""
+    """An event that came past the allowed lateness, set aside with how far past it was."""
 
     event: DecodedEvent
-    lateness_ms: int  # past the allowed lateness: by how much; after release: how far behind the release it was
-    reason: str = PAST_ALLOWED_LATENESS
+    lateness_ms: int
 
 
 _ESTIMATED_SIZE = 256  # bytes: about an encoded impression
@@ -88,3 +82,24 @@ from pipelines.labeling import Example  # noqa: E402  (registered with the pipel
 
 for _cls in (KafkaRecord, KafkaChunk, DecodedEvent, DeadLetter, LateEvent, Example):
     beam.coders.registry.register_coder(_cls, _tuple_coder(_cls))
+
+
+class Revision(NamedTuple):
+    """A streaming example as one version of what its impression says: a later version of the same kind of
+    example (`examples.kind_of`) replaces an earlier one, and a withdrawn one removes it."""
+
+    example: Example
+    version: int  # increases with every release of the user's examples
+    withdrawn: bool = False
+
+
+class _RevisionCoder(_tuple_coder(Revision)):
+    def encode(self, value):
+        return self._inner.encode((tuple(value.example), value.version, value.withdrawn))
+
+    def decode(self, encoded):
+        example, version, withdrawn = self._inner.decode(encoded)
+        return Revision(Example(*example), version, withdrawn)
+
+
+beam.coders.registry.register_coder(Revision, _RevisionCoder)

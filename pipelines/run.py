@@ -167,11 +167,11 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
         decoded.dead_letters | "Dead letters" >> WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic)
         labeled = decoded.events | "Label impressions" >> LabelImpressionsStreaming(
             settings.labels, int(settings.allowed_lateness_s * 1000))
-        examples = labeled.examples
+        revisions = labeled.examples
         if from_ms is not None:
-            examples = examples | "Only impressions from --from" >> beam.Filter(
-                lambda example, first_ms=from_ms: example.event_time_ms >= first_ms)
-        written = examples | "Write examples" >> WriteExamplesStreaming(
+            revisions = revisions | "Only impressions from --from" >> beam.Filter(
+                lambda change, first_ms=from_ms: change.example.event_time_ms >= first_ms)
+        written = revisions | "Write examples" >> WriteExamplesStreaming(
             settings.output_dir, {"mode": "streaming", "from_ms": from_ms}, settings.labels.horizon_ms,
             int(settings.allowed_lateness_s * 1000))
         written | "Report each hour written" >> beam.Map(_report_written)

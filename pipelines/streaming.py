@@ -5,10 +5,12 @@ the examples whose label time lies between the previous firing and this one, so 
 disagree. A timer fires when the watermark reaches a moment at which some example of the user becomes due (an
 impression settles; under fake-negative, a click is known or a conversion arrives).
 
-An event that arrives behind the user's last release, within the allowed lateness, is checked against what has
-been released: what it adds comes out at once (a fake-negative correction for a conversion that was late), and
-an event that would change or withdraw a released example (a final label, a negative) goes to the late output
-with the reason `after_release`, counted. Released examples are never taken back, and nothing is dropped unseen.
+Its output is example `Revision`s. An event that arrives behind the user's last release, within the allowed
+lateness, may concern examples already out: the examples released so far are labeled again with it, and what
+it adds, changes or withdraws comes out at once as a newer revision (a late purchase for an impression that
+settled, a late click that moves a conversion's attribution to another impression). The writer keeps the
+newest revision of each example, so what is written equals what the bounded join, which sees every event at
+once, writes; only events past the allowed lateness go to the late output.
 """
 from __future__ import annotations
 
@@ -22,13 +24,14 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
+from pipelines.examples import kind_of, summary_of
 from pipelines.join import EXAMPLES, LATE, LabeledStreams
 from pipelines.labeling import Example, LabelConfig, LabelStrategy, label_user_events
-from pipelines.records import AFTER_RELEASE, DecodedEvent, LateEvent
+from pipelines.records import DecodedEvent, LateEvent, Revision
 
 _NEVER = 2**62
 _EVENT_CODER = beam.coders.registry.get_coder(DecodedEvent)
-_PROGRESS_CODER = TupleCoder([VarIntCoder(), IterableCoder(StrUtf8Coder())])
+_PROGRESS_CODER = TupleCoder([VarIntCoder(), VarIntCoder(), IterableCoder(StrUtf8Coder())])
 
 
 def _release_hint_ms(event: DecodedEvent, config: LabelConfig) -> int | None:
@@ -44,19 +47,17 @@ def _release_hint_ms(event: DecodedEvent, config: LabelConfig) -> int | None:
 
 
 def _released_changes(held: list[DecodedEvent], event: DecodedEvent, config: LabelConfig,
-                      released_ms: int) -> list[Example] | None:
-    """What `event` adds to the examples released up to `released_ms`: the new ones (a fake-negative correction
-    for a conversion that comes after its release time), or None when it would change or withdraw one already
-    released (a final label, a negative): a released example is not taken back.
-    """
-    def released(events):
-        return {e._replace(features=None): e for e in label_user_events(events, config, released_ms)}
+                      released_ms: int) -> list[tuple[Example, bool]]:
+    """What `event` changes in the examples released up to `released_ms`, as (example, withdrawn) pairs: the
+    examples it adds or labels differently, and those it takes back (a correction whose conversion a late
+    click attributes to another impression)."""
+    def released(events) -> dict[tuple, Example]:
+        return {kind_of(summary_of(e)): e for e in label_user_events(events, config, released_ms)}
 
     pairs = [(e.name, e.datum) for e in held]
     before, after = released(pairs), released([*pairs, (event.name, event.datum)])
-    if before.keys() - after.keys():
-        return None
-    return [example for key, example in after.items() if key not in before]
+    changed = [(example, False) for kind, example in after.items() if before.get(kind) != example]
+    return changed + [(example, True) for kind, example in before.items() if kind not in after]
 
 
 def _identity(event: DecodedEvent) -> str:
@@ -79,7 +80,8 @@ class _LabelUserStreaming(beam.DoFn):
       the same pass; one timer re-set after each firing made a chain of passes as long as the user's history.
     """
     EVENTS = BagStateSpec("events", _EVENT_CODER)
-    # (event time of the last release, or -1 before the first; identities of the held events)
+    # (event time of the last release, or -1 before the first; the version of the user's last revisions;
+    # identities of the held events)
     PROGRESS = ReadModifyWriteStateSpec("progress", _PROGRESS_CODER)
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
 
@@ -91,12 +93,13 @@ class _LabelUserStreaming(beam.DoFn):
         self._late = Metrics.counter("join", "late_events")
         self._duplicates = Metrics.counter("join", "duplicate_deliveries")
         self._examples = Metrics.counter("join", "examples")
+        self._revised = Metrics.counter("join", "examples_revised")
 
     def process(self, element: Tuple[str, DecodedEvent], events=beam.DoFn.StateParam(EVENTS),
                 progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
         _user, event = element
         event_ms = event.datum["event_time_ms"]
-        last_fired, held = progress.read() or (-1, ())
+        last_fired, version, held = progress.read() or (-1, 0, ())
         lateness = max(event.delivered_ms - event_ms - self._allowed_lateness_ms,
                        (last_fired - event_ms - self._allowed_lateness_ms) if last_fired >= 0 else -1)
         if lateness > 0:
@@ -108,15 +111,13 @@ class _LabelUserStreaming(beam.DoFn):
             self._duplicates.inc()
             return
         if event_ms <= last_fired:  # behind the last release: it may concern examples already out
-            changed = _released_changes(list(events.read()), event, self._config, last_fired)
-            if changed is None:
-                self._late.inc()
-                yield beam.pvalue.TaggedOutput(LATE, LateEvent(event, last_fired - event_ms, AFTER_RELEASE))
-                return
-            self._examples.inc(len(changed))
-            yield from changed
+            changes = _released_changes(list(events.read()), event, self._config, last_fired)
+            if changes:
+                version += 1
+                self._revised.inc(len(changes))
+                yield from (Revision(example, version, withdrawn) for example, withdrawn in changes)
         events.add(event)
-        progress.write((last_fired, (*held, identity)))
+        progress.write((last_fired, version, (*held, identity)))
         hint = _release_hint_ms(event, self._config)
         if hint is not None:
             _set_release(release, max(hint, last_fired + 1))
@@ -125,7 +126,7 @@ class _LabelUserStreaming(beam.DoFn):
     def on_release(self, fire=beam.DoFn.TimestampParam, events=beam.DoFn.StateParam(EVENTS),
                    progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
         now_ms = fire.micros // 1000
-        last_fired = (progress.read() or (-1, ()))[0]
+        last_fired, version, _ = progress.read() or (-1, 0, ())
         if now_ms <= last_fired:
             return  # a release this one's predecessor already covered
         held = list(events.read())
@@ -133,8 +134,10 @@ class _LabelUserStreaming(beam.DoFn):
         pending = label_user_events([(e.name, e.datum) for e in held], self._config, _NEVER,
                                     since_ms=last_fired if last_fired >= 0 else None)
         due = bisect.bisect_right(pending, now_ms, key=lambda e: e.label_time_ms)  # sorted by label time
-        self._examples.inc(due)
-        yield from pending[:due]
+        if due:
+            version += 1
+            self._examples.inc(due)
+            yield from (Revision(example, version) for example in pending[:due])
         # Keep only what a later example can still need: nothing older than the longest window and the lateness.
         keep_after = now_ms - self._config.horizon_ms - self._allowed_lateness_ms
         kept = [e for e in held if e.datum["event_time_ms"] >= keep_after]
@@ -142,14 +145,15 @@ class _LabelUserStreaming(beam.DoFn):
             events.clear()
             for e in kept:
                 events.add(e)
-        progress.write((now_ms, tuple(_identity(e) for e in kept)))
+        progress.write((now_ms, version, tuple(_identity(e) for e in kept)))
         if due < len(pending):
             _set_release(release, pending[due].label_time_ms)
 
 
 class LabelImpressionsStreaming(beam.PTransform):
-    """Timestamped DecodedEvents to examples as the watermark releases them; to the late output, events past the
-    allowed lateness and those that would change examples already released."""
+    """Timestamped DecodedEvents to example `Revision`s: each example as the watermark releases it, and a newer
+    revision whenever an event within the allowed lateness changes it afterwards; to the late output, events
+    past the allowed lateness."""
 
     def __init__(self, config: LabelConfig, allowed_lateness_ms: int = 86_400_000):
         super().__init__()
@@ -158,6 +162,6 @@ class LabelImpressionsStreaming(beam.PTransform):
     def expand(self, events):
         outputs = (events
                    | "Key by user" >> beam.Map(lambda e: (e.datum["user_id"], e)).with_output_types(Tuple[str, DecodedEvent])
-                   | "Hold and release by event time" >> beam.ParDo(self._fn).with_output_types(Example)
+                   | "Hold and release by event time" >> beam.ParDo(self._fn).with_output_types(Revision)
                    .with_outputs(LATE, main=EXAMPLES))
         return LabeledStreams(outputs[EXAMPLES], outputs[LATE])

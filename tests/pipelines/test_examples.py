@@ -74,16 +74,16 @@ def test_streaming_writer_rewrites_an_hour_whole_when_an_example_comes_after_it_
     from apache_beam.transforms.window import TimestampedValue
 
     from pipelines.examples import WriteExamplesStreaming, partition_of
-    from pipelines.labeling import Example
+    from pipelines.records import Revision
 
     first, second = sample_examples()[:2]  # impressions "a" and "b", both in the hour of T0
     horizon = LabelConfig().horizon_ms
     settle_ms = (T0 // 3_600_000 + 1) * 3_600_000 + horizon
-    stream = (BeamTestStream(coder=beam.coders.registry.get_coder(Example))
+    stream = (BeamTestStream(coder=beam.coders.registry.get_coder(Revision))
               .advance_watermark_to((T0 - 1) / 1000)
-              .add_elements([TimestampedValue(first, first.label_time_ms / 1000)])
+              .add_elements([TimestampedValue(Revision(first, 1), first.label_time_ms / 1000)])
               .advance_watermark_to((settle_ms + 1) / 1000)  # the hour is written with "a" alone
-              .add_elements([TimestampedValue(second, second.label_time_ms / 1000)])  # "b" comes after
+              .add_elements([TimestampedValue(Revision(second, 1), second.label_time_ms / 1000)])  # "b" comes after
               .advance_watermark_to((settle_ms + 2) / 1000)
               .advance_watermark_to_infinity())
     options = PipelineOptions(flags=[])
@@ -95,6 +95,42 @@ def test_streaming_writer_rewrites_an_hour_whole_when_an_example_comes_after_it_
     assert manifest["examples"] == 2 and manifest["revision"] == 2
     expected = b"".join(_framed(serialize_example(e)) for e in sorted((first, second), key=lambda e: e.impression_id))
     assert (hour / "examples.tfrecord").read_bytes() == expected
+
+
+def test_streaming_writer_keeps_the_newest_revision_of_each_example_and_leaves_out_the_withdrawn(tmp_path):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+    from apache_beam.testing.test_stream import TestStream as BeamTestStream
+    from apache_beam.transforms.window import TimestampedValue
+
+    from pipelines.examples import WriteExamplesStreaming, partition_of, read_records
+    from pipelines.records import Revision
+
+    first, second = sample_examples()[:2]  # "a" bought, "b" not; both in the hour of T0
+    bought_later = first._replace(purchased=False, purchase_value=0.0)  # what "a" said before its purchase came
+    correction = first._replace(is_correction=True, label_time_ms=first.label_time_ms + 1)
+    horizon = LabelConfig().horizon_ms
+    settle_ms = (T0 // 3_600_000 + 1) * 3_600_000 + horizon
+
+    def at(change, ms):
+        return TimestampedValue(change, ms / 1000)
+
+    stream = (BeamTestStream(coder=beam.coders.registry.get_coder(Revision))
+              .advance_watermark_to((T0 - 1) / 1000)
+              .add_elements([at(Revision(first, 2), T0), at(Revision(correction, 1), T0), at(Revision(second, 1), T0)])
+              # an older revision delivered after the newer one: the version decides, not the arrival
+              .add_elements([at(Revision(bought_later, 1), T0)])
+              .advance_watermark_to((settle_ms + 1) / 1000)
+              .add_elements([at(Revision(correction, 3, withdrawn=True), settle_ms)])  # taken back after the write
+              .advance_watermark_to((settle_ms + 2) / 1000)
+              .advance_watermark_to_infinity())
+    options = PipelineOptions(flags=[])
+    options.view_as(StandardOptions).streaming = True
+    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        _ = p | stream | WriteExamplesStreaming(str(tmp_path), {"test": True}, horizon, allowed_lateness_ms=D)
+    hour = tmp_path / partition_of(T0)
+    assert read_records(hour / "examples.tfrecord") == [serialize_example(first), serialize_example(second)]
 
 
 @pytest.mark.parametrize("runner", ["BundleBasedDirectRunner", "flink"])
@@ -110,19 +146,20 @@ def test_streaming_writer_writes_an_hour_whose_settling_and_expiry_the_watermark
 
     from pipelines.examples import WriteExamplesStreaming, partition_of
     from pipelines.flink import flink_pipeline_options
-    from pipelines.labeling import Example
+    from pipelines.records import Revision
 
     first, second = sample_examples()[:2]
     horizon = LabelConfig().horizon_ms
     # Pickled, since Flink runs the TestStream in Java, which knows only Beam's standard coders.
     stream = (BeamTestStream(coder=beam.coders.BytesCoder())
               .advance_watermark_to((T0 - 1) / 1000)
-              .add_elements([TimestampedValue(pickle.dumps(e), e.label_time_ms / 1000) for e in (first, second)])
+              .add_elements([TimestampedValue(pickle.dumps(Revision(e, 1)), e.label_time_ms / 1000)
+                             for e in (first, second)])
               .advance_watermark_to_infinity())  # past the hour's settle time and its expiry in one step
     options = (flink_pipeline_options(streaming=True) if runner == "flink"
                else PipelineOptions(flags=[], runner=runner, streaming=True))
     with beam.Pipeline(options=options) as p:
-        _ = (p | stream.with_output_types(bytes) | beam.Map(pickle.loads).with_output_types(Example)
+        _ = (p | stream.with_output_types(bytes) | beam.Map(pickle.loads).with_output_types(Revision)
              | WriteExamplesStreaming(str(tmp_path), {"test": True}, horizon, allowed_lateness_ms=D))
     manifest = json.loads((tmp_path / partition_of(T0) / "_manifest.json").read_text())
     assert (manifest["examples"], manifest["revision"]) == (2, 1)

@@ -38,13 +38,21 @@ def run(steps, config=CONFIG):
     return stream, options, config
 
 
-def labels_of(stream, options, config, check_examples, check_late=None):
+def _emitted(change, ts=beam.DoFn.TimestampParam):
+    e = change.example
+    return (e.impression_id, ts.micros // 1000 - T0, e.clicked, e.dwell_ms, e.added_to_cart, e.purchased,
+            e.purchase_value, e.is_correction)
+
+
+def labels_of(stream, options, config, check_examples, check_late=None, check_withdrawn=None):
+    """Asserts the examples emitted (with their emission time), the late events, and the examples withdrawn."""
     with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
         out = p | stream | LabelImpressionsStreaming(config, allowed_lateness_ms=LATENESS)
-        emitted = out.examples | "With emission time" >> beam.Map(
-            lambda e, ts=beam.DoFn.TimestampParam: (e.impression_id, ts.micros // 1000 - T0, e.clicked, e.dwell_ms,
-                                                    e.added_to_cart, e.purchased, e.purchase_value, e.is_correction))
+        emitted = out.examples | "Emitted" >> beam.Filter(lambda change: not change.withdrawn) | beam.Map(_emitted)
         assert_that(emitted, check_examples, label="examples")
+        withdrawn = (out.examples | "Withdrawn" >> beam.Filter(lambda change: change.withdrawn)
+                     | "As emitted" >> beam.Map(_emitted))
+        assert_that(withdrawn, check_withdrawn or equal_to([]), label="withdrawn")
         late_ids = out.late | "Late ids" >> beam.Map(lambda late: late.event.datum["event_id"])
         assert_that(late_ids, check_late or equal_to([]), label="late")
 
@@ -113,14 +121,29 @@ def test_releases_that_the_watermark_passes_at_once_each_come_out_at_their_own_t
     labels_of(*run([T0 - 1, [arriving(e) for e in shown + bought], T0 + 30 * D]), equal_to(expected))
 
 
-def test_an_event_that_would_change_a_released_example_goes_to_the_late_output():
+def test_a_late_purchase_for_a_settled_impression_comes_out_as_a_newer_revision():
     # within the allowed lateness, but the impression's final labels went out when the watermark settled it
     shown, clicked = impression("a", T0), click("a", T0 + 10 * S)
     bought = purchase("p", T0 + 23 * H, value=4.0)
     labels_of(*run([T0 - 1, [arriving(shown), arriving(clicked)], T0 + HORIZON + 1,
                     [arriving(bought, delivered_ms=T0 + HORIZON + 2)], T0 + 3 * D]),
-              equal_to([("a", HORIZON, True, None, False, False, 0.0, False)]),
-              equal_to(["p"]))
+              equal_to([("a", HORIZON, True, None, False, False, 0.0, False),
+                        ("a", 23 * H, True, None, False, True, 4.0, False)]))
+
+
+def test_fake_negative_withdraws_a_correction_whose_conversion_a_late_click_moves_to_another_impression():
+    config = CONFIG.model_copy(update={"strategy": LabelStrategy.FAKE_NEGATIVE})
+    on_time = [impression("a", T0), click("a", T0 + 10 * S), impression("b", T0 + H), purchase("p", T0 + 2 * H, value=6.0)]
+    late_click = click("b", T0 + H + 60 * S)  # the last click before the purchase: it takes the purchase from "a"
+    labels_of(*run([T0 - 1, [arriving(e) for e in on_time], T0 + 3 * H,
+                    [arriving(late_click, delivered_ms=T0 + 3 * H)], T0 + 3 * D], config=config),
+              equal_to([("a", 10 * S, True, None, False, False, 0.0, False),
+                        ("b", H + 30 * 60 * S, False, None, False, False, 0.0, False),
+                        ("a", 2 * H, True, None, False, True, 6.0, True),
+                        # the late click's revisions, emitted at its event time
+                        ("b", H + 60 * S, True, None, False, False, 0.0, False),
+                        ("b", H + 60 * S, True, None, False, True, 6.0, True)]),
+              check_withdrawn=equal_to([("a", H + 60 * S, True, None, False, True, 6.0, True)]))
 
 
 def test_fake_negative_corrects_for_a_conversion_that_comes_after_its_release_time():
@@ -131,3 +154,31 @@ def test_fake_negative_corrects_for_a_conversion_that_comes_after_its_release_ti
                     [arriving(bought, delivered_ms=T0 + 2 * H)], T0 + 3 * D], config=config),
               equal_to([("a", 10 * S, True, None, False, False, 0.0, False),
                         ("a", 20 * 60 * S, True, None, False, True, 8.0, True)]))
+
+
+@pytest.mark.parametrize("strategy", list(LabelStrategy))
+def test_revisions_for_events_behind_the_release_leave_the_hours_the_bounded_join_writes(tmp_path, strategy):
+    from pipelines.examples import WriteExamplesStreaming, partition_of, write_partition
+    from pipelines.labeling import label_user_events
+
+    config = CONFIG.model_copy(update={"strategy": strategy})
+    on_time = [impression("a", T0), click("a", T0 + 10 * S), impression("b", T0 + H, item="i2"),
+               click("b", T0 + H + 10 * S, item="i2"), impression("c", T0 + 20 * H), purchase("p1", T0 + 23 * H)]
+    released_ms = T0 + HORIZON + H + 1  # "a" and "b" settled, "a" bought
+    late = [click("c", T0 + 20 * H + 10 * S),  # takes "a"'s purchase: the last click on the item before it
+            purchase("p2", T0 + 23 * H + 30 * 60 * S, item="i2", value=3.0)]  # "b" bought, after it went out
+    stream, options, _ = run([T0 - 1, [arriving(e) for e in on_time], released_ms,
+                              [arriving(e, delivered_ms=released_ms) for e in late], T0 + 3 * D], config)
+    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        out = p | stream | LabelImpressionsStreaming(config, allowed_lateness_ms=LATENESS)
+        _ = out.examples | WriteExamplesStreaming(str(tmp_path / "streaming"), {}, HORIZON, LATENESS)
+
+    every = label_user_events(on_time + late, config, T0 + 30 * D)
+    for partition in {partition_of(e.event_time_ms) for e in every}:
+        write_partition(tmp_path / "bounded", partition, [e for e in every if partition_of(e.event_time_ms) == partition], {})
+
+    def written(directory):
+        return {path.relative_to(directory): path.read_bytes() for path in directory.glob("*/*/examples.tfrecord")}
+
+    bounded = written(tmp_path / "bounded")
+    assert len(bounded) == 3 and written(tmp_path / "streaming") == bounded
