@@ -1,4 +1,6 @@
-"""Event-time behaviour of the streaming label step, with TestStream on the BundleBasedDirectRunner."""
+"""Event-time behaviour of the streaming label step, with TestStream on the BundleBasedDirectRunner (and Flink)."""
+import pickle
+
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 import pytest
@@ -36,6 +38,10 @@ def run(steps, config=CONFIG):
     options = PipelineOptions(flags=[])
     options.view_as(StandardOptions).streaming = True
     return stream, options, config
+
+
+def pickled(arrival: TimestampedValue) -> TimestampedValue:
+    return TimestampedValue(pickle.dumps(arrival.value), arrival.timestamp)
 
 
 def _emitted(change, ts=beam.DoFn.TimestampParam):
@@ -156,9 +162,12 @@ def test_fake_negative_corrects_for_a_conversion_that_comes_after_its_release_ti
                         ("a", 20 * 60 * S, True, None, False, True, 8.0, True)]))
 
 
-@pytest.mark.parametrize("strategy", list(LabelStrategy))
-def test_revisions_for_events_behind_the_release_leave_the_hours_the_bounded_join_writes(tmp_path, strategy):
+@pytest.mark.parametrize("runner,strategy", [("BundleBasedDirectRunner", LabelStrategy.WAIT_FOR_WINDOW),
+                                             ("BundleBasedDirectRunner", LabelStrategy.FAKE_NEGATIVE),
+                                             ("flink", LabelStrategy.FAKE_NEGATIVE)])
+def test_revisions_for_events_behind_the_release_leave_the_hours_the_bounded_join_writes(tmp_path, runner, strategy):
     from pipelines.examples import WriteExamplesStreaming, partition_of, write_partition
+    from pipelines.flink import flink_pipeline_options
     from pipelines.labeling import label_user_events
 
     config = CONFIG.model_copy(update={"strategy": strategy})
@@ -167,10 +176,17 @@ def test_revisions_for_events_behind_the_release_leave_the_hours_the_bounded_joi
     released_ms = T0 + HORIZON + H + 1  # "a" and "b" settled, "a" bought
     late = [click("c", T0 + 20 * H + 10 * S),  # takes "a"'s purchase: the last click on the item before it
             purchase("p2", T0 + 23 * H + 30 * 60 * S, item="i2", value=3.0)]  # "b" bought, after it went out
-    stream, options, _ = run([T0 - 1, [arriving(e) for e in on_time], released_ms,
-                              [arriving(e, delivered_ms=released_ms) for e in late], T0 + 3 * D], config)
-    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        out = p | stream | LabelImpressionsStreaming(config, allowed_lateness_ms=LATENESS)
+    # Pickled, since Flink runs the TestStream in Java, which knows only Beam's standard coders.
+    stream = (BeamTestStream(coder=beam.coders.BytesCoder()).advance_watermark_to((T0 - 1) / 1000)
+              .add_elements([pickled(arriving(e)) for e in on_time])
+              .advance_watermark_to(released_ms / 1000)
+              .add_elements([pickled(arriving(e, delivered_ms=released_ms)) for e in late])
+              .advance_watermark_to_infinity())
+    options = (flink_pipeline_options(streaming=True) if runner == "flink"
+               else PipelineOptions(flags=[], runner=runner, streaming=True))
+    with beam.Pipeline(options=options) as p:
+        out = (p | stream.with_output_types(bytes) | beam.Map(pickle.loads).with_output_types(DecodedEvent)
+               | LabelImpressionsStreaming(config, allowed_lateness_ms=LATENESS))
         _ = out.examples | WriteExamplesStreaming(str(tmp_path / "streaming"), {}, HORIZON, LATENESS)
 
     every = label_user_events(on_time + late, config, T0 + 30 * D)
