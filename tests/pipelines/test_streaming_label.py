@@ -139,7 +139,8 @@ def test_a_late_purchase_for_a_settled_impression_comes_out_as_a_newer_revision(
 
 def test_fake_negative_withdraws_a_correction_whose_conversion_a_late_click_moves_to_another_impression():
     config = CONFIG.model_copy(update={"strategy": LabelStrategy.FAKE_NEGATIVE})
-    on_time = [impression("a", T0), click("a", T0 + 10 * S), impression("b", T0 + H), purchase("p", T0 + 2 * H, value=6.0)]
+    on_time = [impression("a", T0), click("a", T0 + 10 * S), impression("b", T0 + H),
+               purchase("p", T0 + 2 * H, value=6.0)]
     late_click = click("b", T0 + H + 60 * S)  # the last click before the purchase: it takes the purchase from "a"
     labels_of(*run([T0 - 1, [arriving(e) for e in on_time], T0 + 3 * H,
                     [arriving(late_click, delivered_ms=T0 + 3 * H)], T0 + 3 * D], config=config),
@@ -190,8 +191,11 @@ def test_revisions_for_events_behind_the_release_leave_the_hours_the_bounded_joi
         _ = out.examples | WriteExamplesStreaming(str(tmp_path / "streaming"), {}, HORIZON, LATENESS)
 
     every = label_user_events(on_time + late, config, T0 + 30 * D)
-    for partition in {partition_of(e.event_time_ms) for e in every}:
-        write_partition(tmp_path / "bounded", partition, [e for e in every if partition_of(e.event_time_ms) == partition], {})
+    by_hour: dict[str, list] = {}
+    for example in every:
+        by_hour.setdefault(partition_of(example.event_time_ms), []).append(example)
+    for partition, examples in by_hour.items():
+        write_partition(tmp_path / "bounded", partition, examples, {})
 
     def written(directory):
         return {path.relative_to(directory): path.read_bytes() for path in directory.glob("*/*/examples.tfrecord")}
