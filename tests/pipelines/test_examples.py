@@ -64,16 +64,27 @@ def test_tfrecord_framing_reads_back(tmp_path):
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
 
 
+def write_streaming(tmp_path, stream, horizon_ms: int):
+    """Runs the streaming hour writer over a TestStream of Revisions; returns the directory of the hour of T0."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+
+    from pipelines.examples import WriteExamplesStreaming, partition_of
+
+    options = PipelineOptions(flags=[])
+    options.view_as(StandardOptions).streaming = True
+    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        _ = p | stream | WriteExamplesStreaming(str(tmp_path), {"test": True}, horizon_ms, allowed_lateness_ms=D)
+    return tmp_path / partition_of(T0)
+
+
 def test_streaming_writer_rewrites_an_hour_whole_when_an_example_comes_after_it_was_written(tmp_path):
     import json
 
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
     from apache_beam.testing.test_stream import TestStream as BeamTestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    from pipelines.examples import WriteExamplesStreaming, partition_of
     from pipelines.records import Revision
 
     first, second = sample_examples()[:2]  # impressions "a" and "b", both in the hour of T0
@@ -86,11 +97,7 @@ def test_streaming_writer_rewrites_an_hour_whole_when_an_example_comes_after_it_
               .add_elements([TimestampedValue(Revision(second, 1), second.label_time_ms / 1000)])  # "b" comes after
               .advance_watermark_to((settle_ms + 2) / 1000)
               .advance_watermark_to_infinity())
-    options = PipelineOptions(flags=[])
-    options.view_as(StandardOptions).streaming = True
-    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        _ = p | stream | WriteExamplesStreaming(str(tmp_path), {"test": True}, horizon, allowed_lateness_ms=D)
-    hour = tmp_path / partition_of(T0)
+    hour = write_streaming(tmp_path, stream, horizon)
     manifest = json.loads((hour / "_manifest.json").read_text())
     assert manifest["examples"] == 2 and manifest["revision"] == 2
     expected = b"".join(_framed(serialize_example(e)) for e in sorted((first, second), key=lambda e: e.impression_id))
@@ -99,12 +106,10 @@ def test_streaming_writer_rewrites_an_hour_whole_when_an_example_comes_after_it_
 
 def test_streaming_writer_keeps_the_newest_revision_of_each_example_and_leaves_out_the_withdrawn(tmp_path):
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
     from apache_beam.testing.test_stream import TestStream as BeamTestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    from pipelines.examples import WriteExamplesStreaming, partition_of, read_records
+    from pipelines.examples import read_records
     from pipelines.records import Revision
 
     first, second = sample_examples()[:2]  # "a" bought, "b" not; both in the hour of T0
@@ -125,11 +130,7 @@ def test_streaming_writer_keeps_the_newest_revision_of_each_example_and_leaves_o
               .add_elements([at(Revision(correction, 3, withdrawn=True), settle_ms)])  # taken back after the write
               .advance_watermark_to((settle_ms + 2) / 1000)
               .advance_watermark_to_infinity())
-    options = PipelineOptions(flags=[])
-    options.view_as(StandardOptions).streaming = True
-    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        _ = p | stream | WriteExamplesStreaming(str(tmp_path), {"test": True}, horizon, allowed_lateness_ms=D)
-    hour = tmp_path / partition_of(T0)
+    hour = write_streaming(tmp_path, stream, horizon)
     assert read_records(hour / "examples.tfrecord") == [serialize_example(first), serialize_example(second)]
 
 
