@@ -58,6 +58,16 @@ class KafkaSettings(BaseModel):
         return [*self.event_topics.values(), self.dead_letter_topic]
 
 
+def new_cluster_id(draw=uuid.uuid4) -> str:
+    """A random cluster id as Kafka writes one (a UUID in URL-safe base64), never starting with "-": the storage
+    tool would read such an id as an option and refuse to format, one start in 64. Kafka's own ids skip those too.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(draw().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class BrokerError(RuntimeError):
     """The node could not be started, reached or stopped; the message says what to do."""
 
@@ -247,10 +257,9 @@ class KafkaBroker:
         )
 
     def _format(self, java: str, classpath: str) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             [java, "-cp", classpath, *self._log_options(), "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(self.properties_file)],
+             "-t", new_cluster_id(), "-c", str(self.properties_file)],
             capture_output=True, text=True,
         )
         if result.returncode != 0:
