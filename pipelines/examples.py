@@ -241,8 +241,9 @@ def write_serialized_partition(output_dir: str | Path, partition: str, rows: lis
             revision = max(revision, json.loads((directory / MANIFEST_FILE).read_text())["revision"] + 1)
         for record in read_records(directory / EXAMPLES_FILE):
             summary = _summary(parse_example_fields(record))
-            if kind_of(summary) not in withdrawn:
-                records[kind_of(summary)] = (summary, record)
+            kind = kind_of(summary)
+            if kind not in withdrawn:
+                records[kind] = (summary, record)
     for summary, record in rows:
         records[kind_of(summary)] = (tuple(summary), record)
     duplicates = 0 if keep_written else len(rows) - len(records)
@@ -431,7 +432,7 @@ class _WriteSettledHour(beam.DoFn):
     """
 
     REVISIONS = BagStateSpec("revisions", beam.coders.registry.get_coder(Revision))
-    REVISION = ReadModifyWriteStateSpec("revision", VarIntCoder())
+    WRITES = ReadModifyWriteStateSpec("writes", VarIntCoder())  # times the hour was written: its manifest revision
     HOUR = TimerSpec("hour", TimeDomain.WATERMARK)
 
     def __init__(self, output_dir: str, source: dict, horizon_ms: int, allowed_lateness_ms: int):
@@ -443,41 +444,40 @@ class _WriteSettledHour(beam.DoFn):
         self._writer.setup()
         self._rewrites = Metrics.counter("examples", "partition_rewrites")
 
-    def process(self, hour_revision, revisions=beam.DoFn.StateParam(REVISIONS),
-                revision=beam.DoFn.StateParam(REVISION), hour=beam.DoFn.TimerParam(HOUR)):
+    def process(self, hour_revision, revisions=beam.DoFn.StateParam(REVISIONS), writes=beam.DoFn.StateParam(WRITES),
+                hour=beam.DoFn.TimerParam(HOUR)):
         partition, change = hour_revision
         revisions.add(change)
         settle_ms = (change.example.event_time_ms // 3_600_000 + 1) * 3_600_000 + self._horizon_ms
-        if revision.read():  # written already: this came after, so the partition is rewritten now
-            yield self._write(partition, settle_ms, revisions, revision)
+        if writes.read():  # written already: this came after, so the partition is rewritten now
+            yield self._write(partition, settle_ms, revisions, writes)
             return
         hour.set(Timestamp(micros=settle_ms * 1000))
 
     @on_timer(HOUR)
     def settle_or_expire(self, key=beam.DoFn.KeyParam, fire=beam.DoFn.TimestampParam,
-                         revisions=beam.DoFn.StateParam(REVISIONS), revision=beam.DoFn.StateParam(REVISION),
+                         revisions=beam.DoFn.StateParam(REVISIONS), writes=beam.DoFn.StateParam(WRITES),
                          hour=beam.DoFn.TimerParam(HOUR)):
         fire_ms = fire.micros // 1000
-        if revision.read():  # the second firing: the allowed lateness has passed
+        if writes.read():  # the second firing: the allowed lateness has passed
             revisions.clear()
-            revision.clear()
+            writes.clear()
             return
-        yield self._write(key, fire_ms, revisions, revision)
+        yield self._write(key, fire_ms, revisions, writes)
         hour.set(Timestamp(micros=(fire_ms + self._allowed_lateness_ms) * 1000))
 
-    def _write(self, partition: str, watermark_ms: int, revisions, revision) -> dict:
-        written = revision.read() or 0
+    def _write(self, partition: str, watermark_ms: int, revisions, writes) -> dict:
+        written = writes.read() or 0
         if written:
             self._rewrites.inc()
-        revision.write(written + 1)
-        newest: dict[tuple, tuple[int, bool, tuple]] = {}
+        writes.write(written + 1)
+        newest: dict[tuple, Revision] = {}
         for change in revisions.read():
-            row = serialized(change.example)
-            kind = kind_of(row[0])
-            if kind not in newest or change.version >= newest[kind][0]:
-                newest[kind] = (change.version, change.withdrawn, row)
-        rows = [row for _, withdrawn, row in newest.values() if not withdrawn]
-        withdrawn = frozenset(kind for kind, (_, gone, _) in newest.items() if gone)
+            kind = kind_of(summary_of(change.example))
+            if kind not in newest or change.version >= newest[kind].version:
+                newest[kind] = change
+        rows = [serialized(change.example) for change in newest.values() if not change.withdrawn]
+        withdrawn = frozenset(kind for kind, change in newest.items() if change.withdrawn)
         # A first write by this state may still find the hour on disk: its state expired and then a revision
         # came. The examples written then stay unless it replaces or withdraws one of them.
         return self._writer.write(partition, rows, watermark_ms, written + 1, keep_written=True, withdrawn=withdrawn)
