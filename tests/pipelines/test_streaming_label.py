@@ -54,7 +54,8 @@ def labels_of(stream, options, config, check_examples, check_late=None, check_wi
     """Asserts the examples emitted (with their emission time), the late events, and the examples withdrawn."""
     with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
         out = p | stream | LabelImpressionsStreaming(config, allowed_lateness_ms=LATENESS)
-        emitted = out.examples | "Emitted" >> beam.Filter(lambda change: not change.withdrawn) | beam.Map(_emitted)
+        emitted = (out.examples | "Emitted" >> beam.Filter(lambda change: not change.withdrawn)
+                   | "With emission time" >> beam.Map(_emitted))
         assert_that(emitted, check_examples, label="examples")
         withdrawn = (out.examples | "Withdrawn" >> beam.Filter(lambda change: change.withdrawn)
                      | "As emitted" >> beam.Map(_emitted))
