@@ -29,6 +29,7 @@ setup(
         "typer>=0.15",
         "tqdm>=4.66",
         "psutil>=6",
+        "scikit-learn>=1.5",  # `valueloop census` re-measures the published gradient-boosting reference
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["valueloop=valueloop.cli:main"]},

@@ -38,7 +38,8 @@ NUMERIC = (0, 5, 16, 17, 18, 30, 39)  # age, wage per hour, capital gains and lo
 MARITAL, WEIGHT, INCOME = 7, 24, 41  # labels and the census instance weight, never features
 TASKS = ("income", "never_married")
 QUANTILE_BUCKETS = 16
-REFERENCE_AUC = {"income": 0.9485, "never_married": 0.9947}  # histogram gradient boosting, same kind of split
+# Histogram gradient boosting on one-hot features, as published beside the data (SOURCE.md): another seeded split.
+REFERENCE_AUC = {"income": 0.9485, "never_married": 0.9947}
 
 
 class CensusFormatError(ValueError):
@@ -161,6 +162,23 @@ class PerTaskBest(keras.callbacks.Callback):
             test = self.model.predict(self._x_test, batch_size=8192, verbose=0)
             for t in improved:
                 self.best[t], self.test_logits[t] = scores[t], test[t][:, 0]
+
+
+def gradient_boosting(data: Split, seed: int = 0) -> dict[str, float]:
+    """Test AUC of each task for the published reference model, re-measured on this very split.
+
+    The published scores come from another seeded split, and at these AUCs the split alone moves the fourth
+    decimal, so the networks are also measured against the same model trained and tested on the same rows.
+    Scikit-learn's defaults, as published; trees are blind to the monotone log and bucket encodings of numbers,
+    so it sees what the published run saw. Its own early stopping holds out a tenth of the training split.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    def fit(task: str) -> float:
+        model = HistGradientBoostingClassifier(random_state=seed).fit(data.x_train, data.y_train[task])
+        return auc(data.y_test[task], model.predict_proba(data.x_test)[:, 1])
+
+    return {t: fit(t) for t in TASKS}
 
 
 ARCHITECTURES = {

@@ -409,16 +409,20 @@ def census(
     base = ModelConfig(experts=experts, expert_units=[64], tower_units=[32])
     seeds = tuple(range(7, 7 + ensemble))
     results = run.run(data, base, epochs=epochs, seeds=seeds, verbose=1 if sys.stderr.isatty() else 0)
+    same_split = run.gradient_boosting(data, seed=seed)
+    rows = {**results, "gradient boosting, this split": same_split,
+            "gradient boosting, published": run.REFERENCE_AUC}
     typer.echo(f"{'model':<32}" + "".join(f"{t + ' AUC':>22}" for t in run.TASKS))
-    for name, aucs in {**results, "gradient boosting (reference)": run.REFERENCE_AUC}.items():
+    for name, aucs in rows.items():
         typer.echo(f"{name:<32}" + "".join(f"{aucs[t]:>22.4f}" for t in run.TASKS))
-    summary = {"mmoe": results["mmoe"], "reference": run.REFERENCE_AUC,
-               "goal_met": all(results["mmoe"][t] >= run.REFERENCE_AUC[t] for t in run.TASKS)}
+    summary = {"mmoe": results["mmoe"], "reference": run.REFERENCE_AUC, "reference_this_split": same_split,
+               "goal_met": all(results["mmoe"][t] >= run.REFERENCE_AUC[t] for t in run.TASKS),
+               "beats_reference_this_split": all(results["mmoe"][t] >= same_split[t] for t in run.TASKS)}
     _record({"benchmark": "census", "environment": describe(("tensorflow", "tensorflow-recommenders")),
              "settings": {"seed": seed, "test_share": 0.2, "rows": len(data.x_train) + len(data.x_test),
                           "features": data.features, "epochs_at_most": epochs, "ensemble_seeds": list(seeds),
                           "model": base.model_dump()},
-             "results": results, "summary": summary}, out)
+             "results": {**results, "gradient_boosting_this_split": same_split}, "summary": summary}, out)
 
 
 @app.command()
