@@ -150,8 +150,14 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
     # a quarter of the time to catch up with a backlog, measured on Flink.
     forever = {"job_server_timeout": 365 * 86400, "max_cache_memory_usage_mb": 100}
     if runner == "direct":
+        # Prism splits a bundle that makes no progress for a while, and hands the rest of it back to be scheduled
+        # again; for a stateful step it then frees the keys of that rest even while the first part still
+        # processes them (`splitBundle` in its element manager, 2.75 and 2.77). A second bundle of the same user
+        # then runs at once, their state writes race, and a user's events vanish from the label step's state:
+        # hours came out short. Without dynamic splits each user is in one bundle at a time.
         options = PipelineOptions(flags=[], runner="PrismRunner", prism_location=str(settings.prism_location),
-                                  environment_type="LOOPBACK", streaming=True, **forever)
+                                  environment_type="LOOPBACK", streaming=True, **forever,
+                                  experiments=["prism_disable_sdf_split"])
     elif runner == "flink":
         from pipelines.flink import flink_pipeline_options
 

@@ -236,8 +236,6 @@ def join(
             if not join_settings.prism_location.exists():
                 _fail(f"no Prism runner at {join_settings.prism_location}: run `make prism` "
                       "(see infra/prism/README.md)")
-            typer.secho("streaming on Prism loses examples when events arrive after the job has caught up (a known "
-                        "bug): use --runner flink", fg=typer.colors.YELLOW, err=True)
         from_ms = _parse_hour(start, "--from")
         if resume:
             import datetime as dt

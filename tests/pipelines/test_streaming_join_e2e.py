@@ -54,11 +54,6 @@ def wait_for_hours(job, directory, hours, at_least=None, timeout_s=300):
         time.sleep(2)
 
 
-KNOWN_LOSS = ("Known bug of the streaming join on Prism: some hours are written short and never rewritten. The "
-              "label step emits the missing examples (a debug sink shows them) but they never reach the hour "
-              "writer; reading is gap-free and no example is routed late. The same pipeline on Flink loses none.")
-
-
 def test_streaming_join_on_flink_writes_the_bounded_joins_hours(kafka_settings, tmp_path):
     with KafkaSink(kafka_settings) as sink:
         sink.write(Simulation(SIM).events())
@@ -90,12 +85,7 @@ def _send_when_led(settings, events, timeout_s=90):
             time.sleep(2)
 
 
-@pytest.mark.parametrize("runner", [
-    # Not strict: with a timer per release time it still fails in most runs (a pause in the traffic is enough,
-    # restart or not), but it has passed in one, so a pass is no sign that the bug is gone.
-    pytest.param("direct", marks=pytest.mark.xfail(strict=False, reason=KNOWN_LOSS + " Here it fails in most "
-                                                   "runs, restart or not: a pause in the traffic is enough.")),
-    "flink"])
+@pytest.mark.parametrize("runner", ["direct", "flink"])
 def test_a_broker_restart_mid_stream_loses_and_duplicates_nothing(kafka_broker, kafka_settings, tmp_path, runner):
     events = list(Simulation(SIM).events())
     half = len(events) // 2
