@@ -1,10 +1,11 @@
-"""`valueloop bench stream`: how fast the streaming join on Flink catches up with a backlog.
+"""`valueloop bench stream`: how fast the streaming join catches up with a backlog, on Flink and on Prism.
 
 A backlog, as after an outage or at a first start: simulated days of events already in fresh topics when the
-stream starts. The stream runs as a user starts it (`valueloop join --mode streaming --runner flink`, its own
-process) and is timed from its start until it has written every hour that the bounded join writes from the
-same topics, byte for byte the same; then it is stopped. The peer, measured in the same run, is the bounded
-join on Flink over the same events, JVM start included in both.
+stream starts. The stream runs as a user starts it (`valueloop join --mode streaming --runner flink|direct`,
+its own process) and is timed from its start until it has written every hour that the bounded join writes from
+the same topics, byte for byte the same; then it is stopped. Each runner's peer, measured in the same run, is
+the bounded join on the same runner family over the same events (Flink: JVM start included in both; direct:
+the FnApiRunner), so each ratio says what following the topics costs over reading them once.
 """
 from __future__ import annotations
 
@@ -30,23 +31,26 @@ def _digests(directory: Path) -> dict[str, str]:
             for p in directory.glob("dt=*/hour=*/examples.tfrecord")}
 
 
-def _bounded(settings: Settings) -> dict:
+RUNNERS = {"flink": "flink", "direct": "prism"}  # --runner, and what it streams on
+
+
+def _bounded(settings: Settings, runner: str) -> dict:
     from pipelines.run import run_bounded_join
 
     start = time.perf_counter()
-    result = run_bounded_join(settings.kafka, settings.join, runner="flink")
+    result = run_bounded_join(settings.kafka, settings.join, runner=runner)
     return {"events": sum(r.stop - r.start for r in result.ranges), "seconds": time.perf_counter() - start,
             "partitions": len(result.manifests)}
 
 
-def _streaming(settings: Settings, expected: dict[str, str], scratch: Path, timeout_s: float) -> dict:
-    config = scratch / "stream-settings.json"
+def _streaming(settings: Settings, runner: str, expected: dict[str, str], scratch: Path, timeout_s: float) -> dict:
+    config = scratch / f"stream-settings-{runner}.json"
     config.write_text(settings.model_dump_json())
     output = Path(settings.join.output_dir)
-    with open(scratch / "stream.log", "w") as log:
+    with open(scratch / f"stream-{runner}.log", "w") as log:
         start = time.perf_counter()
         job = subprocess.Popen([sys.executable, "-m", "valueloop.cli", "join", "--mode", "streaming", "--runner",
-                                "flink", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                runner, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
         try:
             while True:
@@ -55,7 +59,7 @@ def _streaming(settings: Settings, expected: dict[str, str], scratch: Path, time
                     return {"seconds": time.perf_counter() - start, "partitions_equal": len(expected),
                             "partitions_written": len(written)}
                 if job.poll() is not None:
-                    raise RuntimeError(f"the streaming join stopped by itself; see {scratch / 'stream.log'}")
+                    raise RuntimeError(f"the streaming join stopped by itself; see {log.name}")
                 if time.perf_counter() - start > timeout_s:
                     raise RuntimeError(f"the streaming join had not written the bounded join's {len(expected)} "
                                        f"hours after {timeout_s:.0f} s ({len(written)} written)")
@@ -66,7 +70,8 @@ def _streaming(settings: Settings, expected: dict[str, str], scratch: Path, time
 
 
 def run_stream_benchmark(settings: Settings, requests: int, days: float, users: int, items: int, scratch: Path,
-                         purchase_window_s: float = 86_400.0, timeout_s: float = 900.0) -> dict:
+                         purchase_window_s: float = 86_400.0, timeout_s: float = 900.0,
+                         runners: tuple[str, ...] = tuple(RUNNERS)) -> dict:
     kafka = fresh_topics(settings.kafka, "stream")
     simulator = settings.simulator.model_copy(update={
         "requests": requests, "days": days,
@@ -82,22 +87,28 @@ def run_stream_benchmark(settings: Settings, requests: int, days: float, users: 
         return settings.model_copy(update={"kafka": kafka, "simulator": simulator, "join": settings.join.model_copy(
             update={"output_dir": scratch / name, "labels": labels})})
 
-    bounded = _bounded(run_settings("bounded"))
-    expected = _digests(scratch / "bounded")
-    if not expected:
-        raise RuntimeError(f"the bounded join settled no hour of {days:g} days with windows of {labels.horizon_ms} ms")
-    streaming = _streaming(run_settings("streamed"), expected, scratch, timeout_s)
-    events = bounded["events"]
-    speed = bounded["seconds"] / streaming["seconds"]
-    for run in (bounded, streaming):
-        run["events_per_s"] = round(events / run["seconds"])
-        run["seconds"] = round(run["seconds"], 2)
+    results, summary = {}, {}
+    for runner in runners:
+        bounded = _bounded(run_settings(f"bounded-{runner}"), runner)
+        expected = _digests(scratch / f"bounded-{runner}")
+        if not expected:
+            raise RuntimeError(f"the bounded join settled no hour of {days:g} days with windows of "
+                               f"{labels.horizon_ms} ms")
+        streaming = _streaming(run_settings(f"streamed-{runner}"), runner, expected, scratch, timeout_s)
+        speed = bounded["seconds"] / streaming["seconds"]
+        for run in (bounded, streaming):
+            run["events_per_s"] = round(bounded["events"] / run["seconds"])
+            run["seconds"] = round(run["seconds"], 2)
+        bounded_name = "bounded_join_flink" if runner == "flink" else "bounded_join_fnapi_runner"
+        results[bounded_name] = bounded
+        results[f"streaming_join_{RUNNERS[runner]}_catch_up"] = streaming
+        summary[RUNNERS[runner]] = {"events": bounded["events"], "streaming_events_per_s": streaming["events_per_s"],
+                                    "streaming_vs_bounded_speed": round(speed, 3)}
     return {
         "benchmark": "stream",
         "environment": describe(("apache-beam", "kafka-python", "fastavro")),
         "settings": {"requests": requests, "days": days, "users": users, "items": items,
                      "labels": json.loads(labels.model_dump_json())},
-        "results": {"bounded_join_flink": bounded, "streaming_join_flink_catch_up": streaming},
-        "summary": {"events": events, "streaming_events_per_s": streaming["events_per_s"],
-                    "streaming_vs_bounded_speed": round(speed, 3)},
+        "results": results,
+        "summary": summary,
     }

@@ -504,18 +504,22 @@ def bench_stream(
     days: float = typer.Option(3.0, help="Simulated days in the backlog."),
     users: int = typer.Option(80, help="Users: fewer users, longer histories in each user's state."),
     items: int = typer.Option(40, help="Items in the catalogue."),
+    runner: list[str] = typer.Option(["flink", "direct"], help="Runners to measure (direct streams on Prism)."),
     out: Path = typer.Option(Path("bench/results/stream.json"), help="Where the JSON result goes."),
 ):
-    """Seconds for the streaming join on Flink to catch up with a backlog, beside the bounded join on Flink."""
+    """Seconds for the streaming join to catch up with a backlog, on each runner beside its bounded join."""
     import tempfile
 
-    from bench.stream import run_stream_benchmark
+    from bench.stream import RUNNERS, run_stream_benchmark
 
+    unknown = [r for r in runner if r not in RUNNERS]
+    if unknown:
+        _fail(f"--runner is one of {list(RUNNERS)}, not {unknown}")
     settings = _settings(config)
     _broker_up(settings)
     with tempfile.TemporaryDirectory(prefix="valueloop-bench-stream-") as scratch:
         _record(run_stream_benchmark(settings, requests=requests, days=days, users=users, items=items,
-                                     scratch=Path(scratch)), out)
+                                     scratch=Path(scratch), runners=tuple(runner)), out)
 
 
 def main() -> None:
