@@ -376,6 +376,13 @@ def evaluate(
         if baseline not in report["models"] or world is None:
             _fail(f"--baseline {baseline!r} needs --ground-truth and one --model named so ({list(report['models'])})")
         verdict = report["verdict"] = ev.compare(report, loaded[0].name, baseline, k, min_purchase_lift)
+    _report_evaluation(report, verdict, out)
+
+
+def _report_evaluation(report: dict, verdict: Optional[dict], out: Path) -> None:
+    """Writes the evaluation's JSON and plots, prints its table and the trap verdict; exits 1 if the verdict fails."""
+    from trainer import evaluate as ev
+
     path = ev.write_report(report, out)
     plots = ev.plot(report, out)
     typer.echo(ev.table(report))
@@ -423,18 +430,41 @@ def census(
              "results": {**results, "gradient_boosting_this_split": same_split}, "summary": summary}, out)
 
 
+DEMO_DIR = Path("out/demo")
+
+
 @app.command()
 def demo(config: Optional[Path] = ConfigOption,
-         requests: int = typer.Option(10_000, help="Ranking requests; 10,000 make about 140,000 events.")):
-    """Start Kafka, simulate the world into it, print per-topic counts and the world's rates by item kind."""
+         requests: int = typer.Option(30_000, help="Ranking requests; 30,000 make about 400,000 events."),
+         days: float = typer.Option(8.0, help="Simulated days of traffic."),
+         train_days: float = typer.Option(4.0, help="Days the models train on; the days after them, up to the last "
+                                                    "the purchase window settles, evaluate."),
+         purchase_window_days: float = typer.Option(2.0, help="Purchase attribution window; the hours before the "
+                                                              "last such window are labeled.")):
+    """The loop on a small world: Kafka, the Beam join, the value model and the CTR-only baseline, the trap.
+
+    Starts a local Kafka node and simulates traffic into it; joins this run's events into labeled examples with
+    Beam (FnApiRunner); trains the multi-task value model and the CTR-only baseline on the first days; re-ranks
+    the later days' requests with each and scores them against the world's hidden truth. Exits 1 if the value
+    model does not escape the trap the baseline falls into. Everything it writes goes under out/demo/.
+    """
+    import shutil
+
+    from pipelines.kafka_source import PartitionRange, snapshot_ranges
+
+    if not 0 < train_days < days - purchase_window_days:
+        _fail("--train-days must leave days to evaluate before the last purchase window")
     settings = _settings(config)
     broker = _broker(settings)
     before = _broker_up(settings).topic_messages
-    typer.echo(f"kafka up on {settings.kafka.bootstrap_servers}; simulating {requests:,} requests ...")
-    summary = _simulate(settings, "kafka", Path("out/demo"), requests=requests)
+    topics = list(settings.kafka.event_topics.values())
+    ends_before = {(r.topic, r.partition): r.stop for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)}
+    typer.echo(f"kafka up on {settings.kafka.bootstrap_servers}; simulating {requests:,} requests over {days:g} "
+               "days ...")
+    summary = _simulate(settings, "kafka", DEMO_DIR, requests=requests, days=days)
     after = broker.status().topic_messages
     typer.echo(f"\n{'topic':<28}{'this run':>12}{'in topic':>12}")
-    for topic in settings.kafka.event_topics.values():
+    for topic in topics:
         typer.echo(f"{topic:<28}{after.get(topic, 0) - before.get(topic, 0):>12,}{after.get(topic, 0):>12,}")
     added = sum(after.values()) - sum(before.values())
     typer.echo(f"{'all event topics':<28}{added:>12,}")
@@ -446,8 +476,70 @@ def demo(config: Optional[Path] = ConfigOption,
                    f"{r['purchases_per_click']:>12.3f}{r['mean_dwell_s']:>11.1f}s")
     typer.echo(f"\nlate deliveries {sum(summary.late.values()):,}, duplicates {sum(summary.duplicates.values()):,}, "
                f"conversions still to come after the simulated horizon {sum(summary.beyond_horizon.values()):,}")
-    typer.echo(f"\nkafka stays up for a look (kcat -b {settings.kafka.bootstrap_servers} -L); "
-               "`valueloop kafka down` stops it")
+
+    # Only this run's offsets: the topics may hold earlier runs' traffic, of other worlds.
+    ranges = [PartitionRange(r.topic, r.partition, max(r.start, ends_before.get((r.topic, r.partition), r.start)),
+                             r.stop) for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)]
+    for step in ("examples", "models", "evaluation"):
+        shutil.rmtree(DEMO_DIR / step, ignore_errors=True)  # what an earlier demo wrote is not this world's
+    try:
+        examples = _demo_join(settings, ranges, purchase_window_days)
+        split_ms = settings.simulator.model_copy(update={"days": days}).start_ms + int(train_days * 86_400_000)
+        models = [_demo_train(settings, preset, examples, split_ms) for preset in ("value", "ctr")]
+        _demo_evaluate(models, examples, split_ms)
+    finally:
+        typer.echo(f"\nkafka stays up for a look (kcat -b {settings.kafka.bootstrap_servers} -L); "
+                   "`valueloop kafka down` stops it")
+
+
+def _demo_join(settings: Settings, ranges, purchase_window_days: float) -> Path:
+    from pipelines.run import run_bounded_join
+
+    labels = settings.join.labels.model_copy(update={"purchase_window_s": purchase_window_days * 86_400})
+    join_settings = settings.join.model_copy(update={"output_dir": DEMO_DIR / "examples", "labels": labels})
+    events = sum(r.stop - r.start for r in ranges)
+    typer.echo(f"\njoining this run's {events:,} events into labeled examples with Beam (FnApiRunner) ...")
+    with _running_join(settings, "the demo stopped"):
+        result = run_bounded_join(settings.kafka, join_settings, runner="direct", ranges=ranges)
+    counters = Counter(result.counters)
+    dead = sum(n for name, n in counters.items() if name.startswith("dead_letters."))
+    typer.echo(f"{len(result.manifests)} settled hours, {counters['join.examples']:,} examples in "
+               f"{join_settings.output_dir}; repeated deliveries dropped {counters['join.duplicate_deliveries']:,}, "
+               f"late {counters['join.late_events']:,}, dead letters {dead:,}")
+    return Path(join_settings.output_dir)
+
+
+def _demo_train(settings: Settings, preset: str, examples: Path, split_ms: int) -> Path:
+    from trainer.config import preset as choose
+    from trainer.train import train as run_training
+
+    out = DEMO_DIR / "models" / preset
+    typer.echo(f"training the {preset} model on the hours before {_hour_text(split_ms)} ...")
+    with contextlib.redirect_stdout(sys.stderr):
+        metadata = run_training(choose(settings.trainer, preset), examples, None, split_ms, out, verbose=0)
+    typer.echo(f"  {metadata['data']['examples']:,} examples, {metadata['training']['seconds']:.0f} s: {out}")
+    return out
+
+
+def _demo_evaluate(models: list[Path], examples: Path, split_ms: int) -> None:
+    from simulator.world import World
+    from trainer import evaluate as ev
+    from trainer.data import find_partitions, load_columns
+    from trainer.train import ExportedModel
+
+    typer.echo(f"\nre-ranking the requests from {_hour_text(split_ms)} on with each model, scored by the hidden "
+               "truth:\n")
+    loaded = [ExportedModel(path) for path in models]
+    columns = load_columns(find_partitions(examples, split_ms, None))
+    report = ev.evaluate(loaded, columns, k=3, world=World.load(DEMO_DIR / "ground_truth.npz"))
+    verdict = report["verdict"] = ev.compare(report, loaded[0].name, loaded[1].name, 3, 0.25)
+    _report_evaluation(report, verdict, DEMO_DIR / "evaluation")
+
+
+def _hour_text(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @bench_app.command("ingest")

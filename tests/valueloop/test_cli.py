@@ -122,3 +122,26 @@ def test_evaluation_refuses_provisional_labels(tmp_path):
     result = run("evaluate", "--model", str(tmp_path / "none"), "--examples", str(examples), check=False)
     assert result.returncode == 1
     assert "evaluation needs final labels" in result.stderr
+
+
+def test_demo_runs_the_loop_on_its_own_traffic_only(kafka_settings, tmp_path):
+    """Kafka, the Beam join, both models and the trap verdict, on a small world; traffic already in the topics
+    (another world's) is left out of the join."""
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
+                                  "simulator": {"catalogue": {"users": 300, "items": 60}},
+                                  "trainer": {"batch_size": 1024}}))  # enough steps on a small world
+    earlier = json.loads(run("simulate", "--config", str(config), "--out", str(tmp_path / "earlier"),
+                             "--requests", "300", "--days", "1", "--seed", "99").stdout)
+    result = run("demo", "--config", str(config), "--requests", "4000", "--days", "5", "--train-days", "2",
+                 "--purchase-window-days", "1", check=False, cwd=tmp_path)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    added = int(out.split("all event topics")[1].split()[0].replace(",", ""))
+    assert added > sum(earlier["delivered"].values())  # both runs are in the topics ...
+    assert f"joining this run's {added:,} events" in out  # ... and the join read only the demo's own
+    for step in ("examples", "models/value", "models/ctr", "evaluation/evaluation.json"):
+        assert (tmp_path / "out" / "demo" / step).exists()
+    verdict = json.loads((tmp_path / "out" / "demo" / "evaluation" / "evaluation.json").read_text())["verdict"]
+    assert verdict["candidate"] == "value" and verdict["baseline"] == "ctr" and verdict["passed"]
+    assert "[pass] lower bait share in the top 3" in out
