@@ -105,15 +105,17 @@ class KafkaBroker:
     def up(self) -> BrokerStatus:
         """Starts the node unless it already runs, waits until it answers, then creates missing topics."""
         started = None
-        if self.pid() is None:
+        must_start = self.pid() is None
+        if must_start:
             java = self._java()
             classpath = self._classpath()
             self._check_ports_free()
             self._write_properties()
             if not (self.data_dir / "meta.properties").exists():
                 self._format(java, classpath)
-            started = self._start(java, classpath)
-        try:
+        try:  # from the start on: a Ctrl-C at any point stops the node it started
+            if must_start:
+                started = self._start(java, classpath)
             self._wait_until_answering(started)
         except BaseException:
             if started is not None and started.poll() is None:  # a node that never answered is not left running
@@ -273,8 +275,14 @@ class KafkaBroker:
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         out.close()
-        self.pid_file.write_text(f"{process.pid}\n")
-        self.address_file.write_text(f"{self.settings.bootstrap_servers}\n")
+        try:
+            self.pid_file.write_text(f"{process.pid}\n")
+            self.address_file.write_text(f"{self.settings.bootstrap_servers}\n")
+        except BaseException:  # Ctrl-C as the files are written: the caller never gets the process to stop
+            process.kill()
+            process.wait()
+            self.pid_file.unlink(missing_ok=True)
+            raise
         return process
 
     def _log_options(self) -> list[str]:

@@ -47,6 +47,26 @@ def test_a_taken_port_is_named(tmp_path):
             broker.up()
 
 
+def _nodes_of(run_dir) -> list[psutil.Process]:
+    nodes = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or ()
+        if "kafka.Kafka" in cmdline and any(str(run_dir) in part for part in cmdline):
+            nodes.append(process)
+    return nodes
+
+
+def test_a_start_that_fails_once_the_node_is_launched_leaves_no_node_running(tmp_path):
+    """The bookkeeping after the launch can fail (here the address file cannot be written; in CI a Ctrl-C came
+    while it was written) and must not leave an orphan node behind."""
+    broker = KafkaBroker(KafkaSettings(port=free_port(), controller_port=free_port(), run_dir=tmp_path))
+    broker.address_file.mkdir(parents=True)  # writing the address over a directory fails
+    with pytest.raises(IsADirectoryError):
+        broker.up()
+    assert _nodes_of(tmp_path) == [] or all(n.status() == psutil.STATUS_ZOMBIE for n in _nodes_of(tmp_path))
+    assert not broker.pid_file.exists()
+
+
 def test_up_stopped_before_the_node_answers_leaves_no_node_running(tmp_path):
     port, controller = free_ports(2)
     up = subprocess.Popen([*VALUELOOP, "kafka", "up", "--port", str(port), "--controller-port", str(controller),
