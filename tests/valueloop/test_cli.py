@@ -145,3 +145,9 @@ def test_demo_runs_the_loop_on_its_own_traffic_only(kafka_settings, tmp_path):
     verdict = json.loads((tmp_path / "out" / "demo" / "evaluation" / "evaluation.json").read_text())["verdict"]
     assert verdict["candidate"] == "value" and verdict["baseline"] == "ctr" and verdict["passed"]
     assert "[pass] lower bait share in the top 3" in out
+
+
+def test_demo_refuses_a_split_that_leaves_nothing_to_evaluate_before_touching_kafka(tmp_path):
+    result = run("demo", "--days", "3", "--train-days", "2", "--purchase-window-days", "1", check=False, cwd=tmp_path)
+    assert result.returncode == 1 and "--train-days must leave days to evaluate" in result.stderr
+    assert not (tmp_path / "out").exists()
