@@ -31,7 +31,7 @@ def _digests(directory: Path) -> dict[str, str]:
             for p in directory.glob("dt=*/hour=*/examples.tfrecord")}
 
 
-RUNNERS = {"flink": "flink", "direct": "prism"}  # --runner, and what it streams on
+RUNNERS = {"flink": ("flink", "flink"), "direct": ("fnapi_runner", "prism")}  # --runner: bounded on, streams on
 
 
 def _bounded(settings: Settings, runner: str) -> dict:
@@ -99,11 +99,11 @@ def run_stream_benchmark(settings: Settings, requests: int, days: float, users: 
         for run in (bounded, streaming):
             run["events_per_s"] = round(bounded["events"] / run["seconds"])
             run["seconds"] = round(run["seconds"], 2)
-        bounded_name = "bounded_join_flink" if runner == "flink" else "bounded_join_fnapi_runner"
-        results[bounded_name] = bounded
-        results[f"streaming_join_{RUNNERS[runner]}_catch_up"] = streaming
-        summary[RUNNERS[runner]] = {"events": bounded["events"], "streaming_events_per_s": streaming["events_per_s"],
-                                    "streaming_vs_bounded_speed": round(speed, 3)}
+        bounded_on, streams_on = RUNNERS[runner]
+        results[f"bounded_join_{bounded_on}"] = bounded
+        results[f"streaming_join_{streams_on}_catch_up"] = streaming
+        summary[streams_on] = {"events": bounded["events"], "streaming_events_per_s": streaming["events_per_s"],
+                               "streaming_vs_bounded_speed": round(speed, 3)}
     return {
         "benchmark": "stream",
         "environment": describe(("apache-beam", "kafka-python", "fastavro")),

@@ -484,7 +484,7 @@ def demo(config: Optional[Path] = ConfigOption,
         shutil.rmtree(DEMO_DIR / step, ignore_errors=True)  # what an earlier demo wrote is not this world's
     try:
         examples = _demo_join(settings, ranges, purchase_window_days)
-        split_ms = settings.simulator.model_copy(update={"days": days}).start_ms + int(train_days * 86_400_000)
+        split_ms = settings.simulator.start_ms + int(train_days * 86_400_000)
         models = [_demo_train(settings, preset, examples, split_ms) for preset in ("value", "ctr")]
         _demo_evaluate(models, examples, split_ms)
     finally:
