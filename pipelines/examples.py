@@ -251,20 +251,19 @@ def write_serialized_partition(output_dir: str | Path, partition: str, rows: lis
     directory.mkdir(parents=True, exist_ok=True)
     _remove_orphans(directory)
     _write_atomically(directory / EXAMPLES_FILE, b"".join(_framed(record) for _, record in rows))
-    summaries = [dict(zip(_SUMMARY, summary)) for summary, _ in rows]
+    column = dict(zip(_SUMMARY, zip(*(summary for summary, _ in rows))))  # empty when every example is withdrawn
     manifest = {
         "partition": partition,
         "file": EXAMPLES_FILE,
         "examples": len(rows),
         "labels": {
-            "clicked": sum(bool(e["clicked"]) for e in summaries),
-            "added_to_cart": sum(bool(e["added_to_cart"]) for e in summaries),
-            "purchased": sum(bool(e["purchased"]) for e in summaries),
-            "corrections": sum(bool(e["is_correction"]) for e in summaries),
+            "clicked": sum(map(bool, column.get("clicked", ()))),
+            "added_to_cart": sum(map(bool, column.get("added_to_cart", ()))),
+            "purchased": sum(map(bool, column.get("purchased", ()))),
+            "corrections": sum(map(bool, column.get("is_correction", ()))),
         },
-        "label_strategy": summaries[0]["label_strategy"] if summaries else None,  # None: every example withdrawn
-        "event_time_ms": [min(e["event_time_ms"] for e in summaries),
-                          max(e["event_time_ms"] for e in summaries)] if summaries else None,
+        "label_strategy": column["label_strategy"][0] if column else None,
+        "event_time_ms": [min(column["event_time_ms"]), max(column["event_time_ms"])] if column else None,
         "source": source,
         "watermark_ms": watermark_ms,
         "revision": revision,
@@ -313,10 +312,19 @@ def _remove_orphans(directory: Path) -> None:
             pass  # another user's live process
 
 
+_FRAME_HEADERS: dict[int, bytes] = {}  # record length -> its length and the length's checksum: few distinct ones
+_FRAME_HEADERS_UP_TO = 1 << 16  # bytes: longer records are rare enough to be framed without the cache
+
+
 def _framed(record: bytes) -> bytes:
     """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
-    length = struct.pack("<Q", len(record))
-    return length + _masked_crc(length) + record + _masked_crc(record)
+    header = _FRAME_HEADERS.get(len(record))
+    if header is None:
+        length = struct.pack("<Q", len(record))
+        header = length + _masked_crc(length)
+        if len(record) < _FRAME_HEADERS_UP_TO:
+            _FRAME_HEADERS[len(record)] = header
+    return header + record + _masked_crc(record)
 
 
 def read_records(path: Path) -> list[bytes]:

@@ -64,16 +64,21 @@ class Example(NamedTuple):
     label_time_ms: int
 
 
+class _Rules(NamedTuple):
+    """What the emission rules read of a LabelConfig."""
+
+    horizon_ms: int
+    click_window_ms: int
+    wait_for_window: bool
+    strategy: str  # LabelStrategy value, as written into each example
+
+
 class _Labels(NamedTuple):
     click_ms: int | None
     dwell_ms: int | None
     cart_ms: int | None  # event time of the first attributed add-to-cart
     purchase_ms: int | None
     purchase_value: float
-
-
-def settle_time_ms(impression_time_ms: int, config: LabelConfig) -> int:
-    return impression_time_ms + config.horizon_ms
 
 
 def label_user_events(events: Iterable[tuple[str, dict]], config: LabelConfig, watermark_ms: int,
@@ -131,13 +136,18 @@ def label_user_events(events: Iterable[tuple[str, dict]], config: LabelConfig, w
             first, value = attributed[name].get(owner, (conversion["event_time_ms"], 0.0))
             attributed[name][owner] = (min(first, conversion["event_time_ms"]), value + conversion["value"])
 
+    # The config's fields once per call, not per impression: pydantic attribute reads are not free.
+    rules = _Rules(config.horizon_ms, click_window_ms, config.strategy is LabelStrategy.WAIT_FOR_WINDOW,
+                   config.strategy.value)
     examples: list[Example] = []
     for impression_id, impression in impressions.items():
+        if rules.wait_for_window and watermark_ms < impression["event_time_ms"] + rules.horizon_ms:
+            continue  # not settled: nothing to emit yet
         cart = attributed["AddToCart"].get(impression_id)
         purchase = attributed["Purchase"].get(impression_id)
         labels = _Labels(first_click.get(impression_id), dwell_ms.get(impression_id), cart and cart[0],
                          purchase and purchase[0], purchase[1] if purchase else 0.0)
-        examples.extend(_emit(impression, labels, config, watermark_ms))
+        examples.extend(_emit(impression, labels, rules, watermark_ms))
     if since_ms is not None:
         examples = [e for e in examples if e.label_time_ms > since_ms]
     examples.sort(key=lambda e: (e.label_time_ms, e.impression_id, e.is_correction, e.added_to_cart))
@@ -156,34 +166,31 @@ def _last_click_within(timeline, at_ms: int, window_ms: int) -> str | None:
     return owner[1]
 
 
-def _example(impression: dict, labels: _Labels, config: LabelConfig, *, added_to_cart: bool, purchased: bool,
+def _example(impression: dict, labels: _Labels, rules: _Rules, *, added_to_cart: bool, purchased: bool,
              purchase_value: float, is_correction: bool, label_time_ms: int) -> Example:
     return Example(
         impression["event_id"], impression["request_id"], impression["user_id"], impression["item_id"],
         impression["position"], impression["surface"], impression["event_time_ms"], impression["policy"],
         impression["propensity"], impression["features"], labels.click_ms is not None, labels.click_ms,
-        labels.dwell_ms, added_to_cart, purchased, purchase_value, config.strategy.value, is_correction, label_time_ms,
+        labels.dwell_ms, added_to_cart, purchased, purchase_value, rules.strategy, is_correction, label_time_ms,
     )
 
 
-def _emit(impression: dict, labels: _Labels, config: LabelConfig, watermark_ms: int) -> list[Example]:
-    settle_ms = settle_time_ms(impression["event_time_ms"], config)
-    if config.strategy is LabelStrategy.WAIT_FOR_WINDOW:
-        if watermark_ms < settle_ms:
-            return []
-        return [_example(impression, labels, config, added_to_cart=labels.cart_ms is not None,
+def _emit(impression: dict, labels: _Labels, rules: _Rules, watermark_ms: int) -> list[Example]:
+    if rules.wait_for_window:  # the caller emits only settled impressions under this strategy
+        return [_example(impression, labels, rules, added_to_cart=labels.cart_ms is not None,
                          purchased=labels.purchase_ms is not None, purchase_value=labels.purchase_value,
-                         is_correction=False, label_time_ms=settle_ms)]
+                         is_correction=False, label_time_ms=impression["event_time_ms"] + rules.horizon_ms)]
     # Fake negative: first as a negative once the click question is settled, then a correction per label.
-    known_ms = labels.click_ms if labels.click_ms is not None else impression["event_time_ms"] + int(config.click_window_s * 1000)
+    known_ms = labels.click_ms if labels.click_ms is not None else impression["event_time_ms"] + rules.click_window_ms
     out = []
     if watermark_ms >= known_ms:
-        out.append(_example(impression, labels, config, added_to_cart=False, purchased=False, purchase_value=0.0,
+        out.append(_example(impression, labels, rules, added_to_cart=False, purchased=False, purchase_value=0.0,
                             is_correction=False, label_time_ms=known_ms))
     if labels.cart_ms is not None and watermark_ms >= labels.cart_ms:
-        out.append(_example(impression, labels, config, added_to_cart=True, purchased=False, purchase_value=0.0,
+        out.append(_example(impression, labels, rules, added_to_cart=True, purchased=False, purchase_value=0.0,
                             is_correction=True, label_time_ms=labels.cart_ms))
     if labels.purchase_ms is not None and watermark_ms >= labels.purchase_ms:
-        out.append(_example(impression, labels, config, added_to_cart=False, purchased=True,
+        out.append(_example(impression, labels, rules, added_to_cart=False, purchased=True,
                             purchase_value=labels.purchase_value, is_correction=True, label_time_ms=labels.purchase_ms))
     return out
