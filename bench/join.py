@@ -2,8 +2,9 @@
 
 All paths read the same simulated events from the same topics, in one run. Each runs in a fresh child process;
 its peak memory is the largest sum of resident memory over the child and its descendants (the Flink job
-server is a JVM the child starts), sampled every 100 ms. Speeds are reported as ratios against the reference
-labeler measured in the same run.
+server is a JVM the child starts), sampled every 100 ms. The paths take turns, `repeats` times, and each
+path's run of median speed is reported; speeds are ratios against the reference labeler measured in the same
+run.
 """
 from __future__ import annotations
 
@@ -111,22 +112,32 @@ def _in_child(path: str, settings: Settings) -> dict:
     return result
 
 
-def run_join_benchmark(settings: Settings, requests: int, days: float, output_dir: Path) -> dict:
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median speed, with every run's speed beside it (in the order they ran)."""
+    median = dict(sorted(runs, key=lambda r: r["events_per_s"])[len(runs) // 2])
+    median["events_per_s_of_each_run"] = [r["events_per_s"] for r in runs]
+    return median
+
+
+def run_join_benchmark(settings: Settings, requests: int, days: float, output_dir: Path, repeats: int = 3) -> dict:
     kafka = fresh_topics(settings.kafka, "join")
     simulator = settings.simulator.model_copy(update={"requests": requests, "days": days})
     with KafkaSink(kafka) as sink:
         sink.write(Simulation(simulator).events())
-    run_settings = settings.model_copy(update={
-        "kafka": kafka, "simulator": simulator,
-        "join": settings.join.model_copy(update={"output_dir": output_dir / "examples"})})
-    reference = _in_child("reference", run_settings)
-    beam = _in_child("beam_fnapi", run_settings)
-    flink = _in_child("beam_flink", run_settings)
+    runs: dict[str, list[dict]] = {path: [] for path in PATHS}
+    for repeat in range(repeats):
+        for path in PATHS:  # in turn, so that a slow spell of the shared machine falls on every path alike
+            run_settings = settings.model_copy(update={
+                "kafka": kafka, "simulator": simulator,
+                "join": settings.join.model_copy(update={"output_dir": output_dir / f"{path}-{repeat}"})})
+            runs[path].append(_in_child(path, run_settings))
+    reference, beam, flink = (_median_run(runs[path]) for path in ("reference", "beam_fnapi", "beam_flink"))
     return {
         "benchmark": "join",
         "environment": describe(("apache-beam", "kafka-python", "fastavro")),
         "settings": {"requests": requests, "days": days, "labels": json.loads(settings.join.labels.model_dump_json()),
-                     "direct_num_workers": settings.join.direct_num_workers},
+                     "direct_num_workers": settings.join.direct_num_workers, "repeats": repeats,
+                     "reported": "median run per path"},
         "results": {"reference_labeler": reference, "beam_fnapi_runner": beam, "beam_flink_runner": flink},
         "summary": {
             "events": beam["events"],

@@ -576,6 +576,7 @@ def bench_join(
     config: Optional[Path] = ConfigOption,
     requests: int = typer.Option(20_000, help="Ranking requests to simulate (about 13 events each)."),
     days: float = typer.Option(10.0, help="Simulated days: the join labels only hours its windows have settled."),
+    repeats: int = typer.Option(3, min=1, help="Runs of each path; the median run is reported."),
     out: Path = typer.Option(Path("bench/results/join.json"), help="Where the JSON result goes."),
 ):
     """Events/s and peak memory of the bounded join (Kafka to TFRecords) beside the plain reference labeler."""
@@ -586,7 +587,8 @@ def bench_join(
     settings = _settings(config)
     _broker_up(settings)
     with tempfile.TemporaryDirectory(prefix="valueloop-bench-join-") as scratch:
-        _record(run_join_benchmark(settings, requests=requests, days=days, output_dir=Path(scratch)), out)
+        _record(run_join_benchmark(settings, requests=requests, days=days, output_dir=Path(scratch),
+                                   repeats=repeats), out)
 
 
 @bench_app.command("stream")
