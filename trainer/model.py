@@ -133,6 +133,7 @@ class ValueRanker(tfrs.models.Model):
                  fake_negative: bool = False):
         super().__init__()
         self.config = config
+        self.vocabularies, self.numeric_stats = vocabularies, numeric_stats
         self.fake_negative = fake_negative and config.fake_negative_weighting
         self.encoder = FeatureEncoder(config, vocabularies, numeric_stats, name="features")
         # Only what some loss trains gets a tower and a gate: the CTR baseline is click alone, not click plus noise.
@@ -145,6 +146,18 @@ class ValueRanker(tfrs.models.Model):
                                                metrics=[keras.metrics.AUC(name=f"{task}_auc")])
                       for task in TASKS if config.trains(task)}
         self.value_weights = dict(config.value_weights)
+
+    def get_config(self) -> dict:
+        """The arguments that rebuild this ranker (its weights apart), as JSON values."""
+        return {"config": self.config.model_dump(mode="json"),
+                "vocabularies": {name: list(values) for name, values in self.vocabularies.items()},
+                "numeric_stats": {name: list(stats) for name, stats in self.numeric_stats.items()},
+                "fake_negative": self.fake_negative}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ValueRanker":
+        return cls(ModelConfig.model_validate(config["config"]), config["vocabularies"], config["numeric_stats"],
+                   config["fake_negative"])
 
     def call(self, features, training=False):
         mixed = self.mixer(self.encoder(features), training=training)

@@ -24,7 +24,6 @@ def build_model(config: TrainConfig, partitions: list[Partition]) -> ValueRanker
     model = ValueRanker(config.model, vocabularies, stats,
                         fake_negative=label_strategy(partitions) == "fake_negative")
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    model.vocabularies, model.numeric_stats = vocabularies, stats
     return model
 
 

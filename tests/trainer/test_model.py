@@ -1,6 +1,7 @@
 """The ranker on a small simulated world: shapes, gradients, ESMM, losses by hand, a seeded run, the round trip."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -127,6 +128,17 @@ def test_the_saved_model_reloads_to_the_same_predictions(trained, batch):
     assert exported.metadata["signature"]["outputs"][-1] == "value"
     assert set(exported.metadata["preprocessing"]["vocabularies"]) == {"item_category", "surface", "device"}
     assert math.isfinite(exported.metadata["preprocessing"]["numeric_stats"]["item_rating"][0])
+
+
+def test_the_ranker_rebuilt_from_its_config_with_its_weights_predicts_the_same(trained, batch):
+    model = trained[0]
+    config = json.loads(json.dumps(model.get_config()))  # JSON all the way: what a saved model can record
+    rebuilt = ValueRanker.from_config(config)
+    rebuilt(batch)
+    rebuilt.set_weights(model.get_weights())
+    assert rebuilt.config == model.config and rebuilt.fake_negative == model.fake_negative
+    for name, prediction in model(batch).items():
+        np.testing.assert_allclose(rebuilt(batch)[name].numpy(), prediction.numpy(), rtol=1e-6)
 
 
 def test_fake_negative_weighting_brings_conversion_rates_back_toward_the_truth(tmp_path, examples_dir):
