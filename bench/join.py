@@ -4,7 +4,8 @@ All paths read the same simulated events from the same topics, in one run. Each 
 its peak memory is the largest sum of resident memory over the child and its descendants (the Flink job
 server is a JVM the child starts), sampled every 100 ms. The paths take turns, `repeats` times, and each
 path's run of median speed is reported; speeds are ratios against the reference labeler measured in the same
-run.
+run. Beside them, in the same turns, the cost of each step of the work on every event, timed alone
+(`step_costs`): what the FnApiRunner spends beyond their sum is the runner's and the grouping's.
 """
 from __future__ import annotations
 
@@ -70,9 +71,72 @@ def _beam_path(settings: Settings, runner: str) -> dict:
             "partitions": len(result.manifests), "counters": result.counters}
 
 
+def step_costs(settings: Settings) -> dict:
+    """Microseconds per event of each step of the join's work on every event, each step timed alone over all the
+    events in one process: what a run on a runner costs beyond their sum is the runner's and the grouping's.
+
+    Reading is the bulk fetcher's (record batches parsed); routing, the user id read from each message to pick
+    its group; labeling, `label_user_events` per user with the watermark at the newest event time; writing,
+    tf.Example bytes and their TFRecord frames for every example, given per event.
+    """
+    from infra.kafka.fetcher import PartitionFetcher
+    from pipelines.examples import _framed, serialize_example
+    from pipelines.kafka_source import snapshot_ranges
+    from pipelines.labeling import label_user_events
+    from schemas import BadEventError, EventDecoder
+
+    seconds: dict[str, float] = {}
+
+    def timed(step: str, work):
+        start = time.perf_counter()
+        result = work()
+        seconds[step] = time.perf_counter() - start
+        return result
+
+    def read() -> list[tuple]:
+        fetcher, records = PartitionFetcher(settings.kafka.bootstrap_servers, client_id="valueloop-bench"), []
+        for r in snapshot_ranges(settings.kafka.bootstrap_servers, settings.kafka.event_topics.values()):
+            position = r.start
+            while position < r.stop:
+                fetched = [x for x in fetcher.fetch(r.topic, r.partition, position).records if x[0] < r.stop]
+                records += [(r.topic, r.partition, *x) for x in fetched]
+                position = fetched[-1][0] + 1 if fetched else position
+        fetcher.close()
+        return records
+
+    def decode() -> list[tuple]:
+        decoder, events = EventDecoder(), []
+        for topic, partition, offset, timestamp_ms, _key, value in records:
+            try:
+                event = decoder.decode(value, topic, partition, offset, timestamp_ms)
+            except BadEventError:
+                continue
+            events.append((event.name, event.datum))
+        return events
+
+    def label() -> list:
+        by_user: dict[str, list] = {}
+        for name, datum in events:
+            by_user.setdefault(datum["user_id"], []).append((name, datum))
+        watermark_ms = max(datum["event_time_ms"] for _, datum in events)
+        return [e for user_events in by_user.values()
+                for e in label_user_events(user_events, settings.join.labels, watermark_ms)]
+
+    records = timed("read", read)
+    peek = EventDecoder().peek
+    timed("route", lambda: [peek(record[5], "user_id") for record in records])
+    events = timed("decode", decode)
+    examples = timed("label", label)
+    timed("write", lambda: b"".join(_framed(serialize_example(e)) for e in examples))
+    return {"events": len(records), "seconds": sum(seconds.values()), "examples": len(examples),
+            "us_per_event": {step: round(s / len(records) * 1e6, 2) for step, s in seconds.items()},
+            "write_us_per_example": round(seconds["write"] / max(len(examples), 1) * 1e6, 2)}
+
+
 PATHS = {"reference": reference_path,
          "beam_fnapi": lambda settings: _beam_path(settings, "direct"),
-         "beam_flink": lambda settings: _beam_path(settings, "flink")}
+         "beam_flink": lambda settings: _beam_path(settings, "flink"),
+         "steps": step_costs}
 
 
 def _tree_rss(process: psutil.Process) -> int:
@@ -131,19 +195,24 @@ def run_join_benchmark(settings: Settings, requests: int, days: float, output_di
                 "kafka": kafka, "simulator": simulator,
                 "join": settings.join.model_copy(update={"output_dir": output_dir / f"{path}-{repeat}"})})
             runs[path].append(_in_child(path, run_settings))
-    reference, beam, flink = (_median_run(runs[path]) for path in ("reference", "beam_fnapi", "beam_flink"))
+    reference, beam, flink, steps = (_median_run(runs[path]) for path in PATHS)
+    beam_us_per_event = 1e6 / beam["events_per_s"]
     return {
         "benchmark": "join",
         "environment": describe(("apache-beam", "kafka-python", "fastavro")),
         "settings": {"requests": requests, "days": days, "labels": json.loads(settings.join.labels.model_dump_json()),
                      "direct_num_workers": settings.join.direct_num_workers, "repeats": repeats,
                      "reported": "median run per path"},
-        "results": {"reference_labeler": reference, "beam_fnapi_runner": beam, "beam_flink_runner": flink},
+        "results": {"reference_labeler": reference, "beam_fnapi_runner": beam, "beam_flink_runner": flink,
+                    "step_costs": steps},
         "summary": {
             "events": beam["events"],
             "beam_events_per_s": beam["events_per_s"],
             "beam_vs_reference_speed": round(beam["events_per_s"] / reference["events_per_s"], 3),
             "beam_vs_reference_peak_memory": round(beam["peak_rss_mb"] / reference["peak_rss_mb"], 2),
+            "beam_us_per_event": round(beam_us_per_event, 2),
+            "steps_us_per_event": steps["us_per_event"],  # the work on every event, each step alone
+            "beam_beyond_the_steps_us_per_event": round(beam_us_per_event - sum(steps["us_per_event"].values()), 2),
             "flink_events_per_s": flink["events_per_s"],
             "flink_vs_reference_speed": round(flink["events_per_s"] / reference["events_per_s"], 3),
             "flink_vs_reference_peak_memory": round(flink["peak_rss_mb"] / reference["peak_rss_mb"], 2),
