@@ -1,4 +1,4 @@
-"""What a benchmark result was measured on, recorded beside it."""
+"""What a benchmark result was measured on, recorded beside it, and which of its repeated runs it reports."""
 from __future__ import annotations
 
 import datetime as dt
@@ -21,3 +21,10 @@ def describe(packages: tuple[str, ...]) -> dict:
         "machine": platform.machine(),
         "packages": {name: metadata.version(name) for name in packages},
     }
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median speed (`events_per_s`), with every run's speed beside it, in the order they ran."""
+    median = dict(sorted(runs, key=lambda r: r["events_per_s"])[len(runs) // 2])
+    median["events_per_s_of_each_run"] = [r["events_per_s"] for r in runs]
+    return median

@@ -20,7 +20,7 @@ from simulator import Simulation, SimulatorConfig
 from simulator.sinks import KafkaSink
 from valueloop.config import Settings
 
-from bench.environment import describe
+from bench.environment import describe, median_run
 from bench.topics import fresh_topics
 
 GOAL_EVENTS_PER_S = 100_000
@@ -124,10 +124,7 @@ def _median_run(label: str, path: Callable, settings: Settings, workers: int, re
         runs.append(_measure(label, path, topics, workers))
         if to_kafka:
             _check_stored(topics, runs[-1])
-    runs.sort(key=lambda r: r["events_per_s"])
-    median = dict(runs[len(runs) // 2])
-    median["events_per_s_of_each_run"] = [r["events_per_s"] for r in runs]
-    return median
+    return median_run(runs)
 
 
 def run_ingest_benchmark(settings: Settings, requests: int, workers: int = 2, repeats: int = 5) -> dict:

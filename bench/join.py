@@ -22,7 +22,7 @@ from simulator import Simulation
 from simulator.sinks import KafkaSink
 from valueloop.config import Settings
 
-from bench.environment import describe
+from bench.environment import describe, median_run
 from bench.topics import fresh_topics
 
 GOAL_EVENTS_PER_S = 100_000
@@ -176,13 +176,6 @@ def _in_child(path: str, settings: Settings) -> dict:
     return result
 
 
-def _median_run(runs: list[dict]) -> dict:
-    """The run of median speed, with every run's speed beside it (in the order they ran)."""
-    median = dict(sorted(runs, key=lambda r: r["events_per_s"])[len(runs) // 2])
-    median["events_per_s_of_each_run"] = [r["events_per_s"] for r in runs]
-    return median
-
-
 def run_join_benchmark(settings: Settings, requests: int, days: float, output_dir: Path, repeats: int = 3) -> dict:
     kafka = fresh_topics(settings.kafka, "join")
     simulator = settings.simulator.model_copy(update={"requests": requests, "days": days})
@@ -195,7 +188,7 @@ def run_join_benchmark(settings: Settings, requests: int, days: float, output_di
                 "kafka": kafka, "simulator": simulator,
                 "join": settings.join.model_copy(update={"output_dir": output_dir / f"{path}-{repeat}"})})
             runs[path].append(_in_child(path, run_settings))
-    reference, beam, flink, steps = (_median_run(runs[path]) for path in PATHS)
+    reference, beam, flink, steps = (median_run(runs[path]) for path in PATHS)
     beam_us_per_event = 1e6 / beam["events_per_s"]
     return {
         "benchmark": "join",

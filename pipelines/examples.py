@@ -312,19 +312,10 @@ def _remove_orphans(directory: Path) -> None:
             pass  # another user's live process
 
 
-_FRAME_HEADERS: dict[int, bytes] = {}  # record length -> its length and the length's checksum: few distinct ones
-_FRAME_HEADERS_UP_TO = 1 << 16  # bytes: longer records are rare enough to be framed without the cache
-
-
 def _framed(record: bytes) -> bytes:
     """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
-    header = _FRAME_HEADERS.get(len(record))
-    if header is None:
-        length = struct.pack("<Q", len(record))
-        header = length + _masked_crc(length)
-        if len(record) < _FRAME_HEADERS_UP_TO:
-            _FRAME_HEADERS[len(record)] = header
-    return header + record + _masked_crc(record)
+    length = struct.pack("<Q", len(record))
+    return length + _masked_crc(length) + record + _masked_crc(record)
 
 
 def read_records(path: Path) -> list[bytes]:
