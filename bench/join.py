@@ -99,8 +99,10 @@ def step_costs(settings: Settings) -> dict:
             position = r.start
             while position < r.stop:
                 fetched = [x for x in fetcher.fetch(r.topic, r.partition, position).records if x[0] < r.stop]
+                if not fetched:  # only offsets without a record (transaction markers) are left below the stop
+                    break
                 records += [(r.topic, r.partition, *x) for x in fetched]
-                position = fetched[-1][0] + 1 if fetched else position
+                position = fetched[-1][0] + 1
         fetcher.close()
         return records
 
