@@ -98,11 +98,11 @@ def step_costs(settings: Settings) -> dict:
         for r in snapshot_ranges(settings.kafka.bootstrap_servers, settings.kafka.event_topics.values()):
             position = r.start
             while position < r.stop:
-                fetched = [x for x in fetcher.fetch(r.topic, r.partition, position).records if x[0] < r.stop]
-                if not fetched:  # only offsets without a record (transaction markers) are left below the stop
-                    break
-                records += [(r.topic, r.partition, *x) for x in fetched]
-                position = fetched[-1][0] + 1
+                fetched = fetcher.fetch(r.topic, r.partition, position)
+                if fetched.next_offset == position:
+                    raise RuntimeError(f"{r.topic}[{r.partition}]: nothing to read at {position}, below {r.stop}")
+                records += [(r.topic, r.partition, *x) for x in fetched.records if x[0] < r.stop]
+                position = fetched.next_offset
         fetcher.close()
         return records
 

@@ -144,6 +144,9 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
             records = [r for r in fetched.records if r[0] < stop] if fetched.records and fetched.records[-1][0] >= stop \
                 else fetched.records
             if not records:
+                if fetched.next_offset > position:  # offsets without a record: transaction markers, or past the stop
+                    position = fetched.next_offset
+                    continue
                 self._check_reachable(element, position, stop, fetched.high_watermark, idle_since)
                 continue
             idle_since = time.monotonic()

@@ -116,15 +116,23 @@ def parse_record_batches(data: bytes, first_offset: int = 0, where: str = "") ->
 
     A batch cut off at the end of `data` (fetches end where the size limit falls) is left for the next fetch.
     """
+    return read_record_batches(data, first_offset, where)[0]
+
+
+def read_record_batches(data: bytes, first_offset: int = 0, where: str = "") -> tuple[list[tuple], int]:
+    """`parse_record_batches`, and the offset after the last whole batch in `data` (`first_offset` if none):
+    where the next fetch starts. It counts control batches too (a transaction's commit or abort marker), which
+    take an offset and hold no record."""
     out: list[tuple] = []
     view = memoryview(data)
-    at = 0
+    at, next_offset = 0, first_offset
     while at + _BATCH_HEADER.size <= len(data):
         base_offset, length = _OFFSET_AND_LENGTH.unpack_from(data, at)
         end = at + 12 + length
         if end > len(data):
             break
-        (_, _, _, magic, crc, attributes, _, base_ts, max_ts, _, _, _, count) = _BATCH_HEADER.unpack_from(data, at)
+        (_, _, _, magic, crc, attributes, last_offset_delta, base_ts, max_ts, _, _, _, count) = \
+            _BATCH_HEADER.unpack_from(data, at)
         if magic != 2:
             raise CorruptBatchError(f"{where}batch at offset {base_offset} has message format {magic}, not 2")
         if crc32c(view[at + _CRC_FROM:end]) != crc:
@@ -139,13 +147,15 @@ def parse_record_batches(data: bytes, first_offset: int = 0, where: str = "") ->
                 _records(payload, count, base_offset, base_ts, fixed_ts, first_offset, out)
             except (IndexError, MalformedBody):
                 raise CorruptBatchError(f"{where}batch at offset {base_offset} ends inside a record") from None
+        next_offset = max(next_offset, base_offset + last_offset_delta + 1)
         at = end
-    return out
+    return out, next_offset
 
 
 class Fetched(NamedTuple):
     records: list[tuple]  # (offset, timestamp_ms, key, value)
     high_watermark: int  # the partition's end: the offset after its last committed record
+    next_offset: int  # where to fetch next: after the last batch read, its records or a transaction marker
 
 
 class PartitionFetcher:
@@ -197,8 +207,8 @@ class PartitionFetcher:
             if issubclass(error, _RETRIABLE):
                 raise error(f"{topic}[{partition}]")
             raise FetchError(f"{topic}[{partition}]@{offset}: {error.__name__}")
-        records = parse_record_batches(answer.records or b"", offset, f"{topic}[{partition}]: ")
-        return Fetched(records, answer.high_watermark)
+        records, next_offset = read_record_batches(answer.records or b"", offset, f"{topic}[{partition}]: ")
+        return Fetched(records, answer.high_watermark, next_offset)
 
     def close(self) -> None:
         self._client.close()

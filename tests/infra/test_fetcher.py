@@ -84,3 +84,30 @@ def test_control_batches_are_skipped_and_log_append_time_applies_to_every_record
     newest = max(ts for ts, _, _ in RECORDS)
     assert [r[1] for r in parse_record_batches(_batch(attributes=0x08))] == [newest] * len(RECORDS)
     assert [r[1] for r in parse_record_batches(_batch())] == [ts for ts, _, _ in RECORDS]
+
+
+def test_a_transactions_commit_markers_move_the_fetch_on_though_they_hold_no_records(kafka_settings):
+    topic = kafka_settings.event_topics["Click"]
+    producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, transactional_id="fetcher-test")
+    producer.init_transactions()
+    for n in range(3):  # three transactions: record, marker, record, marker, record, marker
+        producer.begin_transaction()
+        producer.send(topic, f"value {n}".encode(), key=b"k", partition=0, timestamp_ms=1_700_000_000_000 + n)
+        producer.commit_transaction()
+    producer.close()
+    fetcher = PartitionFetcher(kafka_settings.bootstrap_servers)
+    try:
+        end = fetcher.fetch(topic, 0, 0).high_watermark
+        assert end == 6
+        records, position = [], 0
+        while position < end:
+            fetched = fetcher.fetch(topic, 0, position)
+            assert fetched.next_offset > position  # never stuck on a marker
+            records += fetched.records
+            position = fetched.next_offset
+        assert [(offset, value) for offset, _, _, value in records] == [(0, b"value 0"), (2, b"value 1"),
+                                                                        (4, b"value 2")]
+        assert fetcher.fetch(topic, 0, 5).records == []  # the last marker alone
+        assert fetcher.fetch(topic, 0, 5).next_offset == 6
+    finally:
+        fetcher.close()
