@@ -78,11 +78,16 @@ def labels_of(rows: list[list[str]]) -> dict[str, np.ndarray]:
     return {"income": income, "never_married": never}
 
 
-def split(rows: list[list[str]], seed: int = 0, test_share: float = 0.2) -> Split:
-    """Seeded split; one-hot vocabularies and numeric statistics come from the training rows only."""
+def split_rows(rows: list[list[str]], seed: int = 0, test_share: float = 0.2) -> tuple[list, list]:
+    """The seeded split's training rows and test rows."""
     order = np.random.default_rng(seed).permutation(len(rows))
     cut = int(len(rows) * (1 - test_share))
-    train_rows, test_rows = [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
+    return [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
+
+
+def split(rows: list[list[str]], seed: int = 0, test_share: float = 0.2) -> Split:
+    """Seeded split; one-hot vocabularies and numeric statistics come from the training rows only."""
+    train_rows, test_rows = split_rows(rows, seed, test_share)
     categorical = [c for c in range(FIELDS) if c not in (*NUMERIC, MARITAL, WEIGHT, INCOME)]
     vocabularies = {c: {v: k for k, v in enumerate(sorted({r[c] for r in train_rows}))} for c in categorical}
     numbers = np.log1p(np.array([[float(r[c]) for c in NUMERIC] for r in train_rows]))
@@ -187,8 +192,11 @@ ARCHITECTURES = {
 }
 
 
-def run(data: Split, base: ModelConfig, epochs: int = 30, batch_size: int = 1024, learning_rate: float = 0.002,
-        seeds: tuple[int, ...] = (7,), verbose: int = 0) -> dict:
+KINDS = ("mmoe", "shared_bottom", "single_task")
+
+
+def run(data: Split, base: ModelConfig, epochs: int = 30, batch_size: int = 512, learning_rate: float = 0.002,
+        seeds: tuple[int, ...] = (7,), verbose: int = 0, kinds: tuple[str, ...] = KINDS) -> dict:
     """Test AUC of each task for MMoE, shared-bottom and single-task networks on one split.
 
     With several seeds, every kind of network is trained once per seed, each time holding out another tenth of
@@ -224,7 +232,8 @@ def run(data: Split, base: ModelConfig, epochs: int = 30, batch_size: int = 1024
         logits = [fit(config, tasks, member, seed) for member, seed in enumerate(seeds)]
         return {t: auc(data.y_test[t], np.mean([one[t] for one in logits], axis=0)) for t in tasks}
 
-    results = {name: ensemble(make(base), TASKS) for name, make in ARCHITECTURES.items()}
-    single = base.model_copy(update={"architecture": "shared_bottom"})
-    results["single_task"] = {t: ensemble(single, (t,))[t] for t in TASKS}
+    results = {name: ensemble(make(base), TASKS) for name, make in ARCHITECTURES.items() if name in kinds}
+    if "single_task" in kinds:
+        single = base.model_copy(update={"architecture": "shared_bottom"})
+        results["single_task"] = {t: ensemble(single, (t,))[t] for t in TASKS}
     return results

@@ -396,6 +396,9 @@ def _report_evaluation(report: dict, verdict: Optional[dict], out: Path) -> None
         raise typer.Exit(1)
 
 
+CENSUS_KINDS = ("mmoe", "shared_bottom", "single_task")  # trainer.census.KINDS, without importing TensorFlow
+
+
 @app.command()
 def census(
     seed: int = typer.Option(0, help="Seed of the 80/20 split."),
@@ -403,6 +406,11 @@ def census(
     experts: int = typer.Option(16, help="MMoE experts (the shared-bottom network gets the same units in one)."),
     ensemble: int = typer.Option(10, help="Networks per model kind, one per seed and held-out tenth; each kind "
                                           "scores their mean."),
+    batch_size: int = typer.Option(512, help="Examples per training step."),
+    kinds: list[str] = typer.Option(list(CENSUS_KINDS), help="Model kinds to train (with --inner; a recorded run "
+                                                               "trains all)."),
+    inner: bool = typer.Option(False, help="Train and score on a seeded 80/20 split of the training rows alone, "
+                                           "never the test split: for choosing settings."),
     out: Path = typer.Option(Path("bench/results/census.json"), help="Where the JSON result goes."),
 ):
     """The MMoE paper's real-data check: income and never-married on UCI census-income, against baselines."""
@@ -410,10 +418,25 @@ def census(
     from trainer import census as run
     from trainer.config import ModelConfig
 
-    data = run.split(run.read_rows(), seed=seed)
+    unknown = set(kinds) - set(run.KINDS)
+    if unknown:
+        raise typer.BadParameter(f"unknown kinds {sorted(unknown)}; the kinds are {list(run.KINDS)}",
+                                 param_hint="--kinds")
+    if set(kinds) != set(run.KINDS) and not inner:
+        raise typer.BadParameter("a recorded run trains every kind; choose kinds with --inner", param_hint="--kinds")
+    rows = run.read_rows()
+    if inner:
+        rows, _test = run.split_rows(rows, seed=seed)
+    data = run.split(rows, seed=seed + 1 if inner else seed)
     base = ModelConfig(experts=experts, expert_units=[64], tower_units=[32])
     seeds = tuple(range(7, 7 + ensemble))
-    results = run.run(data, base, epochs=epochs, seeds=seeds, verbose=1 if sys.stderr.isatty() else 0)
+    results = run.run(data, base, epochs=epochs, batch_size=batch_size, seeds=seeds,
+                      verbose=1 if sys.stderr.isatty() else 0, kinds=tuple(kinds))
+    if inner:
+        typer.echo(f"{'model (inner split)':<32}" + "".join(f"{t + ' AUC':>22}" for t in run.TASKS))
+        for name, aucs in results.items():
+            typer.echo(f"{name:<32}" + "".join(f"{aucs[t]:>22.5f}" for t in run.TASKS))
+        return
     same_split = run.gradient_boosting(data, seed=seed)
     rows = {**results, "gradient boosting, this split": same_split,
             "gradient boosting, published": run.REFERENCE_AUC}
@@ -426,6 +449,7 @@ def census(
     _record({"benchmark": "census", "environment": describe(("tensorflow", "tensorflow-recommenders")),
              "settings": {"seed": seed, "test_share": 0.2, "rows": len(data.x_train) + len(data.x_test),
                           "features": data.features, "epochs_at_most": epochs, "ensemble_seeds": list(seeds),
+                          "batch_size": batch_size,
                           "model": base.model_dump()},
              "results": {**results, "gradient_boosting_this_split": same_split}, "summary": summary}, out)
 
