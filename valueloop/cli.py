@@ -414,16 +414,16 @@ def census(
     out: Path = typer.Option(Path("bench/results/census.json"), help="Where the JSON result goes."),
 ):
     """The MMoE paper's real-data check: income and never-married on UCI census-income, against baselines."""
+    unknown = set(kinds) - set(CENSUS_KINDS)
+    if unknown:
+        raise typer.BadParameter(f"unknown kinds {sorted(unknown)}; the kinds are {list(CENSUS_KINDS)}",
+                                 param_hint="--kinds")
+    if set(kinds) != set(CENSUS_KINDS) and not inner:
+        raise typer.BadParameter("a recorded run trains every kind; choose kinds with --inner", param_hint="--kinds")
     from bench.environment import describe
     from trainer import census as run
     from trainer.config import ModelConfig
 
-    unknown = set(kinds) - set(run.KINDS)
-    if unknown:
-        raise typer.BadParameter(f"unknown kinds {sorted(unknown)}; the kinds are {list(run.KINDS)}",
-                                 param_hint="--kinds")
-    if set(kinds) != set(run.KINDS) and not inner:
-        raise typer.BadParameter("a recorded run trains every kind; choose kinds with --inner", param_hint="--kinds")
     rows = run.read_rows()
     if inner:
         rows, _test = run.split_rows(rows, seed=seed)

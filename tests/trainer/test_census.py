@@ -52,3 +52,9 @@ def test_the_gradient_boosting_reference_re_measured_on_a_small_split_beats_chan
     aucs = census.gradient_boosting(data, seed=0)
     assert aucs["income"] > 0.8 and aucs["never_married"] > 0.9
     assert aucs == census.gradient_boosting(data, seed=0)  # seeded: the same rows give the same reference
+
+
+def test_the_command_offers_the_kinds_the_experiment_trains():
+    from valueloop.cli import CENSUS_KINDS
+
+    assert CENSUS_KINDS == census.KINDS

@@ -151,3 +151,18 @@ def test_demo_refuses_a_split_that_leaves_nothing_to_evaluate_before_touching_ka
     result = run("demo", "--days", "3", "--train-days", "2", "--purchase-window-days", "1", check=False, cwd=tmp_path)
     assert result.returncode == 1 and "--train-days must leave days to evaluate" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_census_inner_scores_the_training_rows_alone_and_records_nothing(tmp_path):
+    out = tmp_path / "census.json"
+    result = run("census", "--inner", "--kinds", "mmoe", "--experts", "1", "--ensemble", "1", "--epochs", "1",
+                 "--out", str(out))
+    row = next(line.split() for line in result.stdout.splitlines() if line.startswith("mmoe"))
+    assert 0.8 < float(row[1]) <= 1 and 0.9 < float(row[2]) <= 1  # income, never married: well above chance
+    assert not out.exists()
+
+
+def test_census_records_only_runs_of_every_kind(tmp_path):
+    result = run("census", "--kinds", "mmoe", "--out", str(tmp_path / "census.json"), check=False)
+    assert result.returncode == 2
+    assert "a recorded run trains every kind; choose kinds with --inner" in " ".join(result.stderr.replace("│", " ").split())
