@@ -41,7 +41,9 @@ class SourceError(RuntimeError):
 def _consumer(bootstrap_servers: str, **options):
     from kafka import KafkaConsumer
 
+    # read_committed, as the fetcher reads: a snapshot's end is the last stable offset, before open transactions.
     return KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None,
+                         isolation_level="read_committed",
                          client_id="valueloop-join", fetch_max_bytes=64 << 20,
                          max_partition_fetch_bytes=16 << 20, **options)
 

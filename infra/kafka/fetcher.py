@@ -4,7 +4,8 @@ kafka-python's consumer turns every message into a ConsumerRecord through severa
 message on this machine, which caps a core below 50,000 messages/s. Bulk reads of offset ranges (the bounded
 join, replays) need more: this reader fetches a partition's record batches and parses Kafka's v2 format with
 the minimum of Python per record, checking every batch's CRC-32C, skipping control batches (transaction
-markers) and decompressing with kafka-python's codecs.
+markers) and decompressing with kafka-python's codecs. It reads committed data only, as Kafka's consumers do
+with isolation.level=read_committed: aborted transactions are left out, open ones not yet reached.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ _DECOMPRESSORS = {1: kafka_codec.gzip_decode, 2: kafka_codec.snappy_decode, 3: k
                   4: kafka_codec.zstd_decode}
 _OFFSET_AND_LENGTH = struct.Struct(">qi")
 _CONTROL = 0x20
+_TRANSACTIONAL = 0x10
 _LOG_APPEND_TIME = 0x08
 # Errors after which the leader may have moved or come back: look it up again and retry.
 _RETRIABLE = (kafka_errors.NotLeaderForPartitionError, kafka_errors.LeaderNotAvailableError,
@@ -119,25 +121,40 @@ def parse_record_batches(data: bytes, first_offset: int = 0, where: str = "") ->
     return read_record_batches(data, first_offset, where)[0]
 
 
-def read_record_batches(data: bytes, first_offset: int = 0, where: str = "") -> tuple[list[tuple], int]:
+def read_record_batches(data: bytes, first_offset: int = 0, where: str = "",
+                        aborted: list[tuple[int, int]] = ()) -> tuple[list[tuple], int]:
     """`parse_record_batches`, and the offset after the last whole batch in `data` (`first_offset` if none):
     where the next fetch starts. It counts control batches too (a transaction's commit or abort marker), which
-    take an offset and hold no record."""
+    take an offset and hold no record.
+
+    `aborted` is a read_committed fetch's aborted transactions, (producer id, first offset) pairs: their records
+    are left out, as Kafka's own consumer leaves them out. A producer's transaction counts as aborted from its
+    first offset until that producer's abort marker.
+    """
     out: list[tuple] = []
     view = memoryview(data)
     at, next_offset = 0, first_offset
+    pending = sorted(aborted, key=lambda a: a[1], reverse=True)  # popped from the end, lowest first offset first
+    aborting: set[int] = set()
     while at + _BATCH_HEADER.size <= len(data):
         base_offset, length = _OFFSET_AND_LENGTH.unpack_from(data, at)
         end = at + 12 + length
         if end > len(data):
             break
-        (_, _, _, magic, crc, attributes, last_offset_delta, base_ts, max_ts, _, _, _, count) = \
+        (_, _, _, magic, crc, attributes, last_offset_delta, base_ts, max_ts, producer_id, _, _, count) = \
             _BATCH_HEADER.unpack_from(data, at)
         if magic != 2:
             raise CorruptBatchError(f"{where}batch at offset {base_offset} has message format {magic}, not 2")
         if crc32c(view[at + _CRC_FROM:end]) != crc:
             raise CorruptBatchError(f"{where}batch at offset {base_offset} fails its CRC-32C check")
-        if not attributes & _CONTROL:
+        skip = False
+        if pending or aborting:
+            while pending and pending[-1][1] <= base_offset + last_offset_delta:
+                aborting.add(pending.pop()[0])
+            if attributes & _CONTROL and producer_id in aborting and _is_abort_marker(view[at + _BATCH_HEADER.size:end]):
+                aborting.discard(producer_id)
+            skip = bool(attributes & _TRANSACTIONAL) and producer_id in aborting
+        if not attributes & _CONTROL and not skip:
             payload = bytes(view[at + _BATCH_HEADER.size:end])
             codec = attributes & 0x07
             if codec:
@@ -152,9 +169,17 @@ def read_record_batches(data: bytes, first_offset: int = 0, where: str = "") -> 
     return out, next_offset
 
 
+def _is_abort_marker(payload) -> bool:
+    """Whether a control batch's one record is an abort marker: its key is (version int16, type int16), type 0."""
+    record: list = []
+    _records(bytes(payload), 1, 0, 0, None, 0, record)
+    key = record[0][2]
+    return key is not None and len(key) >= 4 and struct.unpack_from(">h", key, 2)[0] == 0
+
+
 class Fetched(NamedTuple):
     records: list[tuple]  # (offset, timestamp_ms, key, value)
-    high_watermark: int  # the partition's end: the offset after its last committed record
+    high_watermark: int  # the end a read_committed reader sees: the last stable offset
     next_offset: int  # where to fetch next: after the last batch read, its records or a transaction marker
 
 
@@ -193,7 +218,7 @@ class PartitionFetcher:
             leaders = self._leaders[topic] = partition_leaders(self._client, topic, self._timeout_ms)
         Topic = FetchRequest.FetchTopic
         request = FetchRequest(
-            replica_id=-1, max_wait_ms=self._max_wait_ms, min_bytes=1, max_bytes=self._max_bytes, isolation_level=0,
+            replica_id=-1, max_wait_ms=self._max_wait_ms, min_bytes=1, max_bytes=self._max_bytes, isolation_level=1,
             session_id=0, session_epoch=-1, forgotten_topics_data=[], rack_id="", max_version=12,
             topics=[Topic(topic=topic, partitions=[Topic.FetchPartition(
                 partition=partition, fetch_offset=offset, partition_max_bytes=self._max_bytes,
@@ -207,8 +232,11 @@ class PartitionFetcher:
             if issubclass(error, _RETRIABLE):
                 raise error(f"{topic}[{partition}]")
             raise FetchError(f"{topic}[{partition}]@{offset}: {error.__name__}")
-        records, next_offset = read_record_batches(answer.records or b"", offset, f"{topic}[{partition}]: ")
-        return Fetched(records, answer.high_watermark, next_offset)
+        aborted = [(a.producer_id, a.first_offset) for a in answer.aborted_transactions or ()]
+        records, next_offset = read_record_batches(answer.records or b"", offset, f"{topic}[{partition}]: ", aborted)
+        # Read committed: the log as a reader sees it ends at the last stable offset, before any open transaction.
+        end = answer.last_stable_offset if answer.last_stable_offset >= 0 else answer.high_watermark
+        return Fetched(records, end, next_offset)
 
     def close(self) -> None:
         self._client.close()

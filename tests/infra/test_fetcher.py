@@ -86,19 +86,23 @@ def test_control_batches_are_skipped_and_log_append_time_applies_to_every_record
     assert [r[1] for r in parse_record_batches(_batch())] == [ts for ts, _, _ in RECORDS]
 
 
-def test_a_transactions_commit_markers_move_the_fetch_on_though_they_hold_no_records(kafka_settings):
+def test_transaction_markers_move_the_fetch_on_and_aborted_transactions_are_left_out(kafka_settings):
     topic = kafka_settings.event_topics["Click"]
     producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, transactional_id="fetcher-test")
     producer.init_transactions()
-    for n in range(3):  # three transactions: record, marker, record, marker, record, marker
+    for n in range(4):  # record and marker, four times over; the third transaction is aborted
         producer.begin_transaction()
         producer.send(topic, f"value {n}".encode(), key=b"k", partition=0, timestamp_ms=1_700_000_000_000 + n)
-        producer.commit_transaction()
+        producer.flush()
+        if n == 2:
+            producer.abort_transaction()
+        else:
+            producer.commit_transaction()
     producer.close()
     fetcher = PartitionFetcher(kafka_settings.bootstrap_servers)
     try:
         end = fetcher.fetch(topic, 0, 0).high_watermark
-        assert end == 6
+        assert end == 8
         records, position = [], 0
         while position < end:
             fetched = fetcher.fetch(topic, 0, position)
@@ -106,8 +110,31 @@ def test_a_transactions_commit_markers_move_the_fetch_on_though_they_hold_no_rec
             records += fetched.records
             position = fetched.next_offset
         assert [(offset, value) for offset, _, _, value in records] == [(0, b"value 0"), (2, b"value 1"),
-                                                                        (4, b"value 2")]
-        assert fetcher.fetch(topic, 0, 5).records == []  # the last marker alone
-        assert fetcher.fetch(topic, 0, 5).next_offset == 6
+                                                                        (6, b"value 3")]
+        # from the aborted record's own offset: past it and its marker to the next committed record
+        assert [r[0] for r in fetcher.fetch(topic, 0, 4).records] == [6]
+        assert fetcher.fetch(topic, 0, 7).records == []  # the last marker alone
+        assert fetcher.fetch(topic, 0, 7).next_offset == 8
     finally:
         fetcher.close()
+
+
+def test_an_open_transaction_ends_the_log_a_committed_reader_sees(kafka_settings):
+    topic = kafka_settings.event_topics["Click"]
+    KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers).send(
+        topic, b"before", key=b"k", partition=0).get(timeout=30)
+    producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, transactional_id="open-test")
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, b"open", key=b"k", partition=0)
+    producer.flush()
+    fetcher = PartitionFetcher(kafka_settings.bootstrap_servers)
+    try:
+        fetched = fetcher.fetch(topic, 0, 0)
+        assert [r[3] for r in fetched.records] == [b"before"]
+        assert fetched.high_watermark == 1
+        producer.commit_transaction()
+        assert [r[3] for r in fetcher.fetch(topic, 0, 0).records] == [b"before", b"open"]
+    finally:
+        fetcher.close()
+        producer.close()

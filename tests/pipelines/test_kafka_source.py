@@ -30,9 +30,10 @@ def test_claims_still_strictly_increase():
         tracker.try_claim(10)
 
 
-def test_a_range_that_ends_in_a_transaction_marker_is_read_to_its_end(kafka_settings):
+def test_ranges_of_transactions_are_read_to_their_end_without_the_aborted_records(kafka_settings):
     """A transactional producer's commit marker takes an offset but holds no record: the last offsets of a
-    snapshot range. The read ends there, with every record, instead of waiting for a record that never comes."""
+    snapshot range. The read ends there, with every committed record, instead of waiting for a record that never
+    comes; an aborted transaction's record is left out."""
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.testing.util import assert_that, equal_to
@@ -43,13 +44,17 @@ def test_a_range_that_ends_in_a_transaction_marker_is_read_to_its_end(kafka_sett
     topic = kafka_settings.event_topics["Click"]
     producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, transactional_id="source-test")
     producer.init_transactions()
-    for n in range(4):
+    for n in range(5):
         producer.begin_transaction()
         producer.send(topic, f"value {n}".encode(), key=b"k", partition=n % 2, timestamp_ms=1_700_000_000_000 + n)
-        producer.commit_transaction()
+        producer.flush()
+        if n == 4:
+            producer.abort_transaction()
+        else:
+            producer.commit_transaction()
     producer.close()
     ranges = snapshot_ranges(kafka_settings.bootstrap_servers, [topic])
-    assert sorted((r.partition, r.stop) for r in ranges if r.stop) == [(0, 4), (1, 4)]
+    assert sorted((r.partition, r.stop) for r in ranges if r.stop) == [(0, 6), (1, 4)]
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         values = (pipeline
                   | ReadKafkaRanges(kafka_settings.bootstrap_servers, ranges, split_size=3, idle_timeout_s=5)
