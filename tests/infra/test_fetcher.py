@@ -1,4 +1,5 @@
 import struct
+import time
 
 import pytest
 from kafka import KafkaProducer
@@ -86,6 +87,15 @@ def test_control_batches_are_skipped_and_log_append_time_applies_to_every_record
     assert [r[1] for r in parse_record_batches(_batch())] == [ts for ts, _, _ in RECORDS]
 
 
+def _end_once_settled(fetcher: PartitionFetcher, topic: str, expected: int) -> int:
+    """Partition 0's end as a committed reader sees it, once it reaches `expected`: a transaction's coordinator
+    answers the commit before it has written the partitions' markers, so the end moves a moment later."""
+    deadline = time.monotonic() + 30
+    while (end := fetcher.fetch(topic, 0, 0).high_watermark) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return end
+
+
 def test_transaction_markers_move_the_fetch_on_and_aborted_transactions_are_left_out(kafka_settings):
     topic = kafka_settings.event_topics["Click"]
     producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, transactional_id="fetcher-test")
@@ -101,7 +111,7 @@ def test_transaction_markers_move_the_fetch_on_and_aborted_transactions_are_left
     producer.close()
     fetcher = PartitionFetcher(kafka_settings.bootstrap_servers)
     try:
-        end = fetcher.fetch(topic, 0, 0).high_watermark
+        end = _end_once_settled(fetcher, topic, 8)
         assert end == 8
         records, position = [], 0
         while position < end:
@@ -134,6 +144,8 @@ def test_an_open_transaction_ends_the_log_a_committed_reader_sees(kafka_settings
         assert [r[3] for r in fetched.records] == [b"before"]
         assert fetched.high_watermark == 1
         producer.commit_transaction()
+        # The coordinator writes the partitions' commit markers after it answers: the end moves soon after.
+        assert _end_once_settled(fetcher, topic, 3) == 3
         assert [r[3] for r in fetcher.fetch(topic, 0, 0).records] == [b"before", b"open"]
     finally:
         fetcher.close()

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange
 
@@ -53,8 +55,15 @@ def test_ranges_of_transactions_are_read_to_their_end_without_the_aborted_record
         else:
             producer.commit_transaction()
     producer.close()
-    ranges = snapshot_ranges(kafka_settings.bootstrap_servers, [topic])
-    assert sorted((r.partition, r.stop) for r in ranges if r.stop) == [(0, 6), (1, 4)]
+    # The coordinator writes the partitions' markers after it answers the last commit or abort: the ends move soon.
+    deadline = time.monotonic() + 30
+    while True:
+        ranges = snapshot_ranges(kafka_settings.bootstrap_servers, [topic])
+        ends = sorted((r.partition, r.stop) for r in ranges if r.stop)
+        if ends == [(0, 6), (1, 4)] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert ends == [(0, 6), (1, 4)]
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         values = (pipeline
                   | ReadKafkaRanges(kafka_settings.bootstrap_servers, ranges, split_size=3, idle_timeout_s=5)
