@@ -87,31 +87,44 @@ def test_control_batches_are_skipped_and_log_append_time_applies_to_every_record
     assert [r[1] for r in parse_record_batches(_batch())] == [ts for ts, _, _ in RECORDS]
 
 
-def _end_once_settled(fetcher: PartitionFetcher, topic: str, expected: int) -> int:
-    """Partition 0's end as a committed reader sees it, once it reaches `expected`: a transaction's coordinator
-    answers the commit before it has written the partitions' markers, so the end moves a moment later."""
+def _settled_end(fetcher: PartitionFetcher, topic: str, partition: int, expected: int) -> int:
+    """A partition's end as a committed reader sees it, once it reaches `expected`: a transaction's coordinator
+    answers a commit or abort before it has written the partitions' markers, so the end moves a moment later."""
     deadline = time.monotonic() + 30
-    while (end := fetcher.fetch(topic, 0, 0).high_watermark) < expected and time.monotonic() < deadline:
+    while (end := fetcher.fetch(topic, partition, 0).high_watermark) < expected and time.monotonic() < deadline:
         time.sleep(0.1)
     return end
 
 
-def test_transaction_markers_move_the_fetch_on_and_aborted_transactions_are_left_out(kafka_settings):
-    topic = kafka_settings.event_topics["Click"]
-    producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, transactional_id="fetcher-test")
+def send_in_transactions(kafka_settings, topic: str, partitions: list[int], aborted: set[int],
+                         transactional_id: str) -> None:
+    """One transaction per record: `value n` to partitions[n], aborted when n is in `aborted`, else committed.
+    Each takes two offsets of its partition, the record's and its marker's; returns once every marker is written."""
+    producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, transactional_id=transactional_id)
     producer.init_transactions()
-    for n in range(4):  # record and marker, four times over; the third transaction is aborted
+    for n, partition in enumerate(partitions):
         producer.begin_transaction()
-        producer.send(topic, f"value {n}".encode(), key=b"k", partition=0, timestamp_ms=1_700_000_000_000 + n)
+        producer.send(topic, f"value {n}".encode(), key=b"k", partition=partition, timestamp_ms=1_700_000_000_000 + n)
         producer.flush()
-        if n == 2:
+        if n in aborted:
             producer.abort_transaction()
         else:
             producer.commit_transaction()
     producer.close()
     fetcher = PartitionFetcher(kafka_settings.bootstrap_servers)
     try:
-        end = _end_once_settled(fetcher, topic, 8)
+        for partition in set(partitions):
+            _settled_end(fetcher, topic, partition, 2 * partitions.count(partition))
+    finally:
+        fetcher.close()
+
+
+def test_transaction_markers_move_the_fetch_on_and_aborted_transactions_are_left_out(kafka_settings):
+    topic = kafka_settings.event_topics["Click"]
+    send_in_transactions(kafka_settings, topic, [0, 0, 0, 0], aborted={2}, transactional_id="fetcher-test")
+    fetcher = PartitionFetcher(kafka_settings.bootstrap_servers)
+    try:
+        end = fetcher.fetch(topic, 0, 0).high_watermark
         assert end == 8
         records, position = [], 0
         while position < end:
@@ -145,7 +158,7 @@ def test_an_open_transaction_ends_the_log_a_committed_reader_sees(kafka_settings
         assert fetched.high_watermark == 1
         producer.commit_transaction()
         # The coordinator writes the partitions' commit markers after it answers: the end moves soon after.
-        assert _end_once_settled(fetcher, topic, 3) == 3
+        assert _settled_end(fetcher, topic, 0, 3) == 3
         assert [r[3] for r in fetcher.fetch(topic, 0, 0).records] == [b"before", b"open"]
     finally:
         fetcher.close()

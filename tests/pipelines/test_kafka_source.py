@@ -1,5 +1,3 @@
-import time
-
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange
 
@@ -39,31 +37,14 @@ def test_ranges_of_transactions_are_read_to_their_end_without_the_aborted_record
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.testing.util import assert_that, equal_to
-    from kafka import KafkaProducer
 
     from pipelines.kafka_source import ReadKafkaRanges, snapshot_ranges
+    from tests.infra.test_fetcher import send_in_transactions
 
     topic = kafka_settings.event_topics["Click"]
-    producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, transactional_id="source-test")
-    producer.init_transactions()
-    for n in range(5):
-        producer.begin_transaction()
-        producer.send(topic, f"value {n}".encode(), key=b"k", partition=n % 2, timestamp_ms=1_700_000_000_000 + n)
-        producer.flush()
-        if n == 4:
-            producer.abort_transaction()
-        else:
-            producer.commit_transaction()
-    producer.close()
-    # The coordinator writes the partitions' markers after it answers the last commit or abort: the ends move soon.
-    deadline = time.monotonic() + 30
-    while True:
-        ranges = snapshot_ranges(kafka_settings.bootstrap_servers, [topic])
-        ends = sorted((r.partition, r.stop) for r in ranges if r.stop)
-        if ends == [(0, 6), (1, 4)] or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert ends == [(0, 6), (1, 4)]
+    send_in_transactions(kafka_settings, topic, [0, 1, 0, 1, 0], aborted={4}, transactional_id="source-test")
+    ranges = snapshot_ranges(kafka_settings.bootstrap_servers, [topic])
+    assert sorted((r.partition, r.stop) for r in ranges if r.stop) == [(0, 6), (1, 4)]
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         values = (pipeline
                   | ReadKafkaRanges(kafka_settings.bootstrap_servers, ranges, split_size=3, idle_timeout_s=5)
