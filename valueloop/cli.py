@@ -432,17 +432,18 @@ def census(
     seeds = tuple(range(7, 7 + ensemble))
     results = run.run(data, base, epochs=epochs, batch_size=batch_size, seeds=seeds,
                       verbose=1 if sys.stderr.isatty() else 0, kinds=tuple(kinds))
+
+    def echo_table(title: str, table: dict[str, dict[str, float]], digits: int) -> None:
+        typer.echo(f"{title:<32}" + "".join(f"{t + ' AUC':>22}" for t in run.TASKS))
+        for name, aucs in table.items():
+            typer.echo(f"{name:<32}" + "".join(f"{aucs[t]:>22.{digits}f}" for t in run.TASKS))
+
     if inner:
-        typer.echo(f"{'model (inner split)':<32}" + "".join(f"{t + ' AUC':>22}" for t in run.TASKS))
-        for name, aucs in results.items():
-            typer.echo(f"{name:<32}" + "".join(f"{aucs[t]:>22.5f}" for t in run.TASKS))
+        echo_table("model (inner split)", results, 5)
         return
     same_split = run.gradient_boosting(data, seed=seed)
-    rows = {**results, "gradient boosting, this split": same_split,
-            "gradient boosting, published": run.REFERENCE_AUC}
-    typer.echo(f"{'model':<32}" + "".join(f"{t + ' AUC':>22}" for t in run.TASKS))
-    for name, aucs in rows.items():
-        typer.echo(f"{name:<32}" + "".join(f"{aucs[t]:>22.4f}" for t in run.TASKS))
+    echo_table("model", {**results, "gradient boosting, this split": same_split,
+                         "gradient boosting, published": run.REFERENCE_AUC}, 4)
     summary = {"mmoe": results["mmoe"], "reference": run.REFERENCE_AUC, "reference_this_split": same_split,
                "goal_met": all(results["mmoe"][t] >= run.REFERENCE_AUC[t] for t in run.TASKS),
                "beats_reference_this_split": all(results["mmoe"][t] >= same_split[t] for t in run.TASKS)}
