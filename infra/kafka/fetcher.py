@@ -151,8 +151,14 @@ def read_record_batches(data: bytes, first_offset: int = 0, where: str = "",
         if pending or aborting:
             while pending and pending[-1][1] <= base_offset + last_offset_delta:
                 aborting.add(pending.pop()[0])
-            if attributes & _CONTROL and producer_id in aborting and _is_abort_marker(view[at + _BATCH_HEADER.size:end]):
-                aborting.discard(producer_id)
+            if attributes & _CONTROL and producer_id in aborting:
+                try:
+                    abort = _is_abort_marker(view[at + _BATCH_HEADER.size:end])
+                except (IndexError, MalformedBody):
+                    raise CorruptBatchError(f"{where}control batch at offset {base_offset} holds no readable "
+                                            "marker") from None
+                if abort:
+                    aborting.discard(producer_id)
             skip = bool(attributes & _TRANSACTIONAL) and producer_id in aborting
         if not attributes & _CONTROL and not skip:
             payload = bytes(view[at + _BATCH_HEADER.size:end])

@@ -5,7 +5,8 @@ import pytest
 from kafka import KafkaProducer
 from kafka.record.util import calc_crc32c
 
-from infra.kafka.fetcher import CorruptBatchError, FetchError, PartitionFetcher, parse_record_batches
+from infra.kafka.fetcher import (CorruptBatchError, FetchError, PartitionFetcher, parse_record_batches,
+                                 read_record_batches)
 from infra.kafka.producer import BatchProducer, RecordBatch
 from tests.infra.test_producer import RECORDS, _read_partitions
 
@@ -85,6 +86,14 @@ def test_control_batches_are_skipped_and_log_append_time_applies_to_every_record
     newest = max(ts for ts, _, _ in RECORDS)
     assert [r[1] for r in parse_record_batches(_batch(attributes=0x08))] == [newest] * len(RECORDS)
     assert [r[1] for r in parse_record_batches(_batch())] == [ts for ts, _, _ in RECORDS]
+
+
+def test_a_control_batch_without_its_marker_is_named_as_corrupt_pure_function():
+    empty = bytearray(RecordBatch().build(0))  # no record where the marker belongs
+    struct.pack_into(">hi", empty, _ATTRIBUTES_AT, 0x30, 0)  # control and transactional; its one offset, 0
+    struct.pack_into(">I", empty, 17, calc_crc32c(memoryview(empty)[_ATTRIBUTES_AT:]))
+    with pytest.raises(CorruptBatchError, match=r"t\[0\]: control batch at offset 0 holds no readable marker"):
+        read_record_batches(bytes(empty), where="t[0]: ", aborted=[(-1, 0)])  # -1: the batch's producer id
 
 
 def _settled_end(fetcher: PartitionFetcher, topic: str, partition: int, expected: int) -> int:
