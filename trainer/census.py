@@ -85,6 +85,20 @@ def split_rows(rows: list[list[str]], seed: int = 0, test_share: float = 0.2) ->
     return [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
 
 
+def bucket_edges(values: np.ndarray, buckets: int) -> np.ndarray:
+    """Edges of a number's buckets (a value equal to an edge falls above it): zero alone, then quantiles of the
+    non-zero values.
+
+    Capital gains and losses, dividends and wages are zero for most people, so quantiles over every row put
+    nearly all their edges at zero, and the few large values, which say most about income, share one bucket.
+    """
+    nonzero = values[values != 0]
+    if not len(nonzero):
+        return np.empty(0)
+    inner = np.quantile(nonzero, np.linspace(0, 1, buckets + 1)[1:-1])
+    return np.unique(np.concatenate([[nonzero.min()], inner])) if (values == 0).any() else np.unique(inner)
+
+
 def split(rows: list[list[str]], seed: int = 0, test_share: float = 0.2) -> Split:
     """Seeded split; one-hot vocabularies and numeric statistics come from the training rows only."""
     train_rows, test_rows = split_rows(rows, seed, test_share)
@@ -92,9 +106,8 @@ def split(rows: list[list[str]], seed: int = 0, test_share: float = 0.2) -> Spli
     vocabularies = {c: {v: k for k, v in enumerate(sorted({r[c] for r in train_rows}))} for c in categorical}
     numbers = np.log1p(np.array([[float(r[c]) for c in NUMERIC] for r in train_rows]))
     mean, std = numbers.mean(axis=0), numbers.std(axis=0) + 1e-6
-    # Numbers also enter as one-hot quantile buckets: income and marriage are far from linear in age or weeks.
-    edges = [np.unique(np.quantile(numbers[:, j], np.linspace(0, 1, QUANTILE_BUCKETS + 1)[1:-1]))
-             for j in range(len(NUMERIC))]
+    # Numbers also enter as one-hot buckets: income and marriage are far from linear in age or weeks.
+    edges = [bucket_edges(numbers[:, j], QUANTILE_BUCKETS) for j in range(len(NUMERIC))]
     bucket_width = sum(len(e) + 1 for e in edges)
 
     def encode(part):

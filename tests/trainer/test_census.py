@@ -39,6 +39,15 @@ def test_the_split_is_seeded_and_never_encodes_a_label_as_a_feature(rows):
         assert not any(np.array_equal(first.x_train[:, j], y) for j in range(first.features))
 
 
+def test_bucket_edges_give_zero_a_bucket_of_its_own_and_split_the_non_zero_values_by_quantile():
+    mostly_zero = np.array([0.0] * 90 + [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    edges = census.bucket_edges(mostly_zero, 2)
+    np.testing.assert_array_equal(edges, [1.0, 5.5])  # zero; 1 to 5; 6 to 10 (quantiles over all rows: all 0)
+    np.testing.assert_array_equal(np.searchsorted(edges, [0.0, 1.0, 5.0, 6.0], side="right"), [0, 1, 1, 2])
+    np.testing.assert_array_equal(census.bucket_edges(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), 2), [3.0])
+    assert len(census.bucket_edges(np.zeros(4), 4)) == 0  # a column of zeros: one bucket
+
+
 def test_each_model_kind_beats_chance_on_a_small_split(rows):
     data = census.split(rows[:12_000], seed=0)
     results = census.run(data, ModelConfig(experts=2, expert_units=[16], tower_units=[8]), epochs=3)
