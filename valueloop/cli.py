@@ -407,6 +407,8 @@ def census(
     ensemble: int = typer.Option(10, help="Networks per model kind, one per seed and held-out tenth; each kind "
                                           "scores their mean."),
     batch_size: int = typer.Option(512, help="Examples per training step."),
+    dropout: float = typer.Option(0.2, help="Dropout after each expert (or shared-bottom) layer, the same for every "
+                                            "kind; chosen on the inner split (README)."),
     kinds: list[str] = typer.Option(list(CENSUS_KINDS), help="Model kinds to train (with --inner; a recorded run "
                                                                "trains all)."),
     inner: bool = typer.Option(False, help="Train and score on a seeded 80/20 split of the training rows alone, "
@@ -428,7 +430,7 @@ def census(
     if inner:
         rows, _test = run.split_rows(rows, seed=seed)
     data = run.split(rows, seed=seed + 1 if inner else seed)
-    base = ModelConfig(experts=experts, expert_units=[64], tower_units=[32])
+    base = ModelConfig(experts=experts, expert_units=[64], tower_units=[32], dropout=dropout)
     seeds = tuple(range(7, 7 + ensemble))
     results = run.run(data, base, epochs=epochs, batch_size=batch_size, seeds=seeds,
                       verbose=1 if sys.stderr.isatty() else 0, kinds=tuple(kinds))
