@@ -48,6 +48,17 @@ def test_bucket_edges_give_zero_a_bucket_of_its_own_and_split_the_non_zero_value
     assert len(census.bucket_edges(np.zeros(4), 4)) == 0  # a column of zeros: one bucket
 
 
+def test_crosses_join_each_crossed_value_to_the_age_band_and_never_a_label():
+    row = [str(v) for v in range(census.FIELDS)]
+    row[census.AGE] = "70"
+    row[19], row[22], row[23], row[12] = "Joint both 65+", "Spouse of householder", "Spouse", "Female"
+    crossed = census.with_crosses([row])[0]
+    assert crossed[:census.FIELDS] == row
+    assert crossed[census.FIELDS:] == ["5|Joint both 65+", "5|Spouse of householder", "5|Spouse", "5|Female"]
+    assert [census.age_band(a) for a in ("0", "17", "18", "24", "25", "64", "65", "90")] == [0, 0, 1, 1, 2, 4, 5, 5]
+    assert not {census.MARITAL, census.WEIGHT, census.INCOME} & set(census.CROSSED)
+
+
 def test_each_model_kind_beats_chance_on_a_small_split(rows):
     data = census.split(rows[:12_000], seed=0)
     results = census.run(data, ModelConfig(experts=2, expert_units=[16], tower_units=[8]), epochs=3)
