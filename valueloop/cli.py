@@ -420,6 +420,8 @@ def census(
     if unknown:
         raise typer.BadParameter(f"unknown kinds {sorted(unknown)}; the kinds are {list(CENSUS_KINDS)}",
                                  param_hint="--kinds")
+    if not 0.0 <= dropout < 1.0:
+        raise typer.BadParameter(f"{dropout} is not a dropout rate: it lies in [0, 1)", param_hint="--dropout")
     if set(kinds) != set(CENSUS_KINDS) and not inner:
         raise typer.BadParameter("a recorded run trains every kind; choose kinds with --inner", param_hint="--kinds")
     from bench.environment import describe

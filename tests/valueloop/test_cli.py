@@ -166,3 +166,9 @@ def test_census_records_only_runs_of_every_kind(tmp_path):
     result = run("census", "--kinds", "mmoe", "--out", str(tmp_path / "census.json"), check=False)
     assert result.returncode == 2
     assert "a recorded run trains every kind; choose kinds with --inner" in " ".join(result.stderr.replace("│", " ").split())
+
+
+def test_census_refuses_a_dropout_outside_zero_to_one_by_its_option_name(tmp_path):
+    result = run("census", "--inner", "--dropout", "1.5", "--out", str(tmp_path / "census.json"), check=False)
+    assert result.returncode == 2
+    assert "--dropout" in result.stderr and "1.5" in result.stderr
