@@ -2,8 +2,8 @@
 
 kafka-python's consumer turns every message into a ConsumerRecord through several layers, about 21 µs a
 message on this machine, which caps a core below 50,000 messages/s. Bulk reads of offset ranges (the bounded
-join, replays) need more: this reader fetches a partition's record batches and parses Kafka's v2 format with
-the minimum of Python per record, checking every batch's CRC-32C, skipping control batches (transaction
+join, replays) need more: this reader fetches a partition's record batches and parses Kafka's v2 format, the
+records themselves in C (`_records.c`), checking every batch's CRC-32C, skipping control batches (transaction
 markers) and decompressing with kafka-python's codecs. It reads committed data only, as Kafka's consumers do
 with isolation.level=read_committed: aborted transactions are left out, open ones not yet reached.
 """
@@ -19,9 +19,9 @@ from kafka import errors as kafka_errors
 from kafka.net.compat import KafkaNetClient
 from kafka.protocol.consumer.fetch import FetchRequest
 
+from infra.kafka._records import RecordFormatError, append_records
 from infra.kafka.metadata import partition_leaders
 from infra.kafka.producer import _BATCH_HEADER, _CRC_FROM
-from schemas.compiled import MalformedBody, read_varint_rest
 
 _DECOMPRESSORS = {1: kafka_codec.gzip_decode, 2: kafka_codec.snappy_decode, 3: kafka_codec.lz4_decode,
                   4: kafka_codec.zstd_decode}
@@ -42,74 +42,6 @@ class CorruptBatchError(ValueError):
 
 class FetchError(RuntimeError):
     """The broker refused a fetch for a reason retrying does not mend (an offset out of range, say)."""
-
-
-def _records(p: bytes, count: int, base_offset: int, base_ts: int, fixed_ts: int | None, first: int, out: list) -> None:
-    """Appends the records of one batch's (decompressed) payload whose offsets are `first` or later.
-
-    Varints of one and two bytes (lengths below 8 KiB, offset deltas below 8,192) are read inline: a call for
-    each of a record's five varints cost a third of the parse.
-    """
-    i = 0
-    for _ in range(count):
-        n = p[i]  # the record's length, zigzagged
-        if n < 0x80:
-            i += 1
-        elif p[i + 1] < 0x80:
-            n, i = (n & 0x7F) | (p[i + 1] << 7), i + 2
-        else:
-            n, i = read_varint_rest(p, i + 1, n)
-        end = i + (n >> 1)
-        i += 1  # attributes, unused
-        n = p[i]  # timestamp delta
-        if n < 0x80:
-            i += 1
-        elif p[i + 1] < 0x80:
-            n, i = (n & 0x7F) | (p[i + 1] << 7), i + 2
-        else:
-            n, i = read_varint_rest(p, i + 1, n)
-        timestamp = base_ts + ((n >> 1) ^ -(n & 1))
-        n = p[i]  # offset delta
-        if n < 0x80:
-            i += 1
-        elif p[i + 1] < 0x80:
-            n, i = (n & 0x7F) | (p[i + 1] << 7), i + 2
-        else:
-            n, i = read_varint_rest(p, i + 1, n)
-        offset = base_offset + (n >> 1)
-        n = p[i]  # key length
-        if n < 0x80:
-            i += 1
-        elif p[i + 1] < 0x80:
-            n, i = (n & 0x7F) | (p[i + 1] << 7), i + 2
-        else:
-            n, i = read_varint_rest(p, i + 1, n)
-        if n == 1:  # zigzagged -1: a null key
-            key = None
-        else:
-            n >>= 1
-            key = p[i:i + n]
-            i += n
-        n = p[i]  # value length
-        if n < 0x80:
-            i += 1
-        elif p[i + 1] < 0x80:
-            n, i = (n & 0x7F) | (p[i + 1] << 7), i + 2
-        else:
-            n, i = read_varint_rest(p, i + 1, n)
-        if n == 1:
-            value = None
-        else:
-            n >>= 1
-            value = p[i:i + n]
-            i += n
-        if i > end:
-            raise CorruptBatchError(f"record at offset {offset} runs past its length")
-        i = end  # headers: unused
-        if offset >= first:
-            out.append((offset, timestamp if fixed_ts is None else fixed_ts, key, value))
-    if i != len(p):
-        raise CorruptBatchError(f"batch at offset {base_offset}: {len(p) - i} bytes after its {count} records")
 
 
 def parse_record_batches(data: bytes, first_offset: int = 0, where: str = "") -> list[tuple]:
@@ -154,22 +86,22 @@ def read_record_batches(data: bytes, first_offset: int = 0, where: str = "",
             if attributes & _CONTROL and producer_id in aborting:
                 try:
                     abort = _is_abort_marker(view[at + _BATCH_HEADER.size:end])
-                except (IndexError, MalformedBody):
+                except RecordFormatError:
                     raise CorruptBatchError(f"{where}control batch at offset {base_offset} holds no readable "
                                             "marker") from None
                 if abort:
                     aborting.discard(producer_id)
             skip = bool(attributes & _TRANSACTIONAL) and producer_id in aborting
         if not attributes & _CONTROL and not skip:
-            payload = bytes(view[at + _BATCH_HEADER.size:end])
+            payload = view[at + _BATCH_HEADER.size:end]
             codec = attributes & 0x07
             if codec:
-                payload = _DECOMPRESSORS[codec](payload)
+                payload = _DECOMPRESSORS[codec](bytes(payload))
             fixed_ts = max_ts if attributes & _LOG_APPEND_TIME else None
             try:
-                _records(payload, count, base_offset, base_ts, fixed_ts, first_offset, out)
-            except (IndexError, MalformedBody):
-                raise CorruptBatchError(f"{where}batch at offset {base_offset} ends inside a record") from None
+                append_records(payload, count, base_offset, base_ts, fixed_ts, first_offset, out)
+            except RecordFormatError as error:
+                raise CorruptBatchError(f"{where}batch at offset {base_offset}: {error}") from None
         next_offset = max(next_offset, base_offset + last_offset_delta + 1)
         at = end
     return out, next_offset
@@ -178,7 +110,7 @@ def read_record_batches(data: bytes, first_offset: int = 0, where: str = "",
 def _is_abort_marker(payload) -> bool:
     """Whether a control batch's one record is an abort marker: its key is (version int16, type int16), type 0."""
     record: list = []
-    _records(bytes(payload), 1, 0, 0, None, 0, record)
+    append_records(payload, 1, 0, 0, None, 0, record)
     key = record[0][2]
     return key is not None and len(key) >= 4 and struct.unpack_from(">h", key, 2)[0] == 0
 

@@ -75,6 +75,19 @@ def test_a_batch_that_fails_its_checksum_is_named_by_offset():
         parse_record_batches(bytes(damaged), where="t[2]: ")
 
 
+_COUNT_AT = 57  # the int32 record count, the header's last field
+
+
+@pytest.mark.parametrize("more, says", [(1, r"the payload holds 4 of the 5 records its batch counts"),
+                                        (-1, r"\d+ bytes after its 3 records")])
+def test_a_batch_whose_records_do_not_match_its_count_is_named_by_offset(more, says):
+    miscounted = bytearray(_batch())
+    struct.pack_into(">i", miscounted, _COUNT_AT, len(RECORDS) + more)
+    struct.pack_into(">I", miscounted, 17, calc_crc32c(memoryview(miscounted)[_ATTRIBUTES_AT:]))
+    with pytest.raises(CorruptBatchError, match=rf"t\[1\]: batch at offset 0: {says}"):
+        parse_record_batches(bytes(miscounted), where="t[1]: ")
+
+
 def test_a_batch_cut_off_at_the_end_of_a_fetch_waits_for_the_next():
     whole = _batch(codec=4)
     assert [r[0] for r in parse_record_batches(whole + whole[:-10])] == [0, 1, 2, 3]

@@ -1,0 +1,343 @@
+/* Avro record bodies to Python dicts, in C: the decoder's work on every event.
+ *
+ * A Reader runs a program that `schemas.compiled.compile_reader` builds from a writer schema and a reader schema
+ * (fields matched by name, reader-only fields left at their defaults, writer-only fields read and dropped):
+ *
+ *   record program = (keys, defaults, steps)
+ *     keys      the reader's field names, in its order: the dict's keys
+ *     defaults  a value per reader field, used when the writer has no such field
+ *     steps     one (code, slot, sub) per writer field, in the writer's order: what to read, which reader
+ *               field receives it (-1: read and drop), and the record program of a nested record
+ *
+ * Codes are the TYPE_* values below; an optional value (a union of null and one type) adds OPTIONAL_NULL_FIRST
+ * or OPTIONAL_NULL_SECOND. Every read is checked against the end of the bytes: bad bytes raise MalformedBody,
+ * or UnicodeDecodeError for a string that is not UTF-8, and never read beyond the buffer.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+enum {
+    TYPE_BOOLEAN = 1, TYPE_INT = 2, TYPE_LONG = 3, TYPE_FLOAT = 4, TYPE_DOUBLE = 5, TYPE_BYTES = 6,
+    TYPE_STRING = 7, TYPE_RECORD = 8,
+    TYPE_MASK = 15, OPTIONAL_NULL_FIRST = 16, OPTIONAL_NULL_SECOND = 32,
+};
+
+#define MAX_FIELDS 256
+
+static PyObject *MalformedBody;
+
+typedef struct Record Record;
+
+typedef struct {
+    int code;
+    Py_ssize_t slot;
+    Record *sub;
+} Step;
+
+struct Record {
+    Py_ssize_t nkeys;
+    PyObject **keys;      /* interned str, owned */
+    PyObject **defaults;  /* owned */
+    Py_ssize_t nsteps;
+    Step *steps;
+};
+
+typedef struct {
+    const uint8_t *b;
+    Py_ssize_t n;
+    Py_ssize_t i;
+} Cursor;
+
+static void free_record(Record *r) {
+    if (r == NULL) return;
+    for (Py_ssize_t k = 0; k < r->nkeys; k++) {
+        Py_XDECREF(r->keys ? r->keys[k] : NULL);
+        Py_XDECREF(r->defaults ? r->defaults[k] : NULL);
+    }
+    for (Py_ssize_t s = 0; r->steps && s < r->nsteps; s++) free_record(r->steps[s].sub);
+    PyMem_Free(r->keys);
+    PyMem_Free(r->defaults);
+    PyMem_Free(r->steps);
+    PyMem_Free(r);
+}
+
+static Record *build_record(PyObject *program) {
+    PyObject *keys, *defaults, *steps;
+    if (!PyArg_ParseTuple(program, "O!O!O!;a record program is (keys, defaults, steps)", &PyTuple_Type, &keys,
+                          &PyTuple_Type, &defaults, &PyTuple_Type, &steps))
+        return NULL;
+    Py_ssize_t nkeys = PyTuple_GET_SIZE(keys), nsteps = PyTuple_GET_SIZE(steps);
+    if (PyTuple_GET_SIZE(defaults) != nkeys || nkeys > MAX_FIELDS || nsteps > MAX_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "a record program needs a default per key, at most 256 fields");
+        return NULL;
+    }
+    Record *r = PyMem_Calloc(1, sizeof(Record));
+    if (r == NULL) return (Record *)PyErr_NoMemory();
+    r->keys = PyMem_Calloc(nkeys ? nkeys : 1, sizeof(PyObject *));
+    r->defaults = PyMem_Calloc(nkeys ? nkeys : 1, sizeof(PyObject *));
+    r->steps = PyMem_Calloc(nsteps ? nsteps : 1, sizeof(Step));
+    r->nkeys = nkeys;
+    r->nsteps = nsteps;
+    if (!r->keys || !r->defaults || !r->steps) {
+        free_record(r);
+        return (Record *)PyErr_NoMemory();
+    }
+    for (Py_ssize_t k = 0; k < nkeys; k++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, k);
+        if (!PyUnicode_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "record keys are str");
+            free_record(r);
+            return NULL;
+        }
+        Py_INCREF(key);
+        PyUnicode_InternInPlace(&key);
+        r->keys[k] = key;
+        r->defaults[k] = Py_NewRef(PyTuple_GET_ITEM(defaults, k));
+    }
+    for (Py_ssize_t s = 0; s < nsteps; s++) {
+        int code;
+        Py_ssize_t slot;
+        PyObject *sub;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(steps, s), "inO;a step is (code, slot, sub)", &code, &slot, &sub)) {
+            free_record(r);
+            return NULL;
+        }
+        int type = code & TYPE_MASK;
+        if (type < TYPE_BOOLEAN || type > TYPE_RECORD || slot < -1 || slot >= nkeys ||
+            (type == TYPE_RECORD && (code & ~TYPE_MASK))) {
+            PyErr_Format(PyExc_ValueError, "step %zd: code %d, slot %zd is not a step of this program", s, code, slot);
+            free_record(r);
+            return NULL;
+        }
+        r->steps[s].code = code;
+        r->steps[s].slot = slot;
+        if (type == TYPE_RECORD && (r->steps[s].sub = build_record(sub)) == NULL) {
+            free_record(r);
+            return NULL;
+        }
+    }
+    return r;
+}
+
+static int malformed(const char *what, Py_ssize_t at) {
+    PyErr_Format(MalformedBody, "%s at byte %zd", what, at);
+    return -1;
+}
+
+static int read_varint(Cursor *c, uint64_t *out) {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (c->i >= c->n) return malformed("the record ends inside a number", c->i);
+        uint8_t byte = c->b[c->i++];
+        value |= (uint64_t)(byte & 0x7F) << shift;
+        if (byte < 0x80) {
+            *out = value;
+            return 0;
+        }
+    }
+    return malformed("a varint longer than 10 bytes ends", c->i);
+}
+
+static int read_long(Cursor *c, int64_t *out) {
+    uint64_t z;
+    if (read_varint(c, &z) < 0) return -1;
+    *out = (int64_t)(z >> 1) ^ -(int64_t)(z & 1);
+    return 0;
+}
+
+static PyObject *read_record(Cursor *c, Record *r, Py_ssize_t single);
+
+/* Reads one value of `code` at the cursor; stores a new reference in *out, or drops it when out is NULL. */
+static int read_value(Cursor *c, int code, Record *sub, PyObject **out) {
+    PyObject *value = NULL;
+    if (code & (OPTIONAL_NULL_FIRST | OPTIONAL_NULL_SECOND)) {
+        if (c->i >= c->n) return malformed("the record ends before a union branch", c->i);
+        uint8_t branch = c->b[c->i++];
+        uint8_t some = (code & OPTIONAL_NULL_FIRST) ? 2 : 0;  /* the zigzagged index of the non-null branch */
+        if (branch == 2 - some) {
+            if (out) *out = Py_NewRef(Py_None);
+            return 0;
+        }
+        if (branch != some) {
+            PyErr_Format(MalformedBody, "union branch byte %d at byte %zd", branch, c->i - 1);
+            return -1;
+        }
+    }
+    switch (code & TYPE_MASK) {
+    case TYPE_BOOLEAN: {
+        if (c->i >= c->n) return malformed("the record ends before a boolean", c->i);
+        uint8_t byte = c->b[c->i++];
+        if (byte > 1) {
+            PyErr_Format(MalformedBody, "boolean byte %d at byte %zd", byte, c->i - 1);
+            return -1;
+        }
+        value = Py_NewRef(byte ? Py_True : Py_False);
+        break;
+    }
+    case TYPE_INT:
+    case TYPE_LONG: {
+        int64_t n;
+        if (read_long(c, &n) < 0) return -1;
+        if (out == NULL) return 0;
+        value = PyLong_FromLongLong(n);
+        break;
+    }
+    case TYPE_FLOAT:
+    case TYPE_DOUBLE: {
+        Py_ssize_t size = (code & TYPE_MASK) == TYPE_FLOAT ? 4 : 8;
+        if (c->n - c->i < size) return malformed("the record ends inside a floating-point number", c->i);
+        double x = size == 4 ? PyFloat_Unpack4((const char *)c->b + c->i, 1)
+                             : PyFloat_Unpack8((const char *)c->b + c->i, 1);
+        if (x == -1.0 && PyErr_Occurred()) return -1;
+        c->i += size;
+        if (out == NULL) return 0;
+        value = PyFloat_FromDouble(x);
+        break;
+    }
+    case TYPE_BYTES:
+    case TYPE_STRING: {
+        int64_t length;
+        Py_ssize_t at = c->i;
+        if (read_long(c, &length) < 0) return -1;
+        if (length < 0 || length > c->n - c->i) {
+            PyErr_Format(MalformedBody, "length %lld at byte %zd overruns the record", (long long)length, at);
+            return -1;
+        }
+        const char *start = (const char *)c->b + c->i;
+        c->i += (Py_ssize_t)length;
+        /* A dropped string is still decoded: bytes that are not UTF-8 make the message malformed either way. */
+        value = (code & TYPE_MASK) == TYPE_STRING ? PyUnicode_DecodeUTF8(start, (Py_ssize_t)length, NULL)
+                                                  : PyBytes_FromStringAndSize(start, (Py_ssize_t)length);
+        break;
+    }
+    case TYPE_RECORD:
+        value = read_record(c, sub, -1);
+        break;
+    }
+    if (value == NULL) return -1;
+    if (out) *out = value;
+    else Py_DECREF(value);
+    return 0;
+}
+
+/* A record's dict; with `single` >= 0, only the value of that reader field (the steps stop after it). */
+static PyObject *read_record(Cursor *c, Record *r, Py_ssize_t single) {
+    PyObject *values[MAX_FIELDS];
+    PyObject *result = NULL;
+    memset(values, 0, sizeof(PyObject *) * r->nkeys);
+    for (Py_ssize_t s = 0; s < r->nsteps; s++) {
+        Step *step = &r->steps[s];
+        if (read_value(c, step->code, step->sub, step->slot >= 0 ? &values[step->slot] : NULL) < 0) goto done;
+    }
+    if (single >= 0) {
+        result = values[single];
+        values[single] = NULL;
+        if (result == NULL) result = Py_NewRef(r->defaults[single]);
+        goto done;
+    }
+    result = _PyDict_NewPresized(r->nkeys);
+    if (result == NULL) goto done;
+    for (Py_ssize_t k = 0; k < r->nkeys; k++) {
+        if (PyDict_SetItem(result, r->keys[k], values[k] ? values[k] : r->defaults[k]) < 0) {
+            Py_CLEAR(result);
+            goto done;
+        }
+    }
+done:
+    for (Py_ssize_t k = 0; k < r->nkeys; k++) Py_XDECREF(values[k]);
+    return result;
+}
+
+/* -- the Reader type --------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Record *record;
+    Py_ssize_t single;
+} Reader;
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"program", "single", NULL};
+    PyObject *program;
+    Py_ssize_t single = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!|n", names, &PyTuple_Type, &program, &single)) return -1;
+    Record *record = build_record(program);
+    if (record == NULL) return -1;
+    if (single < -1 || single >= record->nkeys) {
+        free_record(record);
+        PyErr_SetString(PyExc_ValueError, "single names a reader field by its index");
+        return -1;
+    }
+    free_record(self->record);
+    self->record = record;
+    self->single = single;
+    return 0;
+}
+
+static void Reader_dealloc(Reader *self) {
+    free_record(self->record);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* reader(b, i): the record at byte i of the bytes-like b, and where it ends; a single-field reader returns
+ * only the field's value. */
+static PyObject *Reader_call(Reader *self, PyObject *args, PyObject *kwargs) {
+    Py_buffer buffer;
+    Py_ssize_t start;
+    if (self->record == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader was not initialised");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*n", &buffer, &start)) return NULL;
+    PyObject *result = NULL;
+    if (start < 0 || start > buffer.len) {
+        malformed("the record starts beyond the message", start);
+        goto done;
+    }
+    Cursor c = {(const uint8_t *)buffer.buf, buffer.len, start};
+    PyObject *value = read_record(&c, self->record, self->single);
+    if (value == NULL || self->single >= 0) {
+        result = value;
+        goto done;
+    }
+    result = Py_BuildValue("(Nn)", value, c.i);
+done:
+    PyBuffer_Release(&buffer);
+    return result;
+}
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "schemas._native.Reader",
+    .tp_doc = PyDoc_STR("Reader(program, single=-1): reads Avro record bodies as a compiled program says."),
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_call = (ternaryfunc)Reader_call,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "schemas._native", "Avro record bodies to dicts by compiled programs.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&ReaderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    MalformedBody = PyErr_NewExceptionWithDoc("schemas._native.MalformedBody",
+                                              "The bytes are not a record of the writer schema.",
+                                              PyExc_ValueError, NULL);
+    if (MalformedBody == NULL || PyModule_AddObjectRef(m, "MalformedBody", MalformedBody) < 0 ||
+        PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#define CONSTANT(name) if (PyModule_AddIntConstant(m, #name, name) < 0) { Py_DECREF(m); return NULL; }
+    CONSTANT(TYPE_BOOLEAN) CONSTANT(TYPE_INT) CONSTANT(TYPE_LONG) CONSTANT(TYPE_FLOAT) CONSTANT(TYPE_DOUBLE)
+    CONSTANT(TYPE_BYTES) CONSTANT(TYPE_STRING) CONSTANT(TYPE_RECORD)
+    CONSTANT(OPTIONAL_NULL_FIRST) CONSTANT(OPTIONAL_NULL_SECOND)
+    return m;
+}
