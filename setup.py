@@ -9,11 +9,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["valueloop*", "schemas*", "simulator*", "pipelines*", "trainer*", "infra*", "bench*"]),
-    # The event path's work on every message, in C: Kafka's record format and Avro record bodies read into Python
-    # objects. A C compiler and Python's headers build them at install.
+    # The join's work on every message, in C: Kafka's record format and Avro record bodies read into Python objects,
+    # labeled examples written as tf.Example bytes. A C compiler and Python's headers build them at install.
     ext_modules=[Extension(name, [source], extra_compile_args=["-O2", "-Wall", "-Werror"])
                  for name, source in (("infra.kafka._records", "infra/kafka/_records.c"),
-                                      ("schemas._native", "schemas/_native.c"))],
+                                      ("schemas._native", "schemas/_native.c"),
+                                      ("pipelines._tf_example", "pipelines/_tf_example.c"))],
     package_data={"schemas": ["avro/*.avsc"], "infra": ["kafka/pom.xml", "kafka/log4j2.properties"]},
     # Exact versions of these and of everything beneath them are in requirements.lock, which `make` installs.
     install_requires=[

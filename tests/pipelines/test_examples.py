@@ -46,6 +46,7 @@ def test_the_compiled_writer_writes_the_general_writers_bytes_on_and_off_its_fas
     first = examples[0]
     odd = [
         first._replace(impression_id="i" * 200, surface="é" * 70),  # lengths of two-byte varints
+        first._replace(request_id="r" * 3000, policy="é" * 20_000),  # beyond the writer's first buffer
         first._replace(position=-5, event_time_ms=2**62, label_time_ms=0, dwell_ms=None, click_time_ms=None),
         first._replace(features={**first.features, "item_rating": None}),
         first._replace(features={**first.features, "campaign": "spring"}),  # a feature beyond the schema
