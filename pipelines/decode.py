@@ -75,14 +75,13 @@ class _SplitByShard(beam.DoFn):
         self._shards = shards
 
     def setup(self):
-        self._peek = EventDecoder().peek
+        self._users = EventDecoder().peek_all
 
     def process(self, chunk: KafkaChunk):
-        peek, shards, shard_of = self._peek, self._shards, {}
+        shards, shard_of = self._shards, {}
         by_shard: dict[int, list[tuple]] = {}
-        for record in chunk.records:
-            # A message whose user cannot be read goes to shard 0, where decoding sends it to the dead letters.
-            user = peek(record[3], "user_id")
+        # A message whose user cannot be read goes to shard 0, where decoding sends it to the dead letters.
+        for record, user in zip(chunk.records, self._users([record[3] for record in chunk.records], "user_id")):
             shard = shard_of.get(user)
             if shard is None:
                 shard = shard_of[user] = user_shard(user, shards)
@@ -122,16 +121,13 @@ class _DecodeGroup(_Decode):
     def process(self, shard_chunks):
         shard, chunks = shard_chunks
         events: list[DecodedEvent] = []
+        new = tuple.__new__  # a DecodedEvent from its fields' tuple, without the NamedTuple's Python constructor
         for chunk in chunks:
-            topic, partition = chunk.topic, chunk.partition
-            decode = self._decoders.get(topic, self._unknown_topic).decode
-            for offset, timestamp_ms, key, value in chunk.records:
-                try:
-                    event = decode(value, topic, partition, offset, timestamp_ms)
-                except BadEventError as error:
-                    yield self._dead_letter(error, timestamp_ms, key, value)
-                    continue
-                events.append(DecodedEvent(event.name, event.datum, timestamp_ms))
+            decoder = self._decoders.get(chunk.topic, self._unknown_topic)
+            decoded, bad = decoder.decode_all(chunk.records, chunk.topic, chunk.partition)
+            events += [new(DecodedEvent, fields) for fields in decoded]
+            for (_offset, timestamp_ms, key, value), error in bad:
+                yield self._dead_letter(error, timestamp_ms, key, value)
         self._decoded.inc(len(events))
         yield shard, events
 

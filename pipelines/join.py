@@ -69,19 +69,22 @@ class _LabelShard(beam.DoFn):
             yield partition_of(hour * HOUR_MS), [serialized(e) for e in examples]
 
     def _label_user(self, events: list[DecodedEvent], watermark_ms: int):
-        unique: dict[tuple[str, str], DecodedEvent] = {}
-        for event in events:
-            unique.setdefault((event.name, event.datum["event_id"]), event)
-        if len(unique) < len(events):
-            self._duplicates.inc(len(events) - len(unique))
+        seen: set[tuple[str, str]] = set()
         on_time = []
-        for event in unique.values():
-            lateness = event.delivered_ms - event.datum["event_time_ms"] - self._allowed_lateness_ms
+        allowed_ms = self._allowed_lateness_ms
+        for event in events:
+            name, datum, delivered_ms = event
+            key = (name, datum["event_id"])
+            if key in seen:  # a repeated delivery: the first one counts
+                self._duplicates.inc()
+                continue
+            seen.add(key)
+            lateness = delivered_ms - datum["event_time_ms"] - allowed_ms
             if lateness > 0:
                 self._late.inc()
                 yield beam.pvalue.TaggedOutput(LATE, LateEvent(event, lateness))
             else:
-                on_time.append((event.name, event.datum))
+                on_time.append((name, datum))
         yield from label_user_events(on_time, self._config, watermark_ms)
 
 

@@ -108,6 +108,9 @@ class EventDecoder:
         self._readers: dict[bytes, tuple[SchemaVersion, str, dict, object]] = {}
         self._checks: dict[str, object] = {}
         self._peekers: dict[tuple[bytes, str], object] = {}
+        # Fingerprint -> (record name, compiled reader, value check), once `decode` has read a valid message of
+        # it: what `decode_all` needs to read further messages of that schema without `decode`'s branches.
+        self._known: dict[bytes, tuple[str, object, object]] = {}
 
     def _reader_for(self, fp: bytes) -> tuple[SchemaVersion, str, dict, object] | None:
         if fp not in self._readers:
@@ -165,13 +168,69 @@ class EventDecoder:
                 raise bad(Reason.INVALID_VALUE, f"{name}: {problem}")
         return Event(name, datum)
 
+    def decode_all(self, records: Iterable[tuple], topic: str = "?",
+                   partition: int = -1) -> tuple[list[tuple[str, dict, int]], list[tuple[tuple, BadEventError]]]:
+        """`decode` for each (offset, timestamp_ms, key, value) record of one topic partition, in order: the
+        (name, datum, timestamp_ms) of every event, and every record that is not one with its BadEventError.
+
+        The same results as `decode` record by record, faster: a message of a schema already read, that reads
+        to its end and passes the value check, takes a short path; anything else goes through `decode`.
+        """
+        events: list[tuple[str, dict, int]] = []
+        bad: list[tuple[tuple, BadEventError]] = []
+        known, skew = self._known, self._max_future_skew_ms
+        for record in records:
+            offset, timestamp_ms, _key, raw = record
+            found = known.get(raw[2:HEADER_SIZE]) if raw is not None and raw[:2] == MAGIC else None
+            if found is not None and timestamp_ms > 0:
+                name, read, passes = found
+                try:
+                    datum, end = read(raw, HEADER_SIZE)
+                except Exception:  # decode below says what is wrong
+                    end = -1
+                if end == len(raw) and passes(datum, timestamp_ms + skew):
+                    events.append((name, datum, timestamp_ms))
+                    continue
+            try:
+                event = self.decode(raw, topic, partition, offset, timestamp_ms)
+            except BadEventError as error:
+                bad.append((record, error))
+                continue
+            events.append((event.name, event.datum, timestamp_ms))
+            fp = bytes(raw[2:HEADER_SIZE])
+            compiled = self._readers[fp][3]
+            if compiled is not None and fp not in known:
+                known[fp] = (event.name, compiled, self._checks[event.name])
+        return events, bad
+
     def peek(self, raw: bytes, field: str):
         """The value of a top-level field of a message, read without decoding or checking the rest; None when
         the message cannot say (not single-object, an unknown schema, a body broken before the field). For
         routing a message before `decode` judges it."""
-        if raw is None or raw[:2] != MAGIC:
-            return None
-        fp = bytes(raw[2:HEADER_SIZE])
+        return self.peek_all([raw], field)[0]
+
+    def peek_all(self, messages: Iterable[bytes | None], field: str) -> list:
+        """`peek` for each message, in order, with the lookups made once per schema."""
+        readers: dict[bytes, object] = {}
+        values = []
+        for raw in messages:
+            if raw is None or raw[:2] != MAGIC:
+                values.append(None)
+                continue
+            fp = raw[2:HEADER_SIZE]
+            read = readers.get(fp, False)
+            if read is False:
+                read = readers[fp] = self._field_reader(bytes(fp), field)
+            if read is None:
+                values.append(None)
+                continue
+            try:
+                values.append(read(raw, HEADER_SIZE))
+            except Exception:  # MalformedBody, UnicodeDecodeError: decode will say which
+                values.append(None)
+        return values
+
+    def _field_reader(self, fp: bytes, field: str):
         read = self._peekers.get((fp, field), False)
         if read is False:
             writer = self._registry.by_fingerprint(fp)
@@ -180,9 +239,4 @@ class EventDecoder:
             except UnsupportedSchema:
                 read = None
             self._peekers[(fp, field)] = read
-        if read is None:
-            return None
-        try:
-            return read(raw, HEADER_SIZE)
-        except Exception:  # IndexError, struct.error, MalformedBody, UnicodeDecodeError: decode will say which
-            return None
+        return read

@@ -191,3 +191,30 @@ def test_peek_reads_one_field_and_says_none_for_what_cannot_be_routed():
     assert decoder.peek(b"not avro", "user_id") is None
     assert decoder.peek(MAGIC + bytes(8) + raw[10:], "user_id") is None  # unknown fingerprint
     assert decoder.peek(raw, "no_such_field") is None
+
+
+def test_decode_all_says_what_decode_says_of_each_record_good_or_bad():
+    encoder = EventEncoder()
+    good = encoder.encode("Impression", impression())
+    old = impression()
+    del old["features"]["device"]
+    messages = [
+        good, encoder.encode("Click", CLICK), good[:-3], good + b"\x00", None, b"not avro", MAGIC + bytes(8) + good[10:],
+        encoder.encode("Impression", impression(position=-1)), encoder.encode("Impression", old, version=1),
+        encoder.encode("Impression", impression(event_time_ms=PRODUCED_MS + 2 * 3_600_000)), good,
+    ]
+    stamps = [PRODUCED_MS] * len(messages) + [-1, PRODUCED_MS]  # a record without a timestamp, then one with
+    messages += [good, encoder.encode("Click", CLICK)]
+    records = [(offset, stamp, b"u1", raw) for offset, (stamp, raw) in enumerate(zip(stamps, messages))]
+    expected_events, expected_bad = [], []
+    for offset, stamp, _key, raw in records:
+        try:
+            event = EventDecoder(expected={"Impression"}).decode(raw, "t", 3, offset, stamp)
+        except BadEventError as error:
+            expected_bad.append((offset, error.reason, error.detail))
+            continue
+        expected_events.append((event.name, event.datum, stamp))
+    events, bad = EventDecoder(expected={"Impression"}).decode_all(records, "t", 3)
+    assert events == expected_events and len(events) == 4
+    assert [(record[0], e.reason, e.detail) for record, e in bad] == expected_bad
+    assert all((e.topic, e.partition, e.offset) == ("t", 3, record[0]) for record, e in bad)
