@@ -19,6 +19,7 @@ flink: $(FLINK_JOB_SERVER)
 
 $(VENV)/.installed: requirements.lock setup.py pyproject.toml schemas/_native.c infra/kafka/_records.c pipelines/_tf_example.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "valueloop needs Python 3.11; set PYTHON=python3.11")'
+	@command -v cc >/dev/null || { echo "A C compiler is missing: the join's readers and writer are C (apt-get install gcc python3-dev)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --config-settings editable_mode=compat -e .

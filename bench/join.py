@@ -76,15 +76,17 @@ def step_costs(settings: Settings) -> dict:
     events in one process: what a run on a runner costs beyond their sum is the runner's and the grouping's.
 
     Reading is the bulk fetcher's (record batches parsed); routing, the user id read from each message to pick
-    its group; labeling, `label_user_events` per user with the watermark at the newest event time; writing,
+    its group; decoding, `EventDecoder.decode_all` over each fetch's records; labeling, `label_user_events` per user with the watermark at the newest event time; writing,
     tf.Example bytes and their TFRecord frames for every example, given per event.
     """
     from infra.kafka.fetcher import PartitionFetcher
     from pipelines.examples import _framed, serialize_example
     from pipelines.kafka_source import snapshot_ranges
     from pipelines.labeling import label_user_events
-    from schemas import BadEventError, EventDecoder
+    from pipelines.worker import collect_garbage_less_often
+    from schemas import EventDecoder
 
+    collect_garbage_less_often()  # as the join's workers do
     seconds: dict[str, float] = {}
 
     def timed(step: str, work):
@@ -94,27 +96,27 @@ def step_costs(settings: Settings) -> dict:
         return result
 
     def read() -> list[tuple]:
-        fetcher, records = PartitionFetcher(settings.kafka.bootstrap_servers, client_id="valueloop-bench"), []
+        fetcher, chunks = PartitionFetcher(settings.kafka.bootstrap_servers, client_id="valueloop-bench"), []
         for r in snapshot_ranges(settings.kafka.bootstrap_servers, settings.kafka.event_topics.values()):
             position = r.start
             while position < r.stop:
                 fetched = fetcher.fetch(r.topic, r.partition, position)
                 if fetched.next_offset == position:
                     raise RuntimeError(f"{r.topic}[{r.partition}]: nothing to read at {position}, below {r.stop}")
-                records += [(r.topic, r.partition, *x) for x in fetched.records if x[0] < r.stop]
+                chunks.append((r.topic, r.partition, [x for x in fetched.records if x[0] < r.stop]))
                 position = fetched.next_offset
         fetcher.close()
-        return records
+        return chunks
+
+    def route() -> list:
+        peek_all = EventDecoder().peek_all
+        return [peek_all([record[3] for record in records], "user_id") for _, _, records in chunks]
 
     def decode() -> list[tuple]:
         decoder, events = EventDecoder(), []
-        for topic, partition, offset, timestamp_ms, _key, value in records:
-            try:
-                event = decoder.decode(value, topic, partition, offset, timestamp_ms)
-            except BadEventError:
-                continue
-            events.append((event.name, event.datum))
-        return events
+        for topic, partition, records in chunks:
+            events += decoder.decode_all(records, topic, partition)[0]
+        return [(name, datum) for name, datum, _delivered_ms in events]
 
     def label() -> list:
         by_user: dict[str, list] = {}
@@ -124,14 +126,14 @@ def step_costs(settings: Settings) -> dict:
         return [e for user_events in by_user.values()
                 for e in label_user_events(user_events, settings.join.labels, watermark_ms)]
 
-    records = timed("read", read)
-    peek = EventDecoder().peek
-    timed("route", lambda: [peek(record[5], "user_id") for record in records])
+    chunks = timed("read", read)
+    timed("route", route)
     events = timed("decode", decode)
     examples = timed("label", label)
     timed("write", lambda: b"".join(_framed(serialize_example(e)) for e in examples))
-    return {"events": len(records), "seconds": sum(seconds.values()), "examples": len(examples),
-            "us_per_event": {step: round(s / len(records) * 1e6, 2) for step, s in seconds.items()},
+    read = sum(len(records) for _, _, records in chunks)
+    return {"events": read, "seconds": sum(seconds.values()), "examples": len(examples),
+            "us_per_event": {step: round(s / read * 1e6, 2) for step, s in seconds.items()},
             "write_us_per_example": round(seconds["write"] / max(len(examples), 1) * 1e6, 2)}
 
 
