@@ -110,6 +110,28 @@ class LabelImpressions(beam.PTransform):
         return LabeledStreams(outputs[EXAMPLES], outputs[LATE])
 
 
+class _OldestOfNewest(beam.CombineFn):
+    """KafkaChunks to the newest record time of each partition (the accumulator), then the oldest of those."""
+
+    def create_accumulator(self) -> dict:
+        return {}
+
+    def add_input(self, newest: dict, chunk) -> dict:
+        partition = (chunk.topic, chunk.partition)
+        newest[partition] = max(newest.get(partition, NO_WATERMARK), max(record[1] for record in chunk.records))
+        return newest
+
+    def merge_accumulators(self, accumulators) -> dict:
+        merged: dict = {}
+        for newest in accumulators:
+            for partition, time_ms in newest.items():
+                merged[partition] = max(merged.get(partition, NO_WATERMARK), time_ms)
+        return merged
+
+    def extract_output(self, newest: dict) -> int:
+        return min(newest.values()) if newest else NO_WATERMARK
+
+
 class EstimateWatermark(beam.PTransform):
     """KafkaChunks to the bounded input's watermark: per partition the newest record time, the minimum over partitions, less
     the out-of-orderness bound. Every event time at or before it has (up to the allowed lateness) been read."""
@@ -121,9 +143,6 @@ class EstimateWatermark(beam.PTransform):
     def expand(self, chunks):
         bound = self._bound
         return (chunks
-                | "Record time by partition" >> beam.Map(
-                    lambda c: ((c.topic, c.partition), max(r[1] for r in c.records)))
-                | "Newest per partition" >> beam.CombinePerKey(max)
-                | "Drop partition" >> beam.Values()
-                | "Oldest of the partitions" >> beam.CombineGlobally(min).without_defaults()
+                | "Oldest of the partitions' newest record times" >> beam.CombineGlobally(
+                    _OldestOfNewest()).without_defaults()
                 | "Less the out-of-orderness bound" >> beam.Map(lambda t: t - bound))
