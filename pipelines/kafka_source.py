@@ -189,11 +189,16 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
 
 class ReadKafkaRanges(beam.PTransform):
     """Reads the given offset ranges: KafkaChunks of up to `chunk_size` records, in offset order within a
-    partition, read with `infra.kafka.fetcher` (kafka-python's network client, record batches parsed in bulk)."""
+    partition, read with `infra.kafka.fetcher` (kafka-python's network client, record batches parsed in bulk).
+
+    With `spread`, the ranges are shuffled to the runner's workers before they are read, for a runner that would
+    otherwise read them all in the worker that started the job; a runner of one worker has nothing to gain by it.
+    """
 
     def __init__(self, bootstrap_servers: str, ranges: list[PartitionRange], split_size: int = 50_000,
-                 chunk_size: int = 5_000, idle_timeout_s: float = 60.0):
+                 chunk_size: int = 5_000, idle_timeout_s: float = 60.0, spread: bool = True):
         super().__init__()
+        self._spread = spread
         self._bootstrap = bootstrap_servers
         self._ranges = [r for r in ranges if r.stop > r.start]
         self._split_size = split_size
@@ -202,7 +207,7 @@ class ReadKafkaRanges(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "Offset ranges" >> beam.Create(self._ranges)
+                | "Offset ranges" >> beam.Create(self._ranges, reshuffle=self._spread)
                 | "Read offset ranges" >> beam.ParDo(
                     _ReadRange(self._bootstrap, self._split_size, self._chunk_size, self._idle_timeout_s))
                 .with_output_types(KafkaChunk))

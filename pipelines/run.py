@@ -195,7 +195,9 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
               "ranges_digest": hashlib.sha256(json.dumps([list(r) for r in ranges]).encode()).hexdigest()[:16]}
     runner_impl, options = _runner(runner, settings)
     pipeline = beam.Pipeline(runner=runner_impl, options=options)
-    chunks = pipeline | "Read Kafka offset ranges" >> ReadKafkaRanges(kafka.bootstrap_servers, ranges, settings.split_size)
+    spread = runner == "direct" and settings.direct_num_workers > 1  # the Flink job runs at parallelism 1
+    chunks = pipeline | "Read Kafka offset ranges" >> ReadKafkaRanges(
+        kafka.bootstrap_servers, ranges, settings.split_size, spread=spread)
     groups = chunks | "Group by user" >> GroupByUserShard(settings.user_shards)
     decoded = groups | "Decode events" >> DecodeEventGroups(kafka.event_topics)
     decoded.dead_letters | "Dead letters" >> WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic)
