@@ -121,11 +121,10 @@ class _DecodeGroup(_Decode):
     def process(self, shard_chunks):
         shard, chunks = shard_chunks
         events: list[DecodedEvent] = []
-        new = tuple.__new__  # a DecodedEvent from its fields' tuple, without the NamedTuple's Python constructor
         for chunk in chunks:
             decoder = self._decoders.get(chunk.topic, self._unknown_topic)
-            decoded, bad = decoder.decode_all(chunk.records, chunk.topic, chunk.partition)
-            events += [new(DecodedEvent, fields) for fields in decoded]
+            decoded, bad = decoder.decode_all(chunk.records, chunk.topic, chunk.partition, DecodedEvent)
+            events += decoded
             for (_offset, timestamp_ms, key, value), error in bad:
                 yield self._dead_letter(error, timestamp_ms, key, value)
         self._decoded.inc(len(events))

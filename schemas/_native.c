@@ -319,8 +319,111 @@ static PyTypeObject ReaderType = {
     .tp_call = (ternaryfunc)Reader_call,
 };
 
+/* -- the decoder's short path ------------------------------------------------------------------------------ */
+
+#define HEADER_SIZE 10 /* 0xC3 0x01, then the writer schema's 8-byte fingerprint */
+
+/* decode_known(records, start, known, skew_ms, event_type, events): see the docstring below. */
+static PyObject *decode_known(PyObject *self, PyObject *args) {
+    PyObject *records, *known, *event_type, *events;
+    Py_ssize_t start;
+    long long skew_ms;
+    if (!PyArg_ParseTuple(args, "O!nO!LO!O!", &PyList_Type, &records, &start, &PyDict_Type, &known, &skew_ms,
+                          &PyType_Type, &event_type, &PyList_Type, &events))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)event_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "event_type is a tuple type");
+        return NULL;
+    }
+    char last_fp[8];
+    PyObject *entry = NULL; /* borrowed from `known`: (name, reader, passes) for last_fp */
+    Py_ssize_t n = PyList_GET_SIZE(records), i;
+    for (i = start < 0 ? 0 : start; i < n; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) != 4) break;
+        PyObject *raw = PyTuple_GET_ITEM(record, 3), *stamp = PyTuple_GET_ITEM(record, 1);
+        if (!PyBytes_Check(raw) || !PyLong_Check(stamp)) break;
+        const char *b = PyBytes_AS_STRING(raw);
+        Py_ssize_t size = PyBytes_GET_SIZE(raw);
+        if (size < HEADER_SIZE || b[0] != (char)0xC3 || b[1] != 0x01) break;
+        long long timestamp_ms = PyLong_AsLongLong(stamp);
+        if (timestamp_ms <= 0) {
+            PyErr_Clear();
+            break;
+        }
+        if (entry == NULL || memcmp(last_fp, b + 2, 8) != 0) {
+            PyObject *fp = PyBytes_FromStringAndSize(b + 2, 8);
+            if (fp == NULL) return NULL;
+            entry = PyDict_GetItemWithError(known, fp);
+            Py_DECREF(fp);
+            if (entry == NULL) {
+                if (PyErr_Occurred()) return NULL;
+                break;
+            }
+            if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3 ||
+                !PyObject_TypeCheck(PyTuple_GET_ITEM(entry, 1), &ReaderType) ||
+                ((Reader *)PyTuple_GET_ITEM(entry, 1))->single >= 0) {
+                PyErr_SetString(PyExc_TypeError, "known maps a fingerprint to (name, Reader, passes)");
+                return NULL;
+            }
+            memcpy(last_fp, b + 2, 8);
+        }
+        Reader *reader = (Reader *)PyTuple_GET_ITEM(entry, 1);
+        Cursor c = {(const uint8_t *)b, size, HEADER_SIZE};
+        PyObject *datum = read_record(&c, reader->record, -1);
+        if (datum == NULL) {
+            PyErr_Clear(); /* the caller's decode says what is wrong */
+            break;
+        }
+        if (c.i != size) {
+            Py_DECREF(datum);
+            break;
+        }
+        PyObject *latest = PyLong_FromLongLong(timestamp_ms + skew_ms);
+        PyObject *verdict = latest ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(entry, 2), datum, latest, NULL)
+                                   : NULL;
+        Py_XDECREF(latest);
+        if (verdict == NULL) {
+            Py_DECREF(datum);
+            return NULL;
+        }
+        int passes = PyObject_IsTrue(verdict);
+        Py_DECREF(verdict);
+        if (passes != 1) {
+            Py_DECREF(datum);
+            if (passes < 0) return NULL;
+            break;
+        }
+        PyTypeObject *type = (PyTypeObject *)event_type;
+        PyObject *event = type == &PyTuple_Type ? PyTuple_New(3) : type->tp_alloc(type, 3);
+        if (event == NULL) {
+            Py_DECREF(datum);
+            return NULL;
+        }
+        PyObject *name = PyTuple_GET_ITEM(entry, 0);
+        PyTuple_SET_ITEM(event, 0, Py_NewRef(name));
+        PyTuple_SET_ITEM(event, 1, datum);
+        PyTuple_SET_ITEM(event, 2, Py_NewRef(stamp));
+        int appended = PyList_Append(events, event);
+        Py_DECREF(event);
+        if (appended < 0) return NULL;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+static PyMethodDef methods[] = {
+    {"decode_known", decode_known, METH_VARARGS,
+     PyDoc_STR("decode_known(records, start, known, skew_ms, event_type, events): the decoder's short path. From "
+               "records[start] on, each (offset, timestamp_ms, key, value) record whose value is a single-object "
+               "message of a fingerprint in `known` (fingerprint -> (name, Reader, passes)), reads to its end, has "
+               "a timestamp above zero and passes(datum, timestamp_ms + skew_ms) is appended to `events` as "
+               "event_type((name, datum, timestamp_ms)). Returns the index of the first record it did not take: "
+               "the caller decodes that one the long way, and goes on after it.")},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "schemas._native", "Avro record bodies to dicts by compiled programs.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "schemas._native", "Avro record bodies to dicts by compiled programs.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {

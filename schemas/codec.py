@@ -12,6 +12,7 @@ from typing import Iterable, NamedTuple
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
+from schemas._native import decode_known
 from schemas.compiled import UnsupportedSchema, compile_field_reader, compile_reader, compile_record
 from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
 from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS, compile_check, find_problem
@@ -168,40 +169,37 @@ class EventDecoder:
                 raise bad(Reason.INVALID_VALUE, f"{name}: {problem}")
         return Event(name, datum)
 
-    def decode_all(self, records: Iterable[tuple], topic: str = "?",
-                   partition: int = -1) -> tuple[list[tuple[str, dict, int]], list[tuple[tuple, BadEventError]]]:
-        """`decode` for each (offset, timestamp_ms, key, value) record of one topic partition, in order: the
-        (name, datum, timestamp_ms) of every event, and every record that is not one with its BadEventError.
+    def decode_all(self, records: Iterable[tuple], topic: str = "?", partition: int = -1,
+                   event_type: type = tuple) -> tuple[list[tuple], list[tuple[tuple, BadEventError]]]:
+        """`decode` for each (offset, timestamp_ms, key, value) record of one topic partition, in order: every
+        event as `event_type((name, datum, timestamp_ms))` (a tuple, or a NamedTuple of those three fields), and
+        every record that is not one with its BadEventError.
 
         The same results as `decode` record by record, faster: a message of a schema already read, that reads
-        to its end and passes the value check, takes a short path; anything else goes through `decode`.
+        to its end and passes the value check, takes a short path in C (`_native.decode_known`); anything else
+        goes through `decode`.
         """
-        events: list[tuple[str, dict, int]] = []
+        records = records if isinstance(records, list) else list(records)
+        events: list[tuple] = []
         bad: list[tuple[tuple, BadEventError]] = []
-        known, skew = self._known, self._max_future_skew_ms
-        for record in records:
+        at = 0
+        while True:
+            at = decode_known(records, at, self._known, self._max_future_skew_ms, event_type, events)
+            if at == len(records):
+                return events, bad
+            record = records[at]
+            at += 1
             offset, timestamp_ms, _key, raw = record
-            found = known.get(raw[2:HEADER_SIZE]) if raw is not None and raw[:2] == MAGIC else None
-            if found is not None and timestamp_ms > 0:
-                name, read, passes = found
-                try:
-                    datum, end = read(raw, HEADER_SIZE)
-                except Exception:  # decode below says what is wrong
-                    end = -1
-                if end == len(raw) and passes(datum, timestamp_ms + skew):
-                    events.append((name, datum, timestamp_ms))
-                    continue
             try:
                 event = self.decode(raw, topic, partition, offset, timestamp_ms)
             except BadEventError as error:
                 bad.append((record, error))
                 continue
-            events.append((event.name, event.datum, timestamp_ms))
+            events.append(tuple.__new__(event_type, (event.name, event.datum, timestamp_ms)))
             fp = bytes(raw[2:HEADER_SIZE])
             compiled = self._readers[fp][3]
-            if compiled is not None and fp not in known:
-                known[fp] = (event.name, compiled, self._checks[event.name])
-        return events, bad
+            if compiled is not None and fp not in self._known:
+                self._known[fp] = (event.name, compiled, self._checks[event.name])
 
     def peek(self, raw: bytes, field: str):
         """The value of a top-level field of a message, read without decoding or checking the rest; None when

@@ -1,5 +1,6 @@
 import io
 import struct
+from typing import NamedTuple
 
 import pytest
 from fastavro import schemaless_writer
@@ -193,6 +194,12 @@ def test_peek_reads_one_field_and_says_none_for_what_cannot_be_routed():
     assert decoder.peek(raw, "no_such_field") is None
 
 
+class _Delivered(NamedTuple):
+    name: str
+    datum: dict
+    delivered_ms: int
+
+
 def test_decode_all_says_what_decode_says_of_each_record_good_or_bad():
     encoder = EventEncoder()
     good = encoder.encode("Impression", impression())
@@ -216,5 +223,8 @@ def test_decode_all_says_what_decode_says_of_each_record_good_or_bad():
         expected_events.append((event.name, event.datum, stamp))
     events, bad = EventDecoder(expected={"Impression"}).decode_all(records, "t", 3)
     assert events == expected_events and len(events) == 4
+    typed, _ = EventDecoder(expected={"Impression"}).decode_all(iter(records), "t", 3, _Delivered)
+    assert typed == expected_events and all(type(e) is _Delivered for e in typed)
+    assert typed[0].delivered_ms == PRODUCED_MS
     assert [(record[0], e.reason, e.detail) for record, e in bad] == expected_bad
     assert all((e.topic, e.partition, e.offset) == ("t", 3, record[0]) for record, e in bad)
