@@ -411,7 +411,62 @@ static PyObject *decode_known(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(i);
 }
 
+/* peek_known(messages, start, readers, values): see the docstring below. */
+static PyObject *peek_known(PyObject *self, PyObject *args) {
+    PyObject *messages, *readers, *values;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "O!nO!O!", &PyList_Type, &messages, &start, &PyDict_Type, &readers, &PyList_Type,
+                          &values))
+        return NULL;
+    char last_fp[8];
+    PyObject *reader = NULL; /* borrowed from `readers`, for last_fp; Py_None for a schema without the field */
+    Py_ssize_t n = PyList_GET_SIZE(messages), i;
+    for (i = start < 0 ? 0 : start; i < n; i++) {
+        PyObject *raw = PyList_GET_ITEM(messages, i), *value = Py_None;
+        if (PyBytes_Check(raw) && PyBytes_GET_SIZE(raw) >= HEADER_SIZE && PyBytes_AS_STRING(raw)[0] == (char)0xC3 &&
+            PyBytes_AS_STRING(raw)[1] == 0x01) {
+            const char *b = PyBytes_AS_STRING(raw);
+            if (reader == NULL || memcmp(last_fp, b + 2, 8) != 0) {
+                PyObject *fp = PyBytes_FromStringAndSize(b + 2, 8);
+                if (fp == NULL) return NULL;
+                reader = PyDict_GetItemWithError(readers, fp);
+                Py_DECREF(fp);
+                if (reader == NULL) {
+                    if (PyErr_Occurred()) return NULL;
+                    break; /* a schema not met before: the caller finds its reader */
+                }
+                if (reader != Py_None && (!PyObject_TypeCheck(reader, &ReaderType) || ((Reader *)reader)->single < 0)) {
+                    PyErr_SetString(PyExc_TypeError, "readers maps a fingerprint to a single-field Reader or None");
+                    return NULL;
+                }
+                memcpy(last_fp, b + 2, 8);
+            }
+            if (reader != Py_None) {
+                Cursor c = {(const uint8_t *)b, PyBytes_GET_SIZE(raw), HEADER_SIZE};
+                Reader *r = (Reader *)reader;
+                value = read_record(&c, r->record, r->single);
+                if (value == NULL) {
+                    PyErr_Clear(); /* a body broken before the field: None, and decoding will say why */
+                    value = Py_None;
+                } else {
+                    int appended = PyList_Append(values, value);
+                    Py_DECREF(value);
+                    if (appended < 0) return NULL;
+                    continue;
+                }
+            }
+        }
+        if (PyList_Append(values, value) < 0) return NULL;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
 static PyMethodDef methods[] = {
+    {"peek_known", peek_known, METH_VARARGS,
+     PyDoc_STR("peek_known(messages, start, readers, values): from messages[start] on, appends to `values` what "
+               "the single-field Reader of each message's fingerprint (`readers`: fingerprint -> Reader, or None "
+               "for a schema without the field) reads, or None for a message that cannot say. Returns the index "
+               "of the first message whose fingerprint `readers` lacks, or len(messages).")},
     {"decode_known", decode_known, METH_VARARGS,
      PyDoc_STR("decode_known(records, start, known, skew_ms, event_type, events): the decoder's short path. From "
                "records[start] on, each (offset, timestamp_ms, key, value) record whose value is a single-object "

@@ -12,7 +12,7 @@ from typing import Iterable, NamedTuple
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
-from schemas._native import decode_known
+from schemas._native import decode_known, peek_known
 from schemas.compiled import UnsupportedSchema, compile_field_reader, compile_reader, compile_record
 from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
 from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS, compile_check, find_problem
@@ -108,7 +108,7 @@ class EventDecoder:
         self._max_future_skew_ms = max_future_skew_ms
         self._readers: dict[bytes, tuple[SchemaVersion, str, dict, object]] = {}
         self._checks: dict[str, object] = {}
-        self._peekers: dict[tuple[bytes, str], object] = {}
+        self._peekers: dict[str, dict[bytes, object]] = {}  # field -> fingerprint -> its reader, or None
         # Fingerprint -> (record name, compiled reader, value check), once `decode` has read a valid message of
         # it: what `decode_all` needs to read further messages of that schema without `decode`'s branches.
         self._known: dict[bytes, tuple[str, object, object]] = {}
@@ -208,33 +208,22 @@ class EventDecoder:
         return self.peek_all([raw], field)[0]
 
     def peek_all(self, messages: Iterable[bytes | None], field: str) -> list:
-        """`peek` for each message, in order, with the lookups made once per schema."""
-        readers: dict[bytes, object] = {}
-        values = []
-        for raw in messages:
-            if raw is None or raw[:2] != MAGIC:
-                values.append(None)
-                continue
-            fp = raw[2:HEADER_SIZE]
-            read = readers.get(fp, False)
-            if read is False:
-                read = readers[fp] = self._field_reader(bytes(fp), field)
-            if read is None:
-                values.append(None)
-                continue
-            try:
-                values.append(read(raw, HEADER_SIZE))
-            except Exception:  # MalformedBody, UnicodeDecodeError: decode will say which
-                values.append(None)
+        """`peek` for each message, in order, in C (`_native.peek_known`) for every schema met before."""
+        messages = messages if isinstance(messages, list) else list(messages)
+        readers = self._peekers.setdefault(field, {})
+        values: list = []
+        at = peek_known(messages, 0, readers, values)
+        while at < len(messages):  # a schema not met before
+            fp = bytes(messages[at][2:HEADER_SIZE])
+            readers[fp] = self._field_reader(fp, field)
+            at = peek_known(messages, at, readers, values)
         return values
 
     def _field_reader(self, fp: bytes, field: str):
-        read = self._peekers.get((fp, field), False)
-        if read is False:
-            writer = self._registry.by_fingerprint(fp)
-            try:
-                read = compile_field_reader(writer.raw, field) if writer is not None else None
-            except UnsupportedSchema:
-                read = None
-            self._peekers[(fp, field)] = read
-        return read
+        """The single-field reader of `field` for messages of fingerprint `fp`; None when no kept schema has that
+        fingerprint, or its schema has no such field."""
+        writer = self._registry.by_fingerprint(fp)
+        try:
+            return compile_field_reader(writer.raw, field) if writer is not None else None
+        except UnsupportedSchema:
+            return None
