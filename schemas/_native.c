@@ -319,6 +319,124 @@ static PyTypeObject ReaderType = {
     .tp_call = (ternaryfunc)Reader_call,
 };
 
+/* -- value checks ------------------------------------------------------------------------------------------
+ *
+ * Check(rules) tests a datum against `schemas.validation`'s rules, one (field, kind, low, low allowed, high,
+ * high allowed) per field: NOT_EMPTY (the value is truthy), BOUNDS (null, or within the bounds; None is no
+ * bound) and EVENT_TIME (null, or above `low` and at most the latest event time the call allows). A field the
+ * datum lacks fails: `validation.find_problem` then says what is wrong.
+ */
+
+enum { CHECK_NOT_EMPTY = 1, CHECK_EVENT_TIME = 2, CHECK_BOUNDS = 3 };
+
+typedef struct {
+    PyObject *key, *low, *high; /* owned */
+    int kind, low_allowed, high_allowed;
+} Rule;
+
+typedef struct {
+    PyObject_HEAD
+    Rule *rules;
+    Py_ssize_t nrules;
+} Check;
+
+static int within(PyObject *value, PyObject *low, int low_allowed, PyObject *high, int high_allowed) {
+    int ok = 1;
+    if (low != Py_None) ok = PyObject_RichCompareBool(value, low, low_allowed ? Py_GE : Py_GT);
+    if (ok == 1 && high != Py_None) ok = PyObject_RichCompareBool(value, high, high_allowed ? Py_LE : Py_LT);
+    return ok;
+}
+
+/* 1 when the datum passes, 0 when it does not, -1 on error. */
+static int check_datum(Check *self, PyObject *datum, long long latest_ms) {
+    if (!PyDict_Check(datum)) return 0;
+    for (Py_ssize_t k = 0; k < self->nrules; k++) {
+        Rule *rule = &self->rules[k];
+        PyObject *value = PyDict_GetItemWithError(datum, rule->key);
+        if (value == NULL) return PyErr_Occurred() ? -1 : 0;
+        int ok;
+        if (rule->kind == CHECK_NOT_EMPTY) {
+            ok = PyObject_IsTrue(value);
+        } else if (value == Py_None) {
+            ok = 1;
+        } else if (rule->kind == CHECK_BOUNDS) {
+            ok = within(value, rule->low, rule->low_allowed, rule->high, rule->high_allowed);
+        } else {
+            PyObject *latest = PyLong_FromLongLong(latest_ms);
+            if (latest == NULL) return -1;
+            ok = within(value, rule->low, rule->low_allowed, latest, 1);
+            Py_DECREF(latest);
+        }
+        if (ok != 1) return ok;
+    }
+    return 1;
+}
+
+static void Check_dealloc(Check *self) {
+    for (Py_ssize_t k = 0; self->rules && k < self->nrules; k++) {
+        Py_XDECREF(self->rules[k].key);
+        Py_XDECREF(self->rules[k].low);
+        Py_XDECREF(self->rules[k].high);
+    }
+    PyMem_Free(self->rules);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Check_init(Check *self, PyObject *args, PyObject *kwargs) {
+    PyObject *rules;
+    if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &rules)) return -1;
+    if (self->rules != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a Check is initialised once");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(rules);
+    self->rules = PyMem_Calloc(n ? n : 1, sizeof(Rule));
+    if (self->rules == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->nrules = n;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Rule *rule = &self->rules[k];
+        PyObject *key, *low, *high;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(rules, k), "O!iOpOp;a rule is (field, kind, low, low allowed, high, "
+                              "high allowed)", &PyUnicode_Type, &key, &rule->kind, &low, &rule->low_allowed, &high,
+                              &rule->high_allowed))
+            return -1;
+        if (rule->kind < CHECK_NOT_EMPTY || rule->kind > CHECK_BOUNDS) {
+            PyErr_Format(PyExc_ValueError, "rule %zd: no check kind %d", k, rule->kind);
+            return -1;
+        }
+        rule->key = Py_NewRef(key);
+        PyUnicode_InternInPlace(&rule->key);
+        rule->low = Py_NewRef(low);
+        rule->high = Py_NewRef(high);
+    }
+    return 0;
+}
+
+/* check(datum, latest_event_time_ms) -> bool */
+static PyObject *Check_call(Check *self, PyObject *args, PyObject *kwargs) {
+    PyObject *datum;
+    long long latest_ms;
+    if (!PyArg_ParseTuple(args, "OL", &datum, &latest_ms)) return NULL;
+    int ok = check_datum(self, datum, latest_ms);
+    if (ok < 0) return NULL;
+    return PyBool_FromLong(ok);
+}
+
+static PyTypeObject CheckType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "schemas._native.Check",
+    .tp_doc = PyDoc_STR("Check(rules): check(datum, latest_event_time_ms) is True when the datum keeps the rules."),
+    .tp_basicsize = sizeof(Check),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Check_init,
+    .tp_dealloc = (destructor)Check_dealloc,
+    .tp_call = (ternaryfunc)Check_call,
+};
+
 /* -- the decoder's short path ------------------------------------------------------------------------------ */
 
 #define HEADER_SIZE 10 /* 0xC3 0x01, then the writer schema's 8-byte fingerprint */
@@ -362,8 +480,9 @@ static PyObject *decode_known(PyObject *self, PyObject *args) {
             }
             if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3 ||
                 !PyObject_TypeCheck(PyTuple_GET_ITEM(entry, 1), &ReaderType) ||
-                ((Reader *)PyTuple_GET_ITEM(entry, 1))->single >= 0) {
-                PyErr_SetString(PyExc_TypeError, "known maps a fingerprint to (name, Reader, passes)");
+                ((Reader *)PyTuple_GET_ITEM(entry, 1))->single >= 0 ||
+                !PyObject_TypeCheck(PyTuple_GET_ITEM(entry, 2), &CheckType)) {
+                PyErr_SetString(PyExc_TypeError, "known maps a fingerprint to (name, Reader, Check)");
                 return NULL;
             }
             memcpy(last_fp, b + 2, 8);
@@ -379,16 +498,7 @@ static PyObject *decode_known(PyObject *self, PyObject *args) {
             Py_DECREF(datum);
             break;
         }
-        PyObject *latest = PyLong_FromLongLong(timestamp_ms + skew_ms);
-        PyObject *verdict = latest ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(entry, 2), datum, latest, NULL)
-                                   : NULL;
-        Py_XDECREF(latest);
-        if (verdict == NULL) {
-            Py_DECREF(datum);
-            return NULL;
-        }
-        int passes = PyObject_IsTrue(verdict);
-        Py_DECREF(verdict);
+        int passes = check_datum((Check *)PyTuple_GET_ITEM(entry, 2), datum, timestamp_ms + skew_ms);
         if (passes != 1) {
             Py_DECREF(datum);
             if (passes < 0) return NULL;
@@ -470,8 +580,8 @@ static PyMethodDef methods[] = {
     {"decode_known", decode_known, METH_VARARGS,
      PyDoc_STR("decode_known(records, start, known, skew_ms, event_type, events): the decoder's short path. From "
                "records[start] on, each (offset, timestamp_ms, key, value) record whose value is a single-object "
-               "message of a fingerprint in `known` (fingerprint -> (name, Reader, passes)), reads to its end, has "
-               "a timestamp above zero and passes(datum, timestamp_ms + skew_ms) is appended to `events` as "
+               "message of a fingerprint in `known` (fingerprint -> (name, Reader, Check)), reads to its end, has "
+               "a timestamp above zero and passes its check(datum, timestamp_ms + skew_ms) is appended to `events` as "
                "event_type((name, datum, timestamp_ms)). Returns the index of the first record it did not take: "
                "the caller decodes that one the long way, and goes on after it.")},
     {NULL, NULL, 0, NULL},
@@ -482,14 +592,15 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&ReaderType) < 0) return NULL;
+    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&CheckType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     MalformedBody = PyErr_NewExceptionWithDoc("schemas._native.MalformedBody",
                                               "The bytes are not a record of the writer schema.",
                                               PyExc_ValueError, NULL);
     if (MalformedBody == NULL || PyModule_AddObjectRef(m, "MalformedBody", MalformedBody) < 0 ||
-        PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddObjectRef(m, "Check", (PyObject *)&CheckType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
@@ -497,5 +608,6 @@ PyMODINIT_FUNC PyInit__native(void) {
     CONSTANT(TYPE_BOOLEAN) CONSTANT(TYPE_INT) CONSTANT(TYPE_LONG) CONSTANT(TYPE_FLOAT) CONSTANT(TYPE_DOUBLE)
     CONSTANT(TYPE_BYTES) CONSTANT(TYPE_STRING) CONSTANT(TYPE_RECORD)
     CONSTANT(OPTIONAL_NULL_FIRST) CONSTANT(OPTIONAL_NULL_SECOND)
+    CONSTANT(CHECK_NOT_EMPTY) CONSTANT(CHECK_EVENT_TIME) CONSTANT(CHECK_BOUNDS)
     return m;
 }

@@ -228,3 +228,26 @@ def test_decode_all_says_what_decode_says_of_each_record_good_or_bad():
     assert typed[0].delivered_ms == PRODUCED_MS
     assert [(record[0], e.reason, e.detail) for record, e in bad] == expected_bad
     assert all((e.topic, e.partition, e.offset) == ("t", 3, record[0]) for record, e in bad)
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"propensity": 1.0}, {"propensity": 1.0000001}, {"propensity": 0.0}, {"propensity": 1e-12},
+    {"propensity": float("nan")}, {"position": 0}, {"position": -1}, {"event_time_ms": 1}, {"event_time_ms": 0},
+    {"event_time_ms": -5}, {"event_time_ms": PRODUCED_MS + 3_600_000}, {"event_time_ms": PRODUCED_MS + 3_600_001},
+    {"event_time_ms": None}, {"user_id": ""}, {"user_id": None}, {"item_id": "i"},
+])
+def test_the_c_check_agrees_with_find_problem_at_and_beyond_each_bound_pure_function(changes):
+    from schemas.validation import compile_check, find_problem
+
+    datum = impression(**changes)
+    passes = compile_check(datum)(datum, PRODUCED_MS + 3_600_000)
+    assert passes == (find_problem(datum, PRODUCED_MS, 3_600_000) is None)
+
+
+@pytest.mark.parametrize("quantity, value", [(1, 0.0), (0, 0.0), (1, -0.01), (2, None)])
+def test_the_c_check_agrees_with_find_problem_on_purchases_pure_function(quantity, value):
+    from schemas.validation import compile_check, find_problem
+
+    datum = {"event_id": "p", "order_id": "o", "user_id": "u", "item_id": "i", "event_time_ms": PRODUCED_MS,
+             "quantity": quantity, "value": value}
+    assert compile_check(datum)(datum, PRODUCED_MS) == (find_problem(datum, PRODUCED_MS, 0) is None)
