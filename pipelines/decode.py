@@ -9,7 +9,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.worker import collect_garbage_less_often
-from pipelines.records import DeadLetter, DecodedEvent, KafkaChunk, KafkaRecord
+from infra.kafka._records import pack_records, unpack_records
+from pipelines.records import DeadLetter, DecodedEvent, KafkaChunk, KafkaRecord, PackedChunk
 from schemas import BadEventError, EventDecoder
 
 EVENTS = "events"
@@ -90,12 +91,12 @@ class _SplitByShard(beam.DoFn):
                 records = by_shard[shard] = []
             records.append(record)
         for shard, records in by_shard.items():
-            yield shard, KafkaChunk(chunk.topic, chunk.partition, records)
+            yield shard, PackedChunk(chunk.topic, chunk.partition, pack_records(records))
 
 
 class GroupByUserShard(beam.PTransform):
-    """KafkaChunks to (shard, [KafkaChunk]) groups: every message of a user, still undecoded, in one of `shards`
-    groups, by the user id read from the message (the only field read here).
+    """KafkaChunks to (shard, [PackedChunk]) groups: every message of a user, still undecoded and packed, in one
+    of `shards` groups, by the user id read from the message (the only field read here).
 
     Messages, not decoded events, go through the shuffle: a decoded datum costs some twenty times as much to carry
     as its bytes. And groups of shards, not users, are the keys: a few dozen groups of lists cost the runner far
@@ -109,7 +110,7 @@ class GroupByUserShard(beam.PTransform):
     def expand(self, chunks):
         return (chunks
                 | "Split chunks by user shard" >> beam.ParDo(_SplitByShard(self._shards)).with_output_types(
-                    Tuple[int, KafkaChunk])
+                    Tuple[int, PackedChunk])
                 | "Group by user shard" >> beam.GroupByKey())
 
 
@@ -123,7 +124,7 @@ class _DecodeGroup(_Decode):
         events: list[DecodedEvent] = []
         for chunk in chunks:
             decoder = self._decoders.get(chunk.topic, self._unknown_topic)
-            decoded, bad = decoder.decode_all(chunk.records, chunk.topic, chunk.partition, DecodedEvent)
+            decoded, bad = decoder.decode_all(unpack_records(chunk.packed), chunk.topic, chunk.partition, DecodedEvent)
             events += decoded
             for (_offset, timestamp_ms, key, value), error in bad:
                 yield self._dead_letter(error, timestamp_ms, key, value)
@@ -132,7 +133,7 @@ class _DecodeGroup(_Decode):
 
 
 class DecodeEventGroups(beam.PTransform):
-    """(shard, [KafkaChunk]) groups to (shard, [DecodedEvent]); undecodable or invalid messages to dead letters."""
+    """(shard, [PackedChunk]) groups to (shard, [DecodedEvent]); undecodable or invalid messages to dead letters."""
 
     def __init__(self, event_topics: dict[str, str]):
         super().__init__()

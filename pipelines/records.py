@@ -24,6 +24,16 @@ class KafkaChunk(NamedTuple):
     records: list  # (offset, timestamp_ms, key, value) tuples, in offset order
 
 
+class PackedChunk(NamedTuple):
+    """A KafkaChunk's records packed into one bytes object (`infra.kafka._records.pack_records`): what the grouping
+    by user carries. A runner encodes and decodes every value of a grouping at each of its steps (the FnApiRunner
+    four times); for one bytes object per chunk that is a copy, not four values per record."""
+
+    topic: str
+    partition: int
+    packed: bytes
+
+
 class DecodedEvent(NamedTuple):
     name: str  # record name: Impression, Click, Dwell, AddToCart, Purchase
     datum: dict  # the Avro datum, read under the latest schema version
@@ -80,7 +90,7 @@ def _tuple_coder(cls):
 
 from pipelines.labeling import Example  # noqa: E402  (registered with the pipeline's own types)
 
-for _cls in (KafkaRecord, KafkaChunk, DecodedEvent, DeadLetter, LateEvent, Example):
+for _cls in (KafkaRecord, KafkaChunk, PackedChunk, DecodedEvent, DeadLetter, LateEvent, Example):
     beam.coders.registry.register_coder(_cls, _tuple_coder(_cls))
 
 

@@ -185,3 +185,16 @@ def test_an_open_transaction_ends_the_log_a_committed_reader_sees(kafka_settings
     finally:
         fetcher.close()
         producer.close()
+
+
+def test_packed_records_unpack_to_the_same_records_and_a_cut_pack_is_refused_pure_function():
+    from infra.kafka._records import RecordFormatError, pack_records, unpack_records
+
+    records = [(0, 1_700_000_000_000, b"u1", b"v" * 300), (7, -1, None, b""), (2**62, 5, b"", None), (1, 2, None, None)]
+    packed = pack_records(records)
+    assert unpack_records(packed) == records and unpack_records(pack_records([])) == []
+    for cut in (len(packed) - 1, 20, 3):
+        with pytest.raises(RecordFormatError):
+            unpack_records(packed[:cut])
+    with pytest.raises(TypeError):
+        pack_records([(0, 1, "not bytes", b"")])
