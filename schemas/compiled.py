@@ -13,7 +13,6 @@ import struct
 from typing import Callable
 
 from schemas import _native
-from schemas._native import MalformedBody
 
 _DOUBLE = struct.Struct("<d").pack
 _FLOAT = struct.Struct("<f").pack
@@ -153,25 +152,9 @@ def _field_part(type_, value: str, namespace: dict, lines: list[str], counter: l
 
 # -- reading --------------------------------------------------------------------------------------------------
 
-__all__ = ["MalformedBody"]  # raised by the readers, and by the Kafka fetcher's record parser
-
 _CODES = {"boolean": _native.TYPE_BOOLEAN, "int": _native.TYPE_INT, "long": _native.TYPE_LONG,
           "float": _native.TYPE_FLOAT, "double": _native.TYPE_DOUBLE, "bytes": _native.TYPE_BYTES,
           "string": _native.TYPE_STRING}
-
-
-def read_varint_rest(b: bytes, i: int, first: int) -> tuple[int, int]:
-    """Finishes an unsigned varint whose first byte (continuation bit set) was `first`; returns it and the end."""
-    n, shift = first & 0x7F, 7
-    while True:
-        byte = b[i]
-        i += 1
-        n |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return n, i
-        shift += 7
-        if shift > 63:
-            raise MalformedBody(f"varint longer than 10 bytes at byte {i}")
 
 
 _PROMOTIONS = {("int", "long"), ("float", "double")}  # read the same way: Python has one int and one float
@@ -191,8 +174,8 @@ def compile_reader(writer: dict, reader: dict) -> Callable[[bytes, int], tuple[d
     writer-only fields are read and dropped). Raises UnsupportedSchema for what `compile_record` would not write
     either.
 
-    On bad bytes the reader raises MalformedBody (or UnicodeDecodeError); it never reads past the end of `b`,
-    but a caller must still check that `end` is where the record should end.
+    On bad bytes the reader raises `_native.MalformedBody` (or UnicodeDecodeError); it never reads past the end
+    of `b`, but a caller must still check that `end` is where the record should end.
     """
     return _native.Reader(_record_program(writer, reader))
 
