@@ -95,6 +95,7 @@ static Record *build_record(PyObject *program) {
         r->keys[k] = key;
         r->defaults[k] = Py_NewRef(PyTuple_GET_ITEM(defaults, k));
     }
+    char filled[MAX_FIELDS] = {0}; /* a reader field receives one writer field at most */
     for (Py_ssize_t s = 0; s < nsteps; s++) {
         int code;
         Py_ssize_t slot;
@@ -104,7 +105,7 @@ static Record *build_record(PyObject *program) {
             return NULL;
         }
         int type = code & TYPE_MASK;
-        if (type < TYPE_BOOLEAN || type > TYPE_RECORD || slot < -1 || slot >= nkeys ||
+        if (type < TYPE_BOOLEAN || type > TYPE_RECORD || slot < -1 || slot >= nkeys || (slot >= 0 && filled[slot]++) ||
             (type == TYPE_RECORD && (code & ~TYPE_MASK))) {
             PyErr_Format(PyExc_ValueError, "step %zd: code %d, slot %zd is not a step of this program", s, code, slot);
             free_record(r);
