@@ -127,3 +127,18 @@ def test_the_same_join_on_flink_writes_the_same_partitions(joined, tmp_path):
             (direct_out / theirs["partition"] / EXAMPLES_FILE).read_bytes(), ours["partition"]
     assert {k: v for k, v in flink.counters.items() if k.startswith(("dead_letters.", "join."))} == \
         {k: v for k, v in direct.counters.items() if k.startswith(("dead_letters.", "join."))}
+
+
+def test_the_same_join_on_two_worker_processes_writes_the_same_partitions(joined, tmp_path):
+    """With direct_num_workers=2 the offset ranges are spread over two SDK worker processes before they are read,
+    and every step after the grouping by user runs in either."""
+    _, direct, direct_out, kafka_settings = joined
+    out = tmp_path / "two"
+    two = run_bounded_join(kafka_settings, JoinSettings(labels=LABELS, output_dir=out, direct_num_workers=2),
+                           runner="direct", ranges=direct.ranges)
+    assert [m["partition"] for m in two.manifests] == [m["partition"] for m in direct.manifests]
+    for ours in two.manifests:
+        assert (out / ours["partition"] / EXAMPLES_FILE).read_bytes() == \
+            (direct_out / ours["partition"] / EXAMPLES_FILE).read_bytes(), ours["partition"]
+    assert {k: v for k, v in two.counters.items() if k.startswith(("dead_letters.", "join."))} == \
+        {k: v for k, v in direct.counters.items() if k.startswith(("dead_letters.", "join."))}
