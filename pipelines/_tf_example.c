@@ -1,4 +1,5 @@
-/* Labeled examples to tf.Example protobuf bytes, in C: the join's work on every example it writes.
+/* Labeled examples to tf.Example protobuf bytes and TFRecord frames, in C: the join's work on every example it
+ * writes.
  *
  * A Serializer runs a program that `pipelines.examples` builds from the LabeledExample schema: one entry per
  * feature, in name order, as (kind, key, source), where `key` is the map entry's key field (tag, length, name)
@@ -171,6 +172,80 @@ done:
     return out;
 }
 
+/* -- TFRecord frames -----------------------------------------------------------------------------------------
+ *
+ * A record is framed as its length (uint64, little-endian), the masked CRC-32C of those 8 bytes, the record,
+ * and the masked CRC-32C of the record: what TensorFlow's TFRecord reader checks.
+ */
+
+static uint32_t crc_table[8][256];
+
+static void make_crc_table(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t crc = n;
+        for (int k = 0; k < 8; k++) crc = crc & 1 ? (crc >> 1) ^ 0x82F63B78u : crc >> 1;  /* Castagnoli */
+        crc_table[0][n] = crc;
+    }
+    for (uint32_t n = 0; n < 256; n++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][n] = (crc_table[t - 1][n] >> 8) ^ crc_table[0][crc_table[t - 1][n] & 0xFF];
+}
+
+static uint32_t crc32c(const uint8_t *p, size_t n) {
+    uint32_t crc = 0xFFFFFFFFu;
+    while (n >= 8) {  /* eight bytes a step (slicing-by-8) */
+        uint32_t low = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        crc = crc_table[7][low & 0xFF] ^ crc_table[6][(low >> 8) & 0xFF] ^ crc_table[5][(low >> 16) & 0xFF] ^
+              crc_table[4][low >> 24] ^ crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^
+              crc_table[0][p[7]];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xFF];
+    return crc ^ 0xFFFFFFFFu;
+}
+
+static void put_masked_crc(char *at, const uint8_t *data, size_t n) {
+    uint32_t crc = crc32c(data, n);
+    uint32_t masked = ((crc >> 15) | (crc << 17)) + 0xA282EAD8u;
+    for (int k = 0; k < 4; k++) at[k] = (char)(masked >> (8 * k));
+}
+
+static PyObject *frame(PyObject *self, PyObject *records) {
+    if (!PyList_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "frame takes a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records), total = 0;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        PyObject *record = PyList_GET_ITEM(records, r);
+        if (!PyBytes_Check(record)) {
+            PyErr_Format(PyExc_TypeError, "record %zd is %.100s, not bytes", r, Py_TYPE(record)->tp_name);
+            return NULL;
+        }
+        total += 16 + PyBytes_GET_SIZE(record);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    char *at = PyBytes_AS_STRING(out);
+    for (Py_ssize_t r = 0; r < n; r++) {
+        PyObject *record = PyList_GET_ITEM(records, r);
+        uint64_t length = (uint64_t)PyBytes_GET_SIZE(record);
+        for (int k = 0; k < 8; k++) at[k] = (char)(length >> (8 * k));
+        put_masked_crc(at + 8, (const uint8_t *)at, 8);
+        memcpy(at + 12, PyBytes_AS_STRING(record), length);
+        put_masked_crc(at + 12 + length, (const uint8_t *)PyBytes_AS_STRING(record), length);
+        at += 16 + length;
+    }
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"frame", frame, METH_O,
+     PyDoc_STR("frame(records): the TFRecord frames of a list of bytes records, one after another, as bytes.")},
+    {NULL, NULL, 0, NULL},
+};
+
 static void Serializer_dealloc(Serializer *self) {
     for (Py_ssize_t k = 0; self->entries && k < self->nentries; k++) {
         Py_XDECREF(self->entries[k].key);
@@ -237,10 +312,12 @@ static PyTypeObject SerializerType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "pipelines._tf_example", "Labeled examples to tf.Example bytes.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "pipelines._tf_example", "Labeled examples to tf.Example bytes and TFRecord frames.", -1,
+    methods,
 };
 
 PyMODINIT_FUNC PyInit__tf_example(void) {
+    make_crc_table();
     if (PyType_Ready(&SerializerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -23,6 +23,7 @@ from apache_beam.coders import VarIntCoder
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
+from pipelines._tf_example import frame
 from pipelines.labeling import Example
 from pipelines.records import Revision
 from schemas.compiled import uvarint
@@ -227,7 +228,7 @@ def write_serialized_partition(output_dir: str | Path, partition: str, rows: lis
     rows = sorted(records.values(), key=lambda row: row[0][:5])
     directory.mkdir(parents=True, exist_ok=True)
     _remove_orphans(directory)
-    _write_atomically(directory / EXAMPLES_FILE, b"".join(_framed(record) for _, record in rows))
+    _write_atomically(directory / EXAMPLES_FILE, frame([record for _, record in rows]))
     column = dict(zip(_SUMMARY, zip(*(summary for summary, _ in rows))))  # empty when every example is withdrawn
     manifest = {
         "partition": partition,
@@ -291,8 +292,7 @@ def _remove_orphans(directory: Path) -> None:
 
 def _framed(record: bytes) -> bytes:
     """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
-    length = struct.pack("<Q", len(record))
-    return length + _masked_crc(length) + record + _masked_crc(record)
+    return frame([record])
 
 
 def read_records(path: Path) -> list[bytes]:

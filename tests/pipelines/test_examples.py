@@ -56,6 +56,22 @@ def test_the_compiled_writer_writes_the_general_writers_bytes_on_and_off_its_fas
         assert serialize_example(example) == _serialize_any(example)
 
 
+def test_frames_carry_the_crc32c_that_the_crc32c_package_computes_pure_function():
+    import struct
+
+    from crc32c import crc32c
+
+    from pipelines._tf_example import frame
+
+    def masked(data):
+        crc = crc32c(data)
+        return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+    records = [bytes(range(n)) for n in range(40)] + [b"x" * 100_003]  # every tail length, and a long one
+    expected = b"".join(struct.pack("<Q", len(r)) + masked(struct.pack("<Q", len(r))) + r + masked(r) for r in records)
+    assert frame(records) == expected and frame([]) == b""
+
+
 def test_tfrecord_framing_reads_back(tmp_path):
     import tensorflow as tf
 
