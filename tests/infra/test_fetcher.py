@@ -198,3 +198,32 @@ def test_packed_records_unpack_to_the_same_records_and_a_cut_pack_is_refused_pur
             unpack_records(packed[:cut])
     with pytest.raises(TypeError):
         pack_records([(0, 1, "not bytes", b"")])
+
+
+def test_damaged_batch_payloads_give_records_or_a_format_error_pure_function():
+    """Seeded damage to a real batch's records (bytes flipped, cut, inserted): the C parser returns at most the
+    batch's count of records, each within the payload, or raises RecordFormatError; it never reads past the end."""
+    import random
+
+    from infra.kafka._records import RecordFormatError, append_records
+
+    payload = _batch()[61:]  # the records after the 61-byte batch header
+    rng, refused = random.Random(3), 0
+    for n in range(2000):
+        damaged = bytearray(payload)
+        at = rng.randrange(len(damaged))
+        if n % 3 == 0:
+            damaged[at] ^= 1 << rng.randrange(8)
+        elif n % 3 == 1:
+            del damaged[at:]
+        else:
+            damaged[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
+        out: list = []
+        try:
+            append_records(bytes(damaged), len(RECORDS), 0, 0, None, 0, out)
+        except RecordFormatError:
+            refused += 1
+            continue
+        assert len(out) == len(RECORDS)
+        assert sum(len(key or b"") + len(value or b"") for _, _, key, value in out) <= len(damaged)
+    assert refused > 1000
