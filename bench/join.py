@@ -76,8 +76,9 @@ def step_costs(settings: Settings) -> dict:
     events in one process: what a run on a runner costs beyond their sum is the runner's and the grouping's.
 
     Reading is the bulk fetcher's (record batches parsed); routing, the user id read from each message to pick
-    its group; decoding, `EventDecoder.decode_all` over each fetch's records; labeling, `label_user_events` per user with the watermark at the newest event time; writing,
-    tf.Example bytes and their TFRecord frames for every example, given per event.
+    its group; decoding, `EventDecoder.decode_all` over each fetch's records; labeling, `label_user_events` per
+    user with the watermark at the newest event time; writing, tf.Example bytes and their TFRecord frames for
+    every example, given per event.
     """
     from infra.kafka.fetcher import PartitionFetcher
     from pipelines.examples import _framed, serialize_example
