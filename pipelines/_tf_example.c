@@ -28,6 +28,7 @@ typedef struct {
     Entry *entries;
     Py_ssize_t nentries;
     Py_ssize_t features_index;
+    Py_ssize_t width;     /* fields an Example tuple must have: one past the highest index read */
     Py_ssize_t nfeatures; /* names the features dict must hold */
     PyObject *fallback;
 } Serializer;
@@ -136,8 +137,8 @@ static int put_entry(Buffer *b, Entry *e, PyObject *value) {
 static PyObject *Serializer_call(Serializer *self, PyObject *args, PyObject *kwargs) {
     PyObject *example;
     if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &example)) return NULL;
-    if (PyTuple_GET_SIZE(example) <= self->features_index) {
-        PyErr_SetString(PyExc_TypeError, "not an Example: too few fields");
+    if (PyTuple_GET_SIZE(example) < self->width) {
+        PyErr_Format(PyExc_TypeError, "not an Example: %zd fields, not %zd", PyTuple_GET_SIZE(example), self->width);
         return NULL;
     }
     PyObject *features = PyTuple_GET_ITEM(example, self->features_index);
@@ -267,6 +268,10 @@ static int Serializer_init(Serializer *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "a Serializer is initialised once");
         return -1;
     }
+    if (features_index < 0) {
+        PyErr_SetString(PyExc_ValueError, "features_index is the features dict's index in an Example");
+        return -1;
+    }
     Py_ssize_t n = PyTuple_GET_SIZE(program);
     self->entries = PyMem_Calloc(n ? n : 1, sizeof(Entry));
     if (self->entries == NULL) {
@@ -275,6 +280,7 @@ static int Serializer_init(Serializer *self, PyObject *args, PyObject *kwargs) {
     }
     self->nentries = n;
     self->features_index = features_index;
+    self->width = features_index + 1;
     self->fallback = Py_NewRef(fallback);
     for (Py_ssize_t k = 0; k < n; k++) {
         Entry *e = &self->entries[k];
@@ -294,6 +300,8 @@ static int Serializer_init(Serializer *self, PyObject *args, PyObject *kwargs) {
         } else if ((e->index = PyLong_AsSsize_t(source)) < 0 || e->index == features_index) {
             if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "entry %zd: no Example field %zd", k, e->index);
             return -1;
+        } else if (e->index >= self->width) {
+            self->width = e->index + 1;
         }
     }
     return 0;

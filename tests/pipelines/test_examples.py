@@ -56,6 +56,11 @@ def test_the_compiled_writer_writes_the_general_writers_bytes_on_and_off_its_fas
         assert serialize_example(example) == _serialize_any(example)
 
 
+def test_a_tuple_shorter_than_an_example_is_refused_by_name_pure_function():
+    with pytest.raises(TypeError, match="not an Example: 5 fields"):
+        serialize_example(tuple(sample_examples()[0])[:5])
+
+
 def test_frames_carry_the_crc32c_that_the_crc32c_package_computes_pure_function():
     import struct
 
