@@ -27,6 +27,7 @@ setup(
         "kafka-python>=3.0.12,<3.1",  # the batch producer uses its network client and protocol classes
         "crc32c>=2.7",  # record-batch checksums in C; kafka-python's pure-Python fallback is far slower
         "lz4>=4",
+        "python-snappy>=0.7",  # snappy, librdkafka's most common codec, for the fetcher (kafka-python's codec)
         "confluent-kafka>=2.16",
         "fastavro>=1.13,<2",
         "numpy>=2",
