@@ -442,13 +442,13 @@ static PyTypeObject CheckType = {
 
 #define HEADER_SIZE 10 /* 0xC3 0x01, then the writer schema's 8-byte fingerprint */
 
-/* decode_known(records, start, known, skew_ms, event_type, events): see the docstring below. */
+/* decode_known(records, start, known, skew_ms, latest_ms, event_type, events): see the docstring below. */
 static PyObject *decode_known(PyObject *self, PyObject *args) {
     PyObject *records, *known, *event_type, *events;
     Py_ssize_t start;
-    long long skew_ms;
-    if (!PyArg_ParseTuple(args, "O!nO!LO!O!", &PyList_Type, &records, &start, &PyDict_Type, &known, &skew_ms,
-                          &PyType_Type, &event_type, &PyList_Type, &events))
+    long long skew_ms, latest_ms;
+    if (!PyArg_ParseTuple(args, "O!nO!LLO!O!", &PyList_Type, &records, &start, &PyDict_Type, &known, &skew_ms,
+                          &latest_ms, &PyType_Type, &event_type, &PyList_Type, &events))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)event_type, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "event_type is a tuple type");
@@ -466,7 +466,7 @@ static PyObject *decode_known(PyObject *self, PyObject *args) {
         Py_ssize_t size = PyBytes_GET_SIZE(raw);
         if (size < HEADER_SIZE || b[0] != (char)0xC3 || b[1] != 0x01) break;
         long long timestamp_ms = PyLong_AsLongLong(stamp);
-        if (timestamp_ms <= 0) {
+        if (timestamp_ms <= 0 || timestamp_ms > latest_ms) {
             PyErr_Clear();
             break;
         }
@@ -579,10 +579,10 @@ static PyMethodDef methods[] = {
                "for a schema without the field) reads, or None for a message that cannot say. Returns the index "
                "of the first message whose fingerprint `readers` lacks, or len(messages).")},
     {"decode_known", decode_known, METH_VARARGS,
-     PyDoc_STR("decode_known(records, start, known, skew_ms, event_type, events): the decoder's short path. From "
-               "records[start] on, each (offset, timestamp_ms, key, value) record whose value is a single-object "
-               "message of a fingerprint in `known` (fingerprint -> (name, Reader, Check)), reads to its end, has "
-               "a timestamp above zero and passes its check(datum, timestamp_ms + skew_ms) is appended to `events` as "
+     PyDoc_STR("decode_known(records, start, known, skew_ms, latest_ms, event_type, events): the decoder's short "
+               "path. From records[start] on, each (offset, timestamp_ms, key, value) record whose value is a "
+               "single-object message of a fingerprint in `known` (fingerprint -> (name, Reader, Check)), reads to "
+               "its end, has a timestamp above zero and at most latest_ms and passes its check(datum, timestamp_ms + skew_ms) is appended to `events` as "
                "event_type((name, datum, timestamp_ms)). Returns the index of the first record it did not take: "
                "the caller decodes that one the long way, and goes on after it.")},
     {NULL, NULL, 0, NULL},

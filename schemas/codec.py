@@ -19,6 +19,7 @@ from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS, compile_check, find_p
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+_NO_LIMIT = 2**62
 
 
 class Reason(str, enum.Enum):
@@ -29,6 +30,7 @@ class Reason(str, enum.Enum):
     MALFORMED_BODY = "malformed_body"
     UNEXPECTED_TYPE = "unexpected_type"
     INVALID_VALUE = "invalid_value"
+    RECORD_TIME_AHEAD = "record_time_ahead"
 
 
 class BadEventError(ValueError):
@@ -127,15 +129,23 @@ class EventDecoder:
         return self._readers[fp]
 
     def decode(
-        self, raw: bytes, topic: str = "?", partition: int = -1, offset: int = -1, timestamp_ms: int | None = None
+        self, raw: bytes, topic: str = "?", partition: int = -1, offset: int = -1, timestamp_ms: int | None = None,
+        latest_record_ms: int | None = None,
     ) -> Event:
         """Decodes and validates one message, or raises BadEventError naming topic, partition, offset and reason.
 
-        `timestamp_ms` is the Kafka record timestamp: an event may not claim to be much later than it.
+        `timestamp_ms` is the Kafka record timestamp: an event may not claim to be much later than it. A record
+        stamped after `latest_record_ms` (the reader's clock plus a skew) comes from a producer with a broken
+        clock: its time says nothing true, so it is refused before anything else is read.
         """
 
         def bad(reason: Reason, detail: str) -> BadEventError:
             return BadEventError(reason, detail, topic, partition, offset)
+
+        if latest_record_ms is not None and timestamp_ms is not None and timestamp_ms > latest_record_ms:
+            ahead_s = (timestamp_ms - latest_record_ms) / 1000
+            raise bad(Reason.RECORD_TIME_AHEAD, f"record timestamp {timestamp_ms} is {ahead_s:.0f}s past the latest "
+                      f"the reader allows ({latest_record_ms}: its clock plus the allowed skew)")
 
         if raw is None or len(raw) < HEADER_SIZE or raw[:2] != MAGIC:
             head = (raw or b"")[:HEADER_SIZE].hex()
@@ -170,10 +180,11 @@ class EventDecoder:
         return Event(name, datum)
 
     def decode_all(self, records: Iterable[tuple], topic: str = "?", partition: int = -1,
-                   event_type: type = tuple) -> tuple[list[tuple], list[tuple[tuple, BadEventError]]]:
+                   event_type: type = tuple, latest_record_ms: int | None = None,
+                   ) -> tuple[list[tuple], list[tuple[tuple, BadEventError]]]:
         """`decode` for each (offset, timestamp_ms, key, value) record of one topic partition, in order: every
         event as `event_type((name, datum, timestamp_ms))` (a tuple, or a NamedTuple of those three fields), and
-        every record that is not one with its BadEventError.
+        every record that is not one with its BadEventError. `latest_record_ms` is `decode`'s.
 
         The same results as `decode` record by record, faster: a message of a schema already read, that reads
         to its end and passes the value check, takes a short path in C (`_native.decode_known`); anything else
@@ -183,15 +194,16 @@ class EventDecoder:
         events: list[tuple] = []
         bad: list[tuple[tuple, BadEventError]] = []
         at = 0
+        latest = latest_record_ms if latest_record_ms is not None else _NO_LIMIT
         while True:
-            at = decode_known(records, at, self._known, self._max_future_skew_ms, event_type, events)
+            at = decode_known(records, at, self._known, self._max_future_skew_ms, latest, event_type, events)
             if at == len(records):
                 return events, bad
             record = records[at]
             at += 1
             offset, timestamp_ms, _key, raw = record
             try:
-                event = self.decode(raw, topic, partition, offset, timestamp_ms)
+                event = self.decode(raw, topic, partition, offset, timestamp_ms, latest_record_ms)
             except BadEventError as error:
                 bad.append((record, error))
                 continue
