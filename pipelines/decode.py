@@ -1,6 +1,8 @@
-"""Messages to events: decode single-object Avro, validate, attach event time; route the rest to dead letters."""
+"""Messages to events: decode single-object Avro, validate, attach event time; route the rest to dead letters
+(written by `dead_letters`)."""
 from __future__ import annotations
 
+import time
 import zlib
 from typing import List, NamedTuple, Tuple
 
@@ -12,6 +14,7 @@ from infra.kafka._records import pack_records, unpack_records
 from pipelines.records import DeadLetter, DecodedEvent, KafkaChunk, KafkaRecord, PackedChunk
 from pipelines.worker import collect_garbage_less_often
 from schemas import BadEventError, EventDecoder
+from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS
 
 EVENTS = "events"
 DEAD_LETTERS = "dead_letters"
@@ -22,9 +25,52 @@ class DecodedStreams(NamedTuple):
     dead_letters: beam.PCollection  # DeadLetter
 
 
+class RecordClock(NamedTuple):
+    """The latest record timestamp a reader believes: a record stamped later comes from a producer whose clock is
+    wrong (a dead letter, `record_time_ahead`), and must not move a watermark. A bounded job fixes the moment
+    once, when it plans its offsets, so every worker judges alike; a streaming job reads the clock as it goes."""
+
+    ahead_ms: int  # how far past the clock a record may be stamped: producers' clocks differ a little
+    fixed_ms: int | None = None  # the moment the bounded job planned its offsets; None: now
+
+    def latest_ms(self) -> int:
+        now_ms = self.fixed_ms if self.fixed_ms is not None else int(time.time() * 1000)
+        return now_ms + self.ahead_ms
+
+
+class EventTimeStamps:
+    """Stamps one partition's records, passed in offset order, with the partition's event-time frontier: the
+    newest plausible event time among the records up to and including each. What lateness is measured against
+    when record timestamps say nothing of when events were delivered (a replay stamps them all with its own
+    time): an event is then late by how far its time lies behind events read before it.
+
+    A plausible event time is one a valid event could carry: no later than the record's timestamp, or the
+    reader's clock, plus the decoder's skew. Records before the first plausible one keep their timestamps,
+    bounded by the clock. One instance serves one partition range, from its start.
+    """
+
+    def __init__(self, clock: RecordClock, skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS):
+        self._peek = EventDecoder().peek_all
+        self._latest_ms = clock.latest_ms()
+        self._skew_ms = skew_ms
+        self._frontier = -1
+
+    def __call__(self, records: list[tuple]) -> list[tuple]:
+        latest, skew, frontier = self._latest_ms, self._skew_ms, self._frontier
+        stamped = []
+        for (offset, timestamp_ms, key, value), event_ms in zip(
+                records, self._peek([record[3] for record in records], "event_time_ms")):
+            if type(event_ms) is int and frontier < event_ms <= min(timestamp_ms, latest) + skew:
+                frontier = event_ms
+            stamped.append((offset, frontier if frontier > 0 else min(timestamp_ms, latest), key, value))
+        self._frontier = frontier
+        return stamped
+
+
 class _Decode(beam.DoFn):
-    def __init__(self, topic_records: dict[str, str]):
+    def __init__(self, topic_records: dict[str, str], clock: RecordClock):
         self._topic_records = topic_records  # topic -> the record name it carries
+        self._clock = clock
         self._decoders: dict[str, EventDecoder] = {}
         self._counters: dict[str, object] = {}
 
@@ -32,6 +78,9 @@ class _Decode(beam.DoFn):
         self._decoders = {topic: EventDecoder(expected={name}) for topic, name in self._topic_records.items()}
         self._unknown_topic = EventDecoder(expected=set())
         self._decoded = Metrics.counter("decode", "events")
+
+    def start_bundle(self):
+        self._latest_ms = self._clock.latest_ms()
 
     def _dead_letter(self, error: BadEventError, timestamp_ms: int, key: bytes | None, value: bytes | None):
         reason = error.reason.value
@@ -44,7 +93,8 @@ class _Decode(beam.DoFn):
     def process(self, record: KafkaRecord):
         decoder = self._decoders.get(record.topic, self._unknown_topic)
         try:
-            event = decoder.decode(record.value, record.topic, record.partition, record.offset, record.timestamp_ms)
+            event = decoder.decode(record.value, record.topic, record.partition, record.offset, record.timestamp_ms,
+                                   self._latest_ms)
         except BadEventError as error:
             yield self._dead_letter(error, record.timestamp_ms, record.key, record.value)
             return
@@ -54,15 +104,17 @@ class _Decode(beam.DoFn):
 
 
 class DecodeEvents(beam.PTransform):
-    """KafkaRecords to DecodedEvents stamped with event time; undecodable or invalid messages to dead letters."""
+    """KafkaRecords to DecodedEvents stamped with event time; undecodable or invalid messages, and records stamped
+    past the `clock`, to dead letters."""
 
-    def __init__(self, event_topics: dict[str, str]):
+    def __init__(self, event_topics: dict[str, str], clock: RecordClock):
         super().__init__()
         self._topic_records = {topic: name for name, topic in event_topics.items()}
+        self._clock = clock
 
     def expand(self, records):
         outputs = records | "Decode, validate, attach event time" >> beam.ParDo(
-            _Decode(self._topic_records)).with_output_types(DecodedEvent).with_outputs(DEAD_LETTERS, main=EVENTS)
+            _Decode(self._topic_records, self._clock)).with_output_types(DecodedEvent).with_outputs(DEAD_LETTERS, main=EVENTS)
         return DecodedStreams(outputs[EVENTS], outputs[DEAD_LETTERS])
 
 
@@ -124,7 +176,8 @@ class _DecodeGroup(_Decode):
         events: list[DecodedEvent] = []
         for chunk in chunks:
             decoder = self._decoders.get(chunk.topic, self._unknown_topic)
-            decoded, bad = decoder.decode_all(unpack_records(chunk.packed), chunk.topic, chunk.partition, DecodedEvent)
+            decoded, bad = decoder.decode_all(unpack_records(chunk.packed), chunk.topic, chunk.partition, DecodedEvent,
+                                              self._latest_ms)
             events += decoded
             for (_offset, timestamp_ms, key, value), error in bad:
                 yield self._dead_letter(error, timestamp_ms, key, value)
@@ -133,51 +186,15 @@ class _DecodeGroup(_Decode):
 
 
 class DecodeEventGroups(beam.PTransform):
-    """(shard, [PackedChunk]) groups to (shard, [DecodedEvent]); undecodable or invalid messages to dead letters."""
+    """(shard, [PackedChunk]) groups to (shard, [DecodedEvent]); undecodable or invalid messages, and records
+    stamped past the `clock`, to dead letters."""
 
-    def __init__(self, event_topics: dict[str, str]):
+    def __init__(self, event_topics: dict[str, str], clock: RecordClock):
         super().__init__()
         self._topic_records = {topic: name for name, topic in event_topics.items()}
+        self._clock = clock
 
     def expand(self, groups):
-        outputs = groups | "Decode and validate" >> beam.ParDo(_DecodeGroup(self._topic_records)).with_output_types(
+        outputs = groups | "Decode and validate" >> beam.ParDo(_DecodeGroup(self._topic_records, self._clock)).with_output_types(
             Tuple[int, List[DecodedEvent]]).with_outputs(DEAD_LETTERS, main=EVENTS)
         return DecodedStreams(outputs[EVENTS], outputs[DEAD_LETTERS])
-
-
-class _SendDeadLetters(beam.DoFn):
-    def __init__(self, bootstrap_servers: str, topic: str):
-        self._bootstrap = bootstrap_servers
-        self._topic = topic
-        self._producer = None
-
-    def setup(self):
-        from kafka import KafkaProducer
-
-        self._producer = KafkaProducer(bootstrap_servers=self._bootstrap, acks="all", client_id="valueloop-dead-letters")
-
-    def process(self, letter: DeadLetter):
-        headers = [("source.topic", letter.topic.encode()), ("source.partition", str(letter.partition).encode()),
-                   ("source.offset", str(letter.offset).encode()), ("reason", letter.reason.encode()),
-                   ("detail", letter.detail.encode()[:4096])]
-        self._producer.send(self._topic, value=letter.value, key=letter.key, headers=headers,
-                            timestamp_ms=letter.timestamp_ms or None)
-
-    def finish_bundle(self):
-        self._producer.flush()
-
-    def teardown(self):
-        if self._producer is not None:
-            self._producer.close()
-
-
-class WriteDeadLetters(beam.PTransform):
-    """Each dead letter to the dead-letter topic: the original key and bytes, the origin and reason in headers."""
-
-    def __init__(self, bootstrap_servers: str, topic: str):
-        super().__init__()
-        self._bootstrap = bootstrap_servers
-        self._topic = topic
-
-    def expand(self, letters):
-        return letters | "Send to the dead-letter topic" >> beam.ParDo(_SendDeadLetters(self._bootstrap, self._topic))

@@ -7,6 +7,7 @@ Dropping repeated deliveries and setting aside late events happens here, per use
 """
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import List, NamedTuple, Tuple
 
 import apache_beam as beam
@@ -110,15 +111,59 @@ class LabelImpressions(beam.PTransform):
         return LabeledStreams(outputs[EXAMPLES], outputs[LATE])
 
 
+class _NewestHonestTime(beam.DoFn):
+    """A KafkaChunk to (topic, partition, newest record time) over the records that are valid events stamped no
+    later than the clock allows; nothing for a chunk without one. A dead letter's timestamp says nothing of how
+    far event time has come (random bytes carry whatever time their producer gave them), and one valid-looking
+    record stamped a year ahead would otherwise settle every open hour at once.
+
+    Only the newest candidate is decoded, and the next newest only when it is no valid event: about one decode
+    per chunk."""
+
+    def __init__(self, topic_records: dict[str, str], clock):
+        self._topic_records = topic_records
+        self._clock = clock
+
+    def setup(self):
+        from schemas import EventDecoder
+
+        self._decoders = {topic: EventDecoder(expected={name}) for topic, name in self._topic_records.items()}
+        self._latest_ms = self._clock.latest_ms()
+
+    def _valid(self, topic: str, partition: int, record) -> bool:
+        from schemas import BadEventError
+
+        decoder = self._decoders.get(topic)
+        if decoder is None:
+            return False
+        offset, timestamp_ms, _key, value = record
+        try:
+            decoder.decode(value, topic, partition, offset, timestamp_ms, self._latest_ms)
+        except BadEventError:
+            return False
+        return True
+
+    def process(self, chunk):
+        newest = max(chunk.records, key=itemgetter(1))
+        if not self._valid(chunk.topic, chunk.partition, newest):
+            newest = next((r for r in sorted(chunk.records, key=itemgetter(1), reverse=True)
+                           if self._valid(chunk.topic, chunk.partition, r)), None)
+            if newest is None:
+                return
+        yield chunk.topic, chunk.partition, newest[1]
+
+
 class _OldestOfNewest(beam.CombineFn):
-    """KafkaChunks to the newest record time of each partition (the accumulator), then the oldest of those."""
+    """(topic, partition, record time) triples to the newest time of each partition (the accumulator), then the
+    oldest of those."""
 
     def create_accumulator(self) -> dict:
         return {}
 
-    def add_input(self, newest: dict, chunk) -> dict:
-        partition = (chunk.topic, chunk.partition)
-        newest[partition] = max(newest.get(partition, NO_WATERMARK), max(record[1] for record in chunk.records))
+    def add_input(self, newest: dict, sample) -> dict:
+        topic, partition, time_ms = sample
+        if time_ms > newest.get((topic, partition), NO_WATERMARK):
+            newest[(topic, partition)] = time_ms
         return newest
 
     def merge_accumulators(self, accumulators) -> dict:
@@ -133,16 +178,24 @@ class _OldestOfNewest(beam.CombineFn):
 
 
 class EstimateWatermark(beam.PTransform):
-    """KafkaChunks to the bounded input's watermark: per partition the newest record time, the minimum over partitions, less
-    the out-of-orderness bound. Every event time at or before it has (up to the allowed lateness) been read."""
+    """KafkaChunks to the bounded input's watermark: per partition the newest time of a record that is a valid
+    event stamped no later than `clock` allows (`_NewestHonestTime`), the minimum over partitions, less the
+    out-of-orderness bound. Every event time at or before it has (up to the allowed lateness) been read.
 
-    def __init__(self, out_of_orderness_ms: int):
+    A partition whose records are all dead letters holds nothing back, as an empty one does not. With records
+    stamped by `decode.EventTimeStamps`, it is the watermark of event time."""
+
+    def __init__(self, out_of_orderness_ms: int, event_topics: dict[str, str], clock):
         super().__init__()
         self._bound = out_of_orderness_ms
+        self._topic_records = {topic: name for name, topic in event_topics.items()}
+        self._clock = clock
 
     def expand(self, chunks):
         bound = self._bound
         return (chunks
+                | "Newest valid record time per chunk" >> beam.ParDo(
+                    _NewestHonestTime(self._topic_records, self._clock))
                 | "Oldest of the partitions' newest record times" >> beam.CombineGlobally(
                     _OldestOfNewest()).without_defaults()
                 | "Less the out-of-orderness bound" >> beam.Map(lambda t: t - bound))

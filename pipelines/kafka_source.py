@@ -38,7 +38,7 @@ class SourceError(RuntimeError):
     """The broker cannot serve a range the job was asked to read."""
 
 
-def _consumer(bootstrap_servers: str, **options):
+def _consumer(bootstrap_servers: str, isolation_level: str = "read_committed", **options):
     from kafka import KafkaConsumer
     from kafka.net.compat import KafkaNetClient
 
@@ -51,37 +51,65 @@ def _consumer(bootstrap_servers: str, **options):
         probe.close()
     # read_committed, as the fetcher reads: a snapshot's end is the last stable offset, before open transactions.
     return KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None,
-                         isolation_level="read_committed", api_version=version,
+                         isolation_level=isolation_level, api_version=version,
                          client_id="valueloop-join", fetch_max_bytes=64 << 20,
                          max_partition_fetch_bytes=16 << 20, **options)
 
 
-def snapshot_ranges(bootstrap_servers: str, topics: Iterable[str]) -> list[PartitionRange]:
-    """Everything the topics hold now: from each partition's first kept offset to its end."""
+def stable_ends(bootstrap_servers: str, consumer, partitions: list, wait_s: float) -> dict:
+    """Each partition's end as a read_committed reader sees it: the last stable offset, once the transactions that
+    have already ended are readable.
+
+    A transaction's commit returns to its producer before the broker has written the commit markers to its
+    partitions; until then the last stable offset still stands before the transaction's records. So where it
+    lies below the log's end, this waits, up to `wait_s`, for it to reach that end. A transaction still open
+    after that stays outside the snapshot, as it does for any read_committed consumer.
+    """
+    ends = consumer.end_offsets(partitions)
+    if wait_s <= 0:
+        return ends
+    uncommitted = _consumer(bootstrap_servers, isolation_level="read_uncommitted")
+    try:
+        log_ends = uncommitted.end_offsets(partitions)
+    finally:
+        uncommitted.close()
+    deadline = time.monotonic() + wait_s
+    behind = [tp for tp in partitions if ends[tp] < log_ends[tp]]
+    while behind and time.monotonic() < deadline:
+        time.sleep(0.05)
+        ends.update(consumer.end_offsets(behind))
+        behind = [tp for tp in behind if ends[tp] < log_ends[tp]]
+    return ends
+
+
+def snapshot_ranges(bootstrap_servers: str, topics: Iterable[str], stable_wait_s: float = 10.0) -> list[PartitionRange]:
+    """Everything the topics hold now: from each partition's first kept offset to its end (`stable_ends`)."""
     from kafka import TopicPartition
 
     consumer = _consumer(bootstrap_servers)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        starts, ends = consumer.beginning_offsets(partitions), consumer.end_offsets(partitions)
+        starts = consumer.beginning_offsets(partitions)
+        ends = stable_ends(bootstrap_servers, consumer, partitions, stable_wait_s)
         return [PartitionRange(tp.topic, tp.partition, starts[tp], ends[tp]) for tp in partitions]
     finally:
         consumer.close()
 
 
-def ranges_for_times(bootstrap_servers: str, topics: Iterable[str], from_ms: int, to_ms: int) -> list[PartitionRange]:
-    """The offsets of records whose timestamps lie in [from_ms, to_ms), per partition."""
+def ranges_for_times(bootstrap_servers: str, topics: Iterable[str], from_ms: int, to_ms: int,
+                     stable_wait_s: float = 10.0) -> list[PartitionRange]:
+    """The offsets of records whose timestamps lie in [from_ms, to_ms), per partition, up to `stable_ends`."""
     from kafka import TopicPartition
 
     consumer = _consumer(bootstrap_servers)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        ends = consumer.end_offsets(partitions)
+        ends = stable_ends(bootstrap_servers, consumer, partitions, stable_wait_s)
         starts = consumer.offsets_for_times({tp: from_ms for tp in partitions})
         stops = consumer.offsets_for_times({tp: to_ms for tp in partitions})
         return [PartitionRange(tp.topic, tp.partition,
-                               starts[tp].offset if starts[tp] else ends[tp],
-                               stops[tp].offset if stops[tp] else ends[tp]) for tp in partitions]
+                               min(starts[tp].offset, ends[tp]) if starts[tp] else ends[tp],
+                               min(stops[tp].offset, ends[tp]) if stops[tp] else ends[tp]) for tp in partitions]
     finally:
         consumer.close()
 
@@ -105,11 +133,13 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
     """Reads one PartitionRange in chunks; as its own restriction provider it splits ranges into `split_size`
     offsets."""
 
-    def __init__(self, bootstrap_servers: str, split_size: int, chunk_size: int, idle_timeout_s: float):
+    def __init__(self, bootstrap_servers: str, split_size: int, chunk_size: int, idle_timeout_s: float,
+                 restamp=None):
         self._bootstrap = bootstrap_servers
         self._split_size = split_size
         self._chunk_size = chunk_size
         self._idle_timeout_s = idle_timeout_s
+        self._restamp = restamp
         self._fetcher = None
 
     # -- restriction provider -----------------------------------------------------------------------
@@ -121,6 +151,9 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
         return _RunTracker(restriction)
 
     def split(self, element, restriction: OffsetRange):
+        if self._restamp is not None:  # a range's stamps follow its records in order, from its start
+            yield restriction
+            return
         yield from restriction.split(self._split_size)
 
     def restriction_size(self, element, restriction: OffsetRange) -> int:
@@ -145,6 +178,7 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
         position = tracker.current_restriction().start
         claimed = position - 1
         idle_since = time.monotonic()
+        stamp = self._restamp() if self._restamp is not None else None
         while position < tracker.current_restriction().stop:
             try:
                 fetched = self._fetcher.fetch(element.topic, element.partition, position)
@@ -169,9 +203,9 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
                 if claimed >= stop:  # split below the run's end while it was read
                     kept = [r for r in run if r[0] < stop]
                     if kept:
-                        yield KafkaChunk(element.topic, element.partition, kept)
+                        yield KafkaChunk(element.topic, element.partition, stamp(kept) if stamp else kept)
                     return
-                yield KafkaChunk(element.topic, element.partition, run)
+                yield KafkaChunk(element.topic, element.partition, stamp(run) if stamp else run)
             position = claimed + 1
         # Offsets without a record (transaction markers, compaction) still have to be claimed to finish.
         stop = tracker.current_restriction().stop
@@ -193,11 +227,15 @@ class ReadKafkaRanges(beam.PTransform):
 
     With `spread`, the ranges are shuffled to the runner's workers before they are read, for a runner that would
     otherwise read them all in the worker that started the job; a runner of one worker has nothing to gain by it.
+
+    With `restamp`, a factory of functions from a chunk's records to records with other timestamps: each range
+    gets one, and passes it its chunks in offset order (`decode.EventTimeStamps`); such ranges are read whole.
     """
 
     def __init__(self, bootstrap_servers: str, ranges: list[PartitionRange], split_size: int = 50_000,
-                 chunk_size: int = 5_000, idle_timeout_s: float = 60.0, spread: bool = True):
+                 chunk_size: int = 5_000, idle_timeout_s: float = 60.0, spread: bool = True, restamp=None):
         super().__init__()
+        self._restamp = restamp
         self._spread = spread
         self._bootstrap = bootstrap_servers
         self._ranges = [r for r in ranges if r.stop > r.start]
@@ -209,7 +247,8 @@ class ReadKafkaRanges(beam.PTransform):
         return (pbegin
                 | "Offset ranges" >> beam.Create(self._ranges, reshuffle=self._spread)
                 | "Read offset ranges" >> beam.ParDo(
-                    _ReadRange(self._bootstrap, self._split_size, self._chunk_size, self._idle_timeout_s))
+                    _ReadRange(self._bootstrap, self._split_size, self._chunk_size, self._idle_timeout_s,
+                               self._restamp))
                 .with_output_types(KafkaChunk))
 
 
@@ -264,13 +303,21 @@ class _FollowTracker(RestrictionTracker):
 class _FollowTopics(beam.DoFn, RestrictionProvider):
     """Reads every partition of the topics with one consumer. The watermark is the newest event time read in the
     partitions that still have records to read, their minimum (once all are caught up, the newest read
-    anywhere), less the out-of-orderness bound."""
+    anywhere), less the out-of-orderness bound.
 
-    def __init__(self, bootstrap_servers: str, out_of_orderness_ms: int, event_time_of, poll_s: float = 1.0):
+    `event_time_of(value, record_ms)` gives a record's event time, or None for a record that is no valid event
+    (a dead letter) or is stamped past the reader's clock: those move no watermark. With `stamp_event_time`,
+    each record's timestamp becomes its partition's newest event time so far, for lateness measured against
+    event time (`settings.LatenessReference`).
+    """
+
+    def __init__(self, bootstrap_servers: str, out_of_orderness_ms: int, event_time_of, poll_s: float = 1.0,
+                 stamp_event_time: bool = False):
         self._bootstrap = bootstrap_servers
         self._bound = out_of_orderness_ms
         self._event_time_of = event_time_of
         self._poll_s = poll_s
+        self._stamp_event_time = stamp_event_time
         self._consumer = None
 
     def initial_restriction(self, element: FollowState) -> FollowState:
@@ -305,16 +352,22 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
             consumer.seek(partitions[(t, p)], offset)
         deadline = time.monotonic() + self._poll_s
         read = 0
+        newest = {(t, p): ms for t, p, ms in state.newest_event_ms}
         while time.monotonic() < deadline:
             batches = consumer.poll(timeout_ms=200, max_records=5_000)
             for tp, records in batches.items():
                 for r in records:
                     event_ms = self._event_time_of(r.value, r.timestamp)
-                    if not tracker.try_claim((r.topic, r.partition, r.offset, event_ms)):
+                    if not tracker.try_claim((r.topic, r.partition, r.offset, -1 if event_ms is None else event_ms)):
                         return
                     read += 1
-                    yield TimestampedValue(KafkaRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value),
-                                           event_ms / 1000.0)
+                    frontier = newest.get((r.topic, r.partition), -1)
+                    if event_ms is not None and event_ms > frontier:
+                        frontier = newest[(r.topic, r.partition)] = event_ms
+                    delivered_ms = frontier if self._stamp_event_time and frontier >= 0 else r.timestamp
+                    # A dead letter goes out at its partition's event time: it has none of its own to tell.
+                    yield TimestampedValue(KafkaRecord(r.topic, r.partition, r.offset, delivered_ms, r.key, r.value),
+                                           (event_ms if event_ms is not None else max(frontier, 0)) / 1000.0)
         claimed = tracker.current_restriction()
         ends = consumer.end_offsets(list(partitions.values()))
         next_offset = {(t, p): o for t, p, o in claimed.positions}
@@ -340,9 +393,11 @@ def start_positions(bootstrap_servers: str, topics: Iterable[str], from_ms: int 
 class FollowKafkaTopics(beam.PTransform):
     """Follows the topics from `start` for as long as the job runs: KafkaRecords stamped with event time."""
 
-    def __init__(self, bootstrap_servers: str, start: FollowState, out_of_orderness_ms: int, event_time_of):
+    def __init__(self, bootstrap_servers: str, start: FollowState, out_of_orderness_ms: int, event_time_of,
+                 stamp_event_time: bool = False):
         super().__init__()
-        self._fn = _FollowTopics(bootstrap_servers, out_of_orderness_ms, event_time_of)
+        self._fn = _FollowTopics(bootstrap_servers, out_of_orderness_ms, event_time_of,
+                                 stamp_event_time=stamp_event_time)
         self._start = start
 
     def expand(self, pbegin):

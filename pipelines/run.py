@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from infra.kafka import KafkaSettings
-from pipelines.decode import DecodeEventGroups, DecodeEvents, GroupByUserShard, WriteDeadLetters
+from pipelines.dead_letters import WriteDeadLetters, already_written, topic_limit
+from pipelines.decode import DecodeEventGroups, DecodeEvents, EventTimeStamps, GroupByUserShard, RecordClock
 from pipelines.examples import RecordLateEvents, WriteExamples, describe_partition
 from pipelines.join import EstimateWatermark, LabelImpressions
 from pipelines.kafka_source import PartitionRange, ReadKafkaRanges, ranges_for_times, snapshot_ranges
-from pipelines.settings import JoinSettings
+from pipelines.settings import JoinSettings, LatenessReference
 
 
 @dataclasses.dataclass
@@ -29,6 +32,31 @@ class JoinResult:
     manifests: list[dict]
     counters: dict[str, int]
     ranges: list[PartitionRange]
+
+    @property
+    def late_share(self) -> float:
+        """The share of the events read (on time or late, repeats not counted) that came past the allowed lateness."""
+        late = self.counters.get("join.late_events", 0)
+        events = self.counters.get("decode.events", 0) - self.counters.get("join.duplicate_deliveries", 0)
+        return late / events if events > 0 else 0.0
+
+
+class MostlyLateError(ValueError):
+    """A bounded run found a larger share of its events late than `max_late_share` allows; its partitions are
+    written, but what they lack is likely a setting's fault, not the data's."""
+
+    def __init__(self, result: JoinResult, settings: JoinSettings):
+        self.result = result
+        late = result.counters.get("join.late_events", 0)
+        lines = [f"{late} events ({result.late_share:.0%} of those read) came more than "
+                 f"{settings.allowed_lateness_s:.0f}s after their event time, measured against "
+                 f"{settings.lateness_reference.value.replace('_', ' ')}: they went to the late output, not into "
+                 f"labels ({len(result.manifests)} partitions written)."]
+        if settings.lateness_reference is LatenessReference.RECORD_TIME:
+            lines.append("If the topics were replayed by a tool that stamps each record with the time it sent it, "
+                         "measure lateness against event time: --lateness event_time (join.lateness_reference).")
+        lines.append("To accept the late output as it is: --accept-late (join.max_late_share: 1).")
+        super().__init__(" ".join(lines))
 
 
 class JobStopped(Exception):
@@ -88,11 +116,19 @@ def plan_ranges(kafka: KafkaSettings, settings: JoinSettings, from_ms: int | Non
     """The offsets to read: everything the topics hold now, or what an impression interval needs as context."""
     topics = list(kafka.event_topics.values())
     if from_ms is None and to_ms is None:
-        return snapshot_ranges(kafka.bootstrap_servers, topics)
+        return snapshot_ranges(kafka.bootstrap_servers, topics, settings.stable_offsets_wait_s)
     horizon_ms = settings.labels.horizon_ms
     lateness_ms = int(settings.allowed_lateness_s * 1000)
     return ranges_for_times(kafka.bootstrap_servers, topics, (from_ms or 0) - horizon_ms,
-                            (to_ms if to_ms is not None else 2**62) + horizon_ms + lateness_ms)
+                            (to_ms if to_ms is not None else 2**62) + horizon_ms + lateness_ms,
+                            settings.stable_offsets_wait_s)
+
+
+def _dead_letter_sink(kafka: KafkaSettings, ranges) -> WriteDeadLetters:
+    """The dead-letter writer, within the topic's own size limit, skipping letters it holds for `ranges` already."""
+    max_bytes = min(kafka.dead_letter_max_bytes, topic_limit(kafka.bootstrap_servers, kafka.dead_letter_topic))
+    skip = already_written(kafka.bootstrap_servers, kafka.dead_letter_topic, ranges)
+    return WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, max_bytes, skip)
 
 
 def _runner(name: str, settings: JoinSettings):
@@ -110,16 +146,16 @@ def _runner(name: str, settings: JoinSettings):
     raise ValueError(f"runner is direct or flink, not {name!r}")
 
 
-def _event_time_of():
+def _event_time_of(clock: RecordClock):
     from schemas import BadEventError, EventDecoder
 
     decoder = EventDecoder()
 
-    def event_time_of(value: bytes, record_ms: int) -> int:
+    def event_time_of(value: bytes, record_ms: int) -> int | None:
         try:
-            return decoder.decode(value, timestamp_ms=record_ms).datum["event_time_ms"]
+            return decoder.decode(value, timestamp_ms=record_ms, latest_record_ms=clock.latest_ms()).datum["event_time_ms"]
         except BadEventError:
-            return record_ms  # the decode step sends it to the dead letters
+            return None  # the decode step sends it to the dead letters; it tells nothing of event time
 
     return event_time_of
 
@@ -167,10 +203,14 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
     context_from_ms = None if from_ms is None else from_ms - settings.labels.horizon_ms
     start = start_positions(kafka.bootstrap_servers, kafka.event_topics.values(), context_from_ms)
     bound_ms = int(settings.out_of_orderness_s * 1000)
+    clock = RecordClock(int(settings.max_record_time_ahead_s * 1000))  # read as records come
+    dead_letters = _dead_letter_sink(kafka, [(t, p, o, 2**62) for t, p, o in start.positions])
     with beam.Pipeline(options=options) as pipeline:
-        records = pipeline | "Follow Kafka" >> FollowKafkaTopics(kafka.bootstrap_servers, start, bound_ms, _event_time_of())
-        decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics)
-        decoded.dead_letters | "Dead letters" >> WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic)
+        records = pipeline | "Follow Kafka" >> FollowKafkaTopics(
+            kafka.bootstrap_servers, start, bound_ms, _event_time_of(clock),
+            stamp_event_time=settings.lateness_reference is LatenessReference.EVENT_TIME)
+        decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics, clock)
+        decoded.dead_letters | "Dead letters" >> dead_letters
         labeled = decoded.events | "Label impressions" >> LabelImpressionsStreaming(
             settings.labels, int(settings.allowed_lateness_s * 1000))
         revisions = labeled.examples
@@ -187,21 +227,31 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
 def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str = "direct",
                      from_ms: int | None = None, to_ms: int | None = None,
                      ranges: list[PartitionRange] | None = None) -> JoinResult:
+    """Reads the offset `ranges` (by default `plan_ranges`), labels the impressions the watermark settles in
+    [from_ms, to_ms) and writes their hours; dead letters to their topic, late events to the late output.
+
+    Raises MostlyLateError, after writing, when more than `settings.max_late_share` of the events were late.
+    """
     for bound, name in ((from_ms, "--from"), (to_ms, "--to")):
         if bound is not None and bound % 3_600_000:
             raise ValueError(f"{name} must be on the hour: partitions are whole event hours")
+    clock = RecordClock(int(settings.max_record_time_ahead_s * 1000), int(time.time() * 1000))
     ranges = ranges if ranges is not None else plan_ranges(kafka, settings, from_ms, to_ms)
     source = {"ranges": [r._asdict() for r in ranges],
               "ranges_digest": hashlib.sha256(json.dumps([list(r) for r in ranges]).encode()).hexdigest()[:16]}
+    dead_letters = _dead_letter_sink(kafka, ranges)
     runner_impl, options = _runner(runner, settings)
     pipeline = beam.Pipeline(runner=runner_impl, options=options)
     spread = runner == "direct" and settings.direct_num_workers > 1  # the Flink job runs at parallelism 1
+    restamp = functools.partial(EventTimeStamps, clock) \
+        if settings.lateness_reference is LatenessReference.EVENT_TIME else None
     chunks = pipeline | "Read Kafka offset ranges" >> ReadKafkaRanges(
-        kafka.bootstrap_servers, ranges, settings.split_size, spread=spread)
+        kafka.bootstrap_servers, ranges, settings.split_size, spread=spread, restamp=restamp)
     groups = chunks | "Group by user" >> GroupByUserShard(settings.user_shards)
-    decoded = groups | "Decode events" >> DecodeEventGroups(kafka.event_topics)
-    decoded.dead_letters | "Dead letters" >> WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic)
-    watermark = chunks | "Estimate the watermark" >> EstimateWatermark(int(settings.out_of_orderness_s * 1000))
+    decoded = groups | "Decode events" >> DecodeEventGroups(kafka.event_topics, clock)
+    decoded.dead_letters | "Dead letters" >> dead_letters
+    watermark = chunks | "Estimate the watermark" >> EstimateWatermark(
+        int(settings.out_of_orderness_s * 1000), kafka.event_topics, clock)
     labeled = decoded.events | "Label impressions" >> LabelImpressions(
         settings.labels, watermark, from_ms, to_ms, int(settings.allowed_lateness_s * 1000))
     manifests = labeled.examples | "Write examples" >> WriteExamples(settings.output_dir, source, watermark)
@@ -217,4 +267,7 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
         manifest = json.loads(path.read_text())
         if manifest["source"]["ranges_digest"] == source["ranges_digest"]:
             collected.append(manifest)
-    return JoinResult(collected, counters, ranges)
+    joined = JoinResult(collected, counters, ranges)
+    if joined.late_share > settings.max_late_share:
+        raise MostlyLateError(joined, settings)
+    return joined

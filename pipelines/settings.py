@@ -1,11 +1,25 @@
 """Settings of the join, kept apart from Beam so that reading a settings file does not import it."""
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.labeling import LabelConfig
+
+
+class LatenessReference(str, enum.Enum):
+    """What an event's lateness, and the bounded join's watermark, are measured against.
+
+    RECORD_TIME: the Kafka record timestamp, when the producer delivered the event. EVENT_TIME: the event-time
+    frontier of the event's partition (the newest plausible event time read before it, in offset order), for
+    replays: a tool that re-sends old events without setting record timestamps stamps them all with the time of
+    the replay, and against that every event is late.
+    """
+
+    RECORD_TIME = "record_time"
+    EVENT_TIME = "event_time"
 
 
 class JoinSettings(BaseModel):
@@ -14,6 +28,15 @@ class JoinSettings(BaseModel):
     labels: LabelConfig = LabelConfig()
     out_of_orderness_s: float = Field(900.0, ge=0, description="How far event time may run behind the newest record.")
     allowed_lateness_s: float = Field(86400.0, ge=0, description="Events delivered later than this go to the late output.")
+    lateness_reference: LatenessReference = Field(
+        LatenessReference.RECORD_TIME, description="record_time, or event_time for replayed topics (see "
+                                                   "LatenessReference).")
+    max_late_share: float = Field(0.5, ge=0, le=1, description="A bounded run in which a larger share of the events "
+                                  "is late fails (exit 1) after writing; 1 accepts any share.")
+    max_record_time_ahead_s: float = Field(3600.0, ge=0, description="A record stamped later than the join's clock "
+                                           "plus this is a dead letter (record_time_ahead) and moves no watermark.")
+    stable_offsets_wait_s: float = Field(10.0, ge=0, description="How long a snapshot of end offsets waits for "
+                                         "transactions already ended to become readable (read_committed).")
     output_dir: Path = Path("out/examples")
     split_size: int = Field(50_000, ge=1, description="Offsets per unit of parallel reading.")
     user_shards: int = Field(64, ge=1, description="Groups of users that the bounded join labels together.")

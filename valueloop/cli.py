@@ -59,8 +59,13 @@ def _broker(settings: Settings):
 
 
 def _unreachable(settings: Settings, error: Exception) -> str:
-    return (f"Kafka at {settings.kafka.bootstrap_servers}: {type(error).__name__}: {error}. Is the broker up? "
-            "`valueloop kafka up` starts the local node")
+    """What a Kafka error means for the user: a broker that cannot be reached, or what the broker refused."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
+
+    said = f"Kafka at {settings.kafka.bootstrap_servers}: {type(error).__name__}: {error}"
+    if isinstance(error, (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError)):
+        return f"{said}. Is the broker up? `valueloop kafka up` starts the local node"
+    return said
 
 
 def _broker_up(settings: Settings):
@@ -160,6 +165,7 @@ def _running_join(settings: Settings, after_stop: str):
     """A join's errors as the command reports them; a stop by Ctrl-C or SIGTERM exits with 128 + the signal."""
     from kafka.errors import KafkaError
 
+    from pipelines.dead_letters import DeadLetterError
     from pipelines.run import JobStopped, stopped_by_signals
 
     try:
@@ -167,7 +173,7 @@ def _running_join(settings: Settings, after_stop: str):
             yield
     except JobStopped as stop:
         _fail(f"{stop}: {after_stop}", 128 + stop.signum)
-    except ValueError as error:
+    except (ValueError, DeadLetterError) as error:
         _fail(str(error))
     except KafkaError as error:
         _fail(_unreachable(settings, error))
@@ -201,17 +207,28 @@ def join(
     workers: Optional[int] = typer.Option(None, help="Worker processes for the direct runner."),
     resume: bool = typer.Option(False, "--resume", help="Streaming: start at the first hour missing from the "
                                                           "output (after a stop or a crash)."),
+    lateness: Optional[str] = typer.Option(None, help="What lateness is measured against: record_time (when the "
+                                                      "producer delivered it) or event_time (for replayed topics)."),
+    accept_late: bool = typer.Option(False, "--accept-late", help="Exit 0 even when most events are late."),
 ):
     """Join the event topics into labeled tf.Example partitions by event hour, with manifests."""
     from pipelines.labeling import LabelStrategy
     from pipelines.examples import describe_partition
     from pipelines.run import run_bounded_join, run_streaming_join
+    from pipelines.settings import LatenessReference
 
     settings = _settings(config)
     if mode not in ("bounded", "streaming"):
         _fail(f"--mode is bounded or streaming, not {mode!r}")
     join_settings = settings.join
     updates = {k: v for k, v in {"output_dir": out, "direct_num_workers": workers}.items() if v is not None}
+    if lateness is not None:
+        try:
+            updates["lateness_reference"] = LatenessReference(lateness)
+        except ValueError:
+            _fail(f"--lateness is record_time or event_time, not {lateness!r}")
+    if accept_late:
+        updates["max_late_share"] = 1.0
     if strategy is not None:
         try:
             labels = join_settings.labels.model_copy(update={"strategy": LabelStrategy(strategy)})

@@ -48,6 +48,10 @@ class KafkaSettings(BaseModel):
     start_timeout_s: float = Field(90.0, gt=0)
     event_topics: dict[str, str] = Field(default_factory=lambda: dict(EVENT_TOPICS))
     dead_letter_topic: str = DEAD_LETTER_TOPIC
+    dead_letter_max_bytes: int = Field(1_048_576, ge=65_536, description="The dead-letter topic's max.message.bytes: "
+                                       "a dead letter larger than this keeps a prefix of its value, marked truncated.")
+    dead_letter_retention_days: float = Field(30.0, gt=0, description="How long the dead-letter topic keeps a letter, "
+                                              "from when it was written.")
 
     @property
     def bootstrap_servers(self) -> str:
@@ -56,6 +60,14 @@ class KafkaSettings(BaseModel):
     @property
     def topics(self) -> list[str]:
         return [*self.event_topics.values(), self.dead_letter_topic]
+
+    def topic_configs(self, topic: str) -> dict[str, str]:
+        """The configs valueloop sets on a topic it creates: the dead-letter topic's own limits; none for events."""
+        if topic != self.dead_letter_topic:
+            return {}
+        return {"max.message.bytes": str(self.dead_letter_max_bytes), "cleanup.policy": "delete",
+                "retention.ms": str(int(self.dead_letter_retention_days * 86_400_000)),
+                "message.timestamp.type": "CreateTime"}
 
 
 def new_cluster_id(draw=uuid.uuid4) -> str:
@@ -172,7 +184,8 @@ class KafkaBroker:
             missing = [t for t in self.settings.topics if t not in set(admin.list_topics())]
             for topic in missing:
                 try:
-                    admin.create_topics([NewTopic(topic, self.settings.partitions, 1)])
+                    admin.create_topics([NewTopic(topic, self.settings.partitions, 1,
+                                                  topic_configs=self.settings.topic_configs(topic))])
                 except TopicAlreadyExistsError:
                     pass
         finally:

@@ -172,3 +172,14 @@ def test_census_refuses_a_dropout_outside_zero_to_one_by_its_option_name(tmp_pat
     result = run("census", "--inner", "--dropout", "1.5", "--out", str(tmp_path / "census.json"), check=False)
     assert result.returncode == 2
     assert "--dropout" in result.stderr and "1.5" in result.stderr
+
+
+def test_join_whose_dead_letter_topic_is_missing_names_it_not_the_broker(kafka_settings, tmp_path):
+    config = tmp_path / "settings.json"
+    kafka = {**json.loads(kafka_settings.model_dump_json()), "dead_letter_topic": "missing.dead_letter"}
+    config.write_text(json.dumps({"kafka": kafka}))
+    result = run("join", "--config", str(config), "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 1, result.stderr
+    assert "the dead-letter topic missing.dead_letter does not exist" in result.stderr
+    assert "`valueloop kafka topics` creates it" in result.stderr
+    assert "Is the broker up" not in result.stderr and "Traceback" not in result.stderr

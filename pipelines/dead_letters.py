@@ -1,0 +1,196 @@
+"""Dead letters to their topic, through librdkafka: once per origin, whatever their size, never stopping the job.
+
+Each message that could not become an event is written to the dead-letter topic with its original key and value,
+and headers that say where it came from and why (`dead_letter_message`). Its identity is its origin, the source
+topic, partition and offset (header `dead_letter.id`): a job reads the identities the topic already holds for the
+offsets it is about to read (`already_written`) and skips those letters, so running the same join again over the
+same offsets does not grow the topic. Two joins over the same offsets at the same moment can still both write a
+letter; the scheduler runs one at a time.
+
+A value too large for the topic (its max.message.bytes, read from the broker) keeps its first 64 KiB, marked
+truncated, with its size and SHA-256: a message that the broker keeps whole on an event topic would otherwise be
+a poison pill, failing every run over its offset. A record with neither key nor value is a letter like any other.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipelines.records import DeadLetter
+
+PREFIX_BYTES = 64 << 10  # what a truncated value, or key, keeps
+HEADROOM_BYTES = 16 << 10  # the batch framing and the headers beside key and value
+DETAIL_BYTES = 4096
+ID_HEADER = "dead_letter.id"
+
+
+class DeadLetterError(RuntimeError):
+    """The dead-letter topic cannot take the job's letters: the message names the topic, the count and the cause."""
+
+
+def dead_letter_id(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}/{partition}/{offset}"
+
+
+def _fit(data: bytes | None, budget: int) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    if data is None or len(data) <= budget:
+        return data, []
+    return data[:PREFIX_BYTES], [("truncated", b"true"), ("sha256", hashlib.sha256(data).hexdigest().encode())]
+
+
+def dead_letter_message(letter: DeadLetter, max_bytes: int) -> tuple[bytes | None, bytes | None, list]:
+    """The (key, value, headers) written for `letter` to a topic that takes messages of up to `max_bytes`.
+
+    The origin (`source.*`), the reason and its detail, the identity and the original sizes (-1 for null) are
+    always there. Key and value go whole when they fit; otherwise the value, and a key over 64 KiB, keep their
+    first 64 KiB, with `value.truncated` (`key.truncated`) and the SHA-256 of the whole.
+    """
+    headers = [("source.topic", letter.topic.encode()), ("source.partition", str(letter.partition).encode()),
+               ("source.offset", str(letter.offset).encode()), ("source.timestamp", str(letter.timestamp_ms).encode()),
+               ("reason", letter.reason.encode()), ("detail", letter.detail.encode()[:DETAIL_BYTES]),
+               (ID_HEADER, dead_letter_id(letter.topic, letter.partition, letter.offset).encode()),
+               ("key.size", str(-1 if letter.key is None else len(letter.key)).encode()),
+               ("value.size", str(-1 if letter.value is None else len(letter.value)).encode())]
+    key, key_marks = _fit(letter.key, PREFIX_BYTES)
+    value, value_marks = _fit(letter.value, max_bytes - HEADROOM_BYTES - len(key or b""))
+    headers += [(f"key.{name}", mark) for name, mark in key_marks]
+    headers += [(f"value.{name}", mark) for name, mark in value_marks]
+    return key, value, headers
+
+
+def topic_limit(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> int:
+    """The dead-letter topic's max.message.bytes on the broker; DeadLetterError when the topic is missing."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "client.id": "valueloop-dead-letters"})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    try:
+        configs = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout=timeout_s)
+    except KafkaException as error:
+        if error.args[0].code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+            raise DeadLetterError(f"the dead-letter topic {topic} does not exist on {bootstrap_servers}: "
+                                  "`valueloop kafka topics` creates it with its limits") from None
+        raise
+    return int(configs["max.message.bytes"].value)
+
+
+def already_written(bootstrap_servers: str, topic: str, origins: Iterable[tuple[str, int, int, int]],
+                    timeout_s: float = 60.0) -> frozenset[str]:
+    """The identities of the letters the dead-letter topic holds whose origins lie in the (topic, partition,
+    start, stop) ranges: what a run over those ranges must not write again. Reads the whole topic, which holds
+    only what could not be read."""
+    from kafka import TopicPartition
+
+    from pipelines.kafka_source import _consumer
+
+    wanted: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for source_topic, partition, start, stop in origins:
+        wanted.setdefault((source_topic, partition), []).append((start, stop))
+    consumer = _consumer(bootstrap_servers)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = {tp: end for tp, end in consumer.end_offsets(partitions).items() if end > 0}
+        if not ends:
+            return frozenset()
+        consumer.assign(list(ends))
+        consumer.seek_to_beginning(*ends)
+        found: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise DeadLetterError(f"reading the dead-letter topic {topic} took over {timeout_s:.0f}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    identity = dict(record.headers or ()).get(ID_HEADER)
+                    if identity is None:
+                        continue
+                    source_topic, partition, offset = identity.decode().rsplit("/", 2)
+                    if any(start <= int(offset) < stop for start, stop in wanted.get((source_topic, int(partition)), ())):
+                        found.add(identity.decode())
+        return frozenset(found)
+    finally:
+        consumer.close()
+
+
+class _SendDeadLetters(beam.DoFn):
+    def __init__(self, bootstrap_servers: str, topic: str, max_bytes: int, skip: frozenset[str]):
+        self._bootstrap = bootstrap_servers
+        self._topic = topic
+        self._max_bytes = max_bytes
+        self._skip = skip
+        self._producer = None
+
+    def setup(self):
+        from confluent_kafka import Producer
+
+        self._producer = Producer({
+            "bootstrap.servers": self._bootstrap, "client.id": "valueloop-dead-letters", "acks": "all",
+            "enable.idempotence": True, "compression.type": "zstd", "linger.ms": 20,
+            "message.max.bytes": self._max_bytes, "message.timeout.ms": 60_000,
+            "log_level": 4})  # warnings and worse: not the idle connections the broker closes
+        self._written = Metrics.counter("dead_letters", "written")
+        self._skipped = Metrics.counter("dead_letters", "already_written")
+        self._failures: list = []
+
+    def _delivered(self, error, message):
+        if error is not None:
+            self._failures.append(error)
+
+    def process(self, letter: DeadLetter):
+        from confluent_kafka import KafkaException
+
+        if dead_letter_id(letter.topic, letter.partition, letter.offset) in self._skip:
+            self._skipped.inc()
+            return
+        key, value, headers = dead_letter_message(letter, self._max_bytes)
+        while True:
+            try:
+                self._producer.produce(self._topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
+                break
+            except BufferError:  # librdkafka's queue is full: let it deliver some
+                self._producer.poll(0.1)
+            except KafkaException as error:
+                raise DeadLetterError(f"the dead-letter producer refused a letter from {letter.topic}"
+                                      f"[{letter.partition}]@{letter.offset}: {error}") from None
+        self._written.inc()
+        self._producer.poll(0)
+
+    def finish_bundle(self):
+        left = self._producer.flush(90)
+        if self._failures or left:
+            failures, self._failures = self._failures, []
+            raise DeadLetterError(_describe_failures(self._topic, self._bootstrap, failures, left))
+
+    def teardown(self):
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None  # librdkafka's client goes with its last reference
+
+
+def _describe_failures(topic: str, bootstrap: str, failures: list, left: int) -> str:
+    from confluent_kafka import KafkaError
+
+    if left and not failures:
+        return f"{left} dead letters for {topic} were still unsent after 90s: is the broker at {bootstrap} up?"
+    first = failures[0]
+    unreachable = first.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+    cause = f"the broker at {bootstrap} did not take them ({first.str()})" if unreachable else \
+        f"the topic refused them: {first.name()}: {first.str()}"
+    return f"{len(failures)} dead letters could not be written to {topic}: {cause}"
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Each dead letter to the dead-letter topic (`dead_letter_message`), except those in `skip`, identities of
+    letters the topic already holds (`already_written`)."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, max_bytes: int, skip: frozenset[str] = frozenset()):
+        super().__init__()
+        self._fn = _SendDeadLetters(bootstrap_servers, topic, max_bytes, skip)
+
+    def expand(self, letters):
+        return letters | "Send to the dead-letter topic" >> beam.ParDo(self._fn)

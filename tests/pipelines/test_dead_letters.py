@@ -1,0 +1,52 @@
+"""What a dead letter carries to its topic, and what a failed delivery says: pure functions."""
+import hashlib
+
+from confluent_kafka import KafkaError
+
+from pipelines.dead_letters import PREFIX_BYTES, _describe_failures, dead_letter_message
+from pipelines.records import DeadLetter
+
+
+def letter(key, value):
+    return DeadLetter("valueloop.clicks", 2, 41, 1_767_225_600_000, key, value, "not_single_object", "got nothing")
+
+
+def test_a_letter_that_fits_goes_whole_with_its_origin_pure_function():
+    key, value, headers = dead_letter_message(letter(b"u1", b"junk"), 1 << 20)
+    headers = dict(headers)
+    assert (key, value) == (b"u1", b"junk")
+    assert headers["source.topic"] == b"valueloop.clicks" and headers["source.partition"] == b"2"
+    assert headers["source.offset"] == b"41" and headers["source.timestamp"] == b"1767225600000"
+    assert headers["reason"] == b"not_single_object" and headers["detail"] == b"got nothing"
+    assert headers["dead_letter.id"] == b"valueloop.clicks/2/41"
+    assert (headers["key.size"], headers["value.size"]) == (b"2", b"4")
+    assert not any(name.endswith("truncated") for name in headers)
+
+
+def test_a_value_too_large_for_the_topic_keeps_a_marked_prefix_pure_function():
+    huge = bytes(range(256)) * 8192  # 2 MiB
+    key, value, headers = dead_letter_message(letter(b"u1", huge), 1 << 20)
+    headers = dict(headers)
+    assert key == b"u1" and value == huge[:PREFIX_BYTES]
+    assert headers["value.truncated"] == b"true" and headers["value.size"] == str(len(huge)).encode()
+    assert headers["value.sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    # Just under the limit, less the room headers take, still goes whole.
+    fits = huge[:(1 << 20) - (16 << 10) - 2]
+    assert dead_letter_message(letter(b"u1", fits), 1 << 20)[1] == fits
+
+
+def test_a_huge_key_is_cut_too_and_a_record_without_key_or_value_is_a_letter_pure_function():
+    key, value, headers = dead_letter_message(letter(b"k" * (1 << 20), b"v"), 1 << 20)
+    assert len(key) == PREFIX_BYTES and dict(headers)["key.truncated"] == b"true" and value == b"v"
+    key, value, headers = dead_letter_message(letter(None, None), 1 << 20)
+    assert (key, value, dict(headers)["key.size"], dict(headers)["value.size"]) == (None, None, b"-1", b"-1")
+
+
+def test_a_refused_delivery_names_the_topic_not_the_broker_pure_function():
+    refused = _describe_failures("valueloop.dead_letter", "127.0.0.1:9092",
+                                 [KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)] * 2, 0)
+    assert refused.startswith("2 dead letters could not be written to valueloop.dead_letter: the topic refused them")
+    assert "MSG_SIZE_TOO_LARGE" in refused and "broker" not in refused
+    unreachable = _describe_failures("valueloop.dead_letter", "127.0.0.1:9092",
+                                     [KafkaError(KafkaError._MSG_TIMED_OUT)], 0)
+    assert "the broker at 127.0.0.1:9092 did not take them" in unreachable
