@@ -41,4 +41,28 @@ def load_settings(path: Path | None = None) -> Settings:
     try:
         return Settings.model_validate(data or {})
     except ValidationError as error:
-        raise ConfigError(f"{path}: {error}") from error
+        problems = "\n".join(f"  {describe_problem(problem)}" for problem in error.errors())
+        raise ConfigError(f"{path}: {error.error_count()} invalid setting(s):\n{problems}") from None
+
+
+def setting_paths(model: type[BaseModel] = Settings, prefix: str = "") -> list[str]:
+    """Every setting's dotted path, sections first: `join`, `join.labels`, `join.labels.purchase_window_s`, ..."""
+    paths = []
+    for name, field in model.model_fields.items():
+        paths.append(prefix + name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            paths += setting_paths(field.annotation, f"{prefix}{name}.")
+    return paths
+
+
+def describe_problem(problem: dict) -> str:
+    """One of pydantic's errors as a line naming the setting; a field unknown where it stands, but known
+    elsewhere, is pointed to where it belongs."""
+    where = ".".join(str(part) for part in problem["loc"])
+    if problem["type"] == "extra_forbidden":
+        name = str(problem["loc"][-1])
+        homes = [p for p in setting_paths() if p.rsplit(".", 1)[-1] == name]
+        if homes:
+            return f"{where}: no such setting here; did you mean {' or '.join(homes)}?"
+        return f"{where}: no such setting"
+    return f"{where}: {problem['msg']} (got {problem.get('input')!r})"

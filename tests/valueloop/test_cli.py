@@ -183,3 +183,13 @@ def test_join_whose_dead_letter_topic_is_missing_names_it_not_the_broker(kafka_s
     assert "the dead-letter topic missing.dead_letter does not exist" in result.stderr
     assert "`valueloop kafka topics` creates it" in result.stderr
     assert "Is the broker up" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_misplaced_setting_is_named_with_where_it_belongs(tmp_path):
+    config = tmp_path / "settings.yaml"
+    config.write_text("join:\n  purchase_window_s: 3600\n  out_of_orderness_s: -1\n")
+    result = run("join", "--config", str(config), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{config}: 2 invalid setting(s)" in result.stderr
+    assert "join.purchase_window_s: no such setting here; did you mean join.labels.purchase_window_s?" in result.stderr
+    assert "join.out_of_orderness_s: Input should be greater than or equal to 0 (got -1)" in result.stderr
