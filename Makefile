@@ -17,7 +17,7 @@ prism: $(PRISM)
 # `valueloop join --runner flink` and its tests need it: Beam's Flink job server, from Maven Central.
 flink: $(FLINK_JOB_SERVER)
 
-$(VENV)/.installed: requirements.lock setup.py pyproject.toml schemas/_native.c infra/kafka/_records.c pipelines/_tf_example.c
+$(VENV)/.installed: requirements.lock setup.py pyproject.toml schemas/_native.c kafka_io/_records.c pipelines/_tf_example.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "valueloop needs Python 3.11; set PYTHON=python3.11")'
 	@command -v cc >/dev/null || { echo "A C compiler is missing: the join's readers and writer are C (apt-get install gcc python3-dev)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

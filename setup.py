@@ -8,11 +8,12 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["valueloop*", "schemas*", "simulator*", "pipelines*", "trainer*", "infra*", "bench*"]),
+    packages=find_packages(include=["valueloop*", "config*", "schemas*", "simulator*", "kafka_io*", "pipelines*",
+                                    "trainer*", "infra*", "bench*"]),
     # The join's work on every message, in C: Kafka's record format and Avro record bodies read into Python objects,
     # labeled examples written as tf.Example bytes. A C compiler and Python's headers build them at install.
     ext_modules=[Extension(name, [source], extra_compile_args=["-O2", "-Wall", "-Werror"])
-                 for name, source in (("infra.kafka._records", "infra/kafka/_records.c"),
+                 for name, source in (("kafka_io._records", "kafka_io/_records.c"),
                                       ("schemas._native", "schemas/_native.c"),
                                       ("pipelines._tf_example", "pipelines/_tf_example.c"))],
     package_data={"schemas": ["avro/*.avsc"], "infra": ["kafka/pom.xml", "kafka/log4j2.properties"]},
@@ -24,11 +25,11 @@ setup(
         "tensorflow-recommenders==0.7.7",
         "apache-airflow==3.3.2",
         "apache-airflow-providers-apache-beam",
-        "kafka-python>=3.0.12,<3.1",  # the batch producer uses its network client and protocol classes
+        "kafka-python>=3.0.12,<3.1",  # the bulk fetcher uses its network client and protocol classes
         "crc32c>=2.7",  # record-batch checksums in C; kafka-python's pure-Python fallback is far slower
         "lz4>=4",
         "python-snappy>=0.7",  # snappy, librdkafka's most common codec, for the fetcher (kafka-python's codec)
-        "confluent-kafka>=2.16",
+        "confluent-kafka>=2.16",  # librdkafka: every producer, and the dead-letter topic's admin
         "fastavro>=1.13,<2",
         "numpy>=2",
         "pydantic>=2.10,<3",

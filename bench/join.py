@@ -20,7 +20,7 @@ import psutil
 
 from simulator import Simulation
 from simulator.sinks import KafkaSink
-from valueloop.config import Settings
+from config import Settings
 
 from bench.environment import describe, median_run
 from bench.topics import fresh_topics
@@ -80,8 +80,8 @@ def step_costs(settings: Settings) -> dict:
     user with the watermark at the newest event time; writing, tf.Example bytes and their TFRecord frames for
     every example, given per event.
     """
-    from infra.kafka.fetcher import PartitionFetcher
-    from pipelines.examples import _framed, serialize_example
+    from kafka_io.fetcher import PartitionFetcher
+    from pipelines.tf_example import _framed, serialize_example
     from pipelines.kafka_source import snapshot_ranges
     from pipelines.labeling import label_user_events
     from pipelines.worker import collect_garbage_less_often

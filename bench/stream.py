@@ -20,7 +20,7 @@ from pathlib import Path
 
 from simulator import Simulation
 from simulator.sinks import KafkaSink
-from valueloop.config import Settings
+from config import Settings
 
 from bench.environment import describe
 from bench.topics import fresh_topics

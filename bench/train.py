@@ -32,7 +32,7 @@ def _examples(directory: Path, requests: int, seed: int) -> None:
 def _in_memory(columns: dict, batch_size: int, seed: int):
     """The peer: columns already in memory as tensors, each batch gathered by index, batch order shuffled."""
     import numpy as np
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     n = len(next(iter(columns.values())))
     tensors = {name: tf.constant(values) for name, values in columns.items()}

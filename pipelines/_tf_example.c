@@ -4,7 +4,7 @@
  * A Serializer runs a program that `pipelines.examples` builds from the LabeledExample schema: one entry per
  * feature, in name order, as (kind, key, source), where `key` is the map entry's key field (tag, length, name)
  * and `source` an index into the Example tuple, or a served feature's name in the tuple's features dict. A
- * value of None is left out, as an absent feature. The bytes are those of `examples._serialize_any`; an
+ * value of None is left out, as an absent feature. The bytes are those of `tf_example._serialize_any`; an
  * example whose features dict holds other names than the program's goes to `fallback`, which writes those.
  *
  * Feature kinds: FLOAT (a packed FloatList of one), INT (a packed Int64List of one; below zero, its 64-bit

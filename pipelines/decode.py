@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
-from infra.kafka._records import pack_records, unpack_records
+from kafka_io._records import pack_records, unpack_records
 from pipelines.records import DeadLetter, DecodedEvent, KafkaChunk, KafkaRecord, PackedChunk
 from pipelines.worker import collect_garbage_less_often
 from schemas import BadEventError, EventDecoder

@@ -13,7 +13,7 @@ from typing import List, NamedTuple, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.examples import partition_of, serialized
+from pipelines.partitions import partition_of, serialized
 from pipelines.labeling import Example, LabelConfig, label_user_events
 from pipelines.records import DecodedEvent, LateEvent
 
@@ -22,7 +22,7 @@ LATE = "late"
 
 
 class LabeledStreams(NamedTuple):
-    examples: beam.PCollection  # bounded: (partition, [examples.serialized example]); streaming: records.Revision
+    examples: beam.PCollection  # bounded: (partition, [partitions.serialized example]); streaming: records.Revision
     late: beam.PCollection  # LateEvent
 
 
@@ -92,7 +92,7 @@ class _LabelShard(beam.DoFn):
 class LabelImpressions(beam.PTransform):
     """(user shard, [DecodedEvent]) pairs, each with every event of its users (see `decode.GroupByUserShard`), to
     the labeled examples of the impressions in [from_ms, to_ms) that the watermark settles, as (partition,
-    [`examples.serialized` example]) pairs: several per partition, one per shard that has some.
+    [`partitions.serialized` example]) pairs: several per partition, one per shard that has some.
 
     `watermark` is a singleton PCollection (see `EstimateWatermark`). An event delivered more than
     `allowed_lateness_ms` after its event time goes to the late output instead.

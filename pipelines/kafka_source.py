@@ -3,7 +3,7 @@
 Bounded mode reads fixed ranges: the offsets snapshotted when the job starts, or those that cover an
 event-time interval (found with offsets_for_times on record timestamps). Each range splits into pieces of at
 most `split_size` offsets, so the runner can read partitions in parallel and resume a range where it stopped.
-It reads with `infra.kafka.fetcher` and emits chunks of records, claiming each chunk's offsets at once: one
+It reads with `kafka_io.fetcher` and emits chunks of records, claiming each chunk's offsets at once: one
 element per message would cap the job near the runner's per-element speed.
 
 Unbounded mode follows the topics with one consumer and checkpoints its per-partition offsets (and newest
@@ -162,7 +162,7 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
     # -- reading ------------------------------------------------------------------------------------
 
     def setup(self):
-        from infra.kafka.fetcher import PartitionFetcher
+        from kafka_io.fetcher import PartitionFetcher
         from pipelines.worker import collect_garbage_less_often
 
         collect_garbage_less_often()
@@ -173,7 +173,7 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
             self._fetcher.close()
 
     def process(self, element: PartitionRange, tracker=beam.DoFn.RestrictionParam()):
-        from infra.kafka.fetcher import CorruptBatchError, FetchError
+        from kafka_io.fetcher import CorruptBatchError, FetchError
 
         position = tracker.current_restriction().start
         claimed = position - 1
@@ -223,7 +223,7 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
 
 class ReadKafkaRanges(beam.PTransform):
     """Reads the given offset ranges: KafkaChunks of up to `chunk_size` records, in offset order within a
-    partition, read with `infra.kafka.fetcher` (kafka-python's network client, record batches parsed in bulk).
+    partition, read with `kafka_io.fetcher` (kafka-python's network client, record batches parsed in bulk).
 
     With `spread`, the ranges are shuffled to the runner's workers before they are read, for a runner that would
     otherwise read them all in the worker that started the job; a runner of one worker has nothing to gain by it.

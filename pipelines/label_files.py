@@ -12,7 +12,7 @@ from typing import Iterator
 
 from fastavro import reader
 
-from pipelines.examples import partition_of, write_partition
+from pipelines.partitions import partition_of, write_partition
 from pipelines.labeling import Example, LabelConfig, label_user_events
 from schemas.registry import default_registry
 

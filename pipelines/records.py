@@ -25,7 +25,7 @@ class KafkaChunk(NamedTuple):
 
 
 class PackedChunk(NamedTuple):
-    """A KafkaChunk's records packed into one bytes object (`infra.kafka._records.pack_records`): what the grouping
+    """A KafkaChunk's records packed into one bytes object (`kafka_io._records.pack_records`): what the grouping
     by user carries. A runner encodes and decodes every value of a grouping at each of its steps (the FnApiRunner
     four times); for one bytes object per chunk that is a copy, not four values per record."""
 
@@ -96,7 +96,7 @@ for _cls in (KafkaRecord, KafkaChunk, PackedChunk, DecodedEvent, DeadLetter, Lat
 
 class Revision(NamedTuple):
     """A streaming example as one version of what its impression says: a later version of the same kind of
-    example (`examples.kind_of`) replaces an earlier one, and a withdrawn one removes it."""
+    example (`partitions.kind_of`) replaces an earlier one, and a withdrawn one removes it."""
 
     example: Example
     version: int  # increases with every release of the user's examples

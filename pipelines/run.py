@@ -21,7 +21,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from infra.kafka import KafkaSettings
 from pipelines.dead_letters import WriteDeadLetters, already_written, topic_limit
 from pipelines.decode import DecodeEventGroups, DecodeEvents, EventTimeStamps, GroupByUserShard, RecordClock
-from pipelines.examples import RecordLateEvents, WriteExamples, describe_partition
+from pipelines.examples import RecordLateEvents, WriteExamples
+from pipelines.partitions import describe_partition
 from pipelines.join import EstimateWatermark, LabelImpressions
 from pipelines.kafka_source import PartitionRange, ReadKafkaRanges, ranges_for_times, snapshot_ranges
 from pipelines.settings import JoinSettings, LatenessReference

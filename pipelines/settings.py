@@ -9,6 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.labeling import LabelConfig
 
 
+class Runner(str, enum.Enum):
+    """Where a join runs: `direct` is Beam's FnApiRunner for bounded runs and Prism for streaming ones; `flink` an
+    embedded Flink behind Beam's Flink job server."""
+
+    DIRECT = "direct"
+    FLINK = "flink"
+
+
+class JoinMode(str, enum.Enum):
+    """`bounded`: fixed offset ranges, then exit; `streaming`: follow the topics until stopped."""
+
+    BOUNDED = "bounded"
+    STREAMING = "streaming"
+
+
 class LatenessReference(str, enum.Enum):
     """What an event's lateness, and the bounded join's watermark, are measured against.
 

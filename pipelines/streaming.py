@@ -24,7 +24,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.examples import kind_of, summary_of
+from pipelines.partitions import kind_of, summary_of
 from pipelines.join import EXAMPLES, LATE, LabeledStreams
 from pipelines.labeling import Example, LabelConfig, LabelStrategy, label_user_events
 from pipelines.records import DecodedEvent, LateEvent, Revision

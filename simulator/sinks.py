@@ -1,4 +1,5 @@
-"""Where simulated events go: the Kafka topics (through kafka-python, acks=all, zstd) or Avro container files."""
+"""Where simulated events go: the Kafka topics (through librdkafka, acks=all, idempotent, zstd) or Avro container
+files."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,7 +9,7 @@ from typing import Iterable
 from fastavro.write import Writer
 
 from infra.kafka import KafkaSettings
-from infra.kafka.producer import BatchProducer
+from kafka_io.producer import EventProducer
 from schemas import EventEncoder, default_registry
 from simulator.traffic import SimEvent
 
@@ -19,7 +20,7 @@ class KafkaSink:
     def __init__(self, settings: KafkaSettings, encoder: EventEncoder | None = None, **producer_options):
         self.settings = settings
         self._encoder = encoder or EventEncoder()
-        self._producer = BatchProducer(settings.bootstrap_servers, client_id="valueloop-simulator", **producer_options)
+        self._producer = EventProducer(settings.bootstrap_servers, client_id="valueloop-simulator", **producer_options)
 
     def write(self, events: Iterable[SimEvent]) -> Counter:
         topics = self.settings.event_topics

@@ -61,3 +61,18 @@ def kafka_settings(kafka_broker) -> KafkaSettings:
 def kafka_settings_module(kafka_broker) -> KafkaSettings:
     """Topics of the test module's own, for module-scoped fixtures."""
     return _own_topics(kafka_broker)
+
+
+def read_dead_letters(settings: KafkaSettings) -> list:
+    """Every message in the settings' dead-letter topic, as kafka-python's consumer reads it."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=5000)
+    try:
+        partitions = [TopicPartition(settings.dead_letter_topic, p)
+                      for p in consumer.partitions_for_topic(settings.dead_letter_topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        return list(consumer)
+    finally:
+        consumer.close()

@@ -148,8 +148,8 @@ def split(rows: list[list[str]], seed: int = 0, test_share: float = 0.2) -> Spli
 
 def build(config: ModelConfig, features: int, tasks: tuple[str, ...], learning_rate: float):
     """A multi-task classifier of dense inputs: the ranker's mixture layers, one tower per task."""
-    import tensorflow as tf
-    import tensorflow_recommenders as tfrs
+    from trainer.tf_runtime import tf
+    from trainer.tf_runtime import tfrs
     from tf_keras import layers
 
     from trainer.model import mixture
@@ -233,7 +233,7 @@ def run(data: Split, base: ModelConfig, epochs: int = 30, batch_size: int = 512,
     the training split to stop early, and scored by the mean of its test logits: the same ensemble for each
     kind, so the comparison keeps an equal budget, and no result rests on one lucky seed.
     """
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     tenth = int(len(data.x_train) * 0.1)
 

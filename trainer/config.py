@@ -1,6 +1,7 @@
 """Typed configuration of the ranking model and its training: one class, many configs (value model, CTR baseline)."""
 from __future__ import annotations
 
+import enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -65,6 +66,13 @@ class TrainConfig(_Strict):
                           "whole batches, not examples.")
 
 
+class Preset(str, enum.Enum):
+    """`value`: ranked by expected value; `ctr`: the CTR-only baseline."""
+
+    VALUE = "value"
+    CTR = "ctr"
+
+
 def preset(config: TrainConfig, name: str) -> TrainConfig:
     """`value`: the multi-task model ranked by expected value, as configured. `ctr`: the same network, features
     and budget trained on clicks alone and ranked by p(click), the baseline that shows the trap."""
@@ -76,4 +84,4 @@ def preset(config: TrainConfig, name: str) -> TrainConfig:
     raise ValueError(f"unknown preset {name!r}; the presets are {list(PRESETS)}")
 
 
-PRESETS = ("value", "ctr")
+PRESETS = tuple(p.value for p in Preset)

@@ -11,7 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.examples import MANIFEST_FILE, read_records
+from pipelines.partitions import MANIFEST_FILE
+
+from pipelines.tf_example import read_records
 from trainer.features import parse_spec
 
 
@@ -60,7 +62,7 @@ class CorruptPartitionError(ValueError):
 @contextlib.contextmanager
 def naming_corrupt_files(partitions: list[Partition]):
     """Turns TensorFlow's "corrupted record at N", which names no file, into an error that names them all."""
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     try:
         yield
@@ -91,7 +93,7 @@ def dataset(partitions: list[Partition], batch_size: int, shuffle_buffer: int = 
     With `cache`, the parsed batches are kept in memory after the first pass and later passes shuffle their order:
     on two cores, reading and parsing cost as much as a training step.
     """
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     files = [str(p.path) for p in partitions]
     records = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 4) or 1)

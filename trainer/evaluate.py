@@ -102,6 +102,35 @@ def evaluate(models: list, columns: dict, k: int = 3, world=None) -> dict:
     return report
 
 
+def evaluate_range(model_paths: list[Path], examples: Path, from_ms: int | None, to_ms: int | None,
+                   ground_truth: Path | None = None, k: int = 3, baseline: str | None = None,
+                   min_purchase_lift: float = 0.25) -> dict:
+    """`evaluate` of the SavedModels at `model_paths` on the join's partitions in [from_ms, to_ms), with the
+    world's truth from `ground_truth`; with `baseline` (a model's name), the trap verdict of the first model
+    against it (`compare`). Raises ValueError for a range without final labels or a baseline it cannot judge."""
+    from pipelines.labeling import LabelStrategy
+    from trainer.data import find_partitions, label_strategy, load_columns
+    from trainer.train import ExportedModel
+
+    partitions = find_partitions(examples, from_ms, to_ms)
+    if label_strategy(partitions) != LabelStrategy.WAIT_FOR_WINDOW.value:
+        raise ValueError("evaluation needs final labels: label the evaluation range with --strategy wait_for_window")
+    loaded = [ExportedModel(path) for path in model_paths]
+    world = None
+    if ground_truth is not None:
+        from simulator.world import World
+
+        world = World.load(ground_truth)
+    report = evaluate(loaded, load_columns(partitions), k=k, world=world)
+    report["data"] = {"examples_dir": str(examples), "partitions": [p.manifest["partition"] for p in partitions]}
+    if baseline is not None:
+        if baseline not in report["models"] or world is None:
+            raise ValueError(f"--baseline {baseline!r} needs --ground-truth and one --model named so "
+                             f"({list(report['models'])})")
+        report["verdict"] = compare(report, loaded[0].name, baseline, k, min_purchase_lift)
+    return report
+
+
 def compare(report: dict, candidate: str, baseline: str, k: int, min_purchase_lift: float) -> dict:
     """The clickbait-trap verdict: the candidate sells more and shows less bait; the baseline gets more clicks."""
     c, b = report["models"][candidate], report["models"][baseline]
@@ -176,3 +205,10 @@ def write_report(report: dict, out_dir: Path) -> Path:
     path = out_dir / "evaluation.json"
     path.write_text(json.dumps(report, indent=2, default=float) + "\n")
     return path
+
+
+def verdict_lines(verdict: dict) -> list[str]:
+    """The trap verdict as a reader reads it: the two lifts, then each check passed or failed."""
+    lines = [f"{verdict['candidate']} vs {verdict['baseline']}: true purchases per 1000 "
+             f"{verdict['purchase_lift']:+.1%}, true clicks per 1000 {verdict['click_change']:+.1%}"]
+    return lines + [f"  [{'pass' if passed else 'FAIL'}] {check}" for check, passed in verdict["checks"].items()]

@@ -67,7 +67,7 @@ TRAINING_COLUMNS = (*INPUTS, *LABEL_COLUMNS)  # what training parses: each colum
 
 def parse_spec(columns: tuple[str, ...] | None = None):
     """The tf.io.parse_example spec of a LabeledExample, or of the named columns of it."""
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     known = example_columns()
     unknown = set(columns or ()) - set(known)
@@ -79,7 +79,7 @@ def parse_spec(columns: tuple[str, ...] | None = None):
 
 def serving_spec():
     """TensorSpecs of the raw features the exported model takes."""
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     columns = example_columns()
     return {name: tf.TensorSpec([None], getattr(tf, columns[name][0]), name=name) for name in INPUTS}
@@ -87,7 +87,7 @@ def serving_spec():
 
 def labels(columns: dict, long_dwell_s: float) -> dict:
     """Per-task labels over the impression space (float 0/1) from parsed columns; dwell counts only when clicked."""
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     clicked = tf.cast(columns["clicked"] > 0, tf.float32)
     long_dwell = tf.cast(columns["dwell_ms"] >= int(long_dwell_s * 1000), tf.float32) * clicked

@@ -12,8 +12,8 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_recommenders as tfrs  # noqa: E402
+from trainer.tf_runtime import tf  # noqa: E402
+from trainer.tf_runtime import tfrs  # noqa: E402
 from tf_keras import layers  # noqa: E402
 
 import tf_keras as keras  # noqa: E402

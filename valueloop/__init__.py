@@ -5,5 +5,6 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 __version__ = "0.1.0"
-# TensorFlow's C++ start-up notices (CPU features, CUDA absent) say nothing an operator acts on; warnings stay.
+# TensorFlow's C++ info lines after start-up say nothing an operator acts on; its start-up notices are filtered
+# where it is imported (trainer.tf_runtime). Warnings stay.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

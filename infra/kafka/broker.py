@@ -18,19 +18,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.topics import DEAD_LETTER_TOPIC, EVENT_TOPICS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_INFRA = Path(__file__).resolve().parent
 DEFAULT_JAR_DIR = KAFKA_INFRA / "target" / "lib"
 DEFAULT_RUN_DIR = PROJECT_ROOT / ".run" / "kafka"
 
-EVENT_TOPICS = {
-    "Impression": "valueloop.impressions",
-    "Click": "valueloop.clicks",
-    "Dwell": "valueloop.dwells",
-    "AddToCart": "valueloop.add_to_carts",
-    "Purchase": "valueloop.purchases",
-}
-DEAD_LETTER_TOPIC = "valueloop.dead_letter"
 
 
 class KafkaSettings(BaseModel):

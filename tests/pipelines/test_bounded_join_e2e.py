@@ -2,9 +2,9 @@
 from collections import Counter
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
-from pipelines.examples import EXAMPLES_FILE
+from pipelines.partitions import EXAMPLES_FILE
 from pipelines.labeling import LabelConfig
 from pipelines.reference_labeler import reference_labels
 from pipelines.run import run_bounded_join
@@ -12,6 +12,7 @@ from pipelines.settings import JoinSettings
 from schemas import EventEncoder
 from simulator import Simulation, SimulatorConfig
 from simulator.sinks import KafkaSink
+from tests.conftest import read_dead_letters
 
 LABELS = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=86400)
 SIM = SimulatorConfig.model_validate({"seed": 9, "requests": 1500, "days": 3.0,
@@ -19,7 +20,7 @@ SIM = SimulatorConfig.model_validate({"seed": 9, "requests": 1500, "days": 3.0,
 
 
 def read_tfrecords(path):
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
 
@@ -98,13 +99,7 @@ def test_malformed_messages_land_in_the_dead_letter_topic_with_their_reason(join
     assert result.counters["dead_letters.invalid_value"] == 1
     duplicates = sum(1 for e in events) - len({(e.name, e.datum["event_id"]) for e in events})
     assert result.counters["join.duplicate_deliveries"] == duplicates
-    consumer = KafkaConsumer(bootstrap_servers=kafka_settings.bootstrap_servers, consumer_timeout_ms=5000)
-    partitions = [TopicPartition(kafka_settings.dead_letter_topic, p)
-                  for p in consumer.partitions_for_topic(kafka_settings.dead_letter_topic)]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    letters = list(consumer)
-    consumer.close()
+    letters = read_dead_letters(kafka_settings)
     reasons = Counter(dict(m.headers)["reason"].decode() for m in letters)
     assert reasons == {"not_single_object": 1, "unknown_fingerprint": 1, "invalid_value": 1}
     by_reason = {dict(m.headers)["reason"].decode(): m for m in letters}

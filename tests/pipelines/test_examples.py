@@ -1,7 +1,7 @@
 """tf.Example serialization against TensorFlow's own parser, and the TFRecord framing against TFRecordDataset."""
 import pytest
 
-from pipelines.examples import _framed, _serialize_any, example_fields, serialize_example
+from pipelines.tf_example import _framed, _serialize_any, example_fields, serialize_example
 from pipelines.labeling import LabelConfig, label_user_events
 from tests.pipelines.events import D, S, T0, click, impression, purchase
 
@@ -13,7 +13,7 @@ def sample_examples():
 
 
 def test_serialized_examples_parse_as_tensorflows_with_every_field():
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     for example in sample_examples():
         parsed = tf.train.Example.FromString(serialize_example(example))
@@ -32,7 +32,7 @@ def test_serialized_examples_parse_as_tensorflows_with_every_field():
 
 
 def test_negative_and_large_integers_round_trip():
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     (example, _) = sample_examples()[:2]
     odd = example._replace(position=-5, event_time_ms=2**62)
@@ -78,7 +78,7 @@ def test_frames_carry_the_crc32c_that_the_crc32c_package_computes_pure_function(
 
 
 def test_tfrecord_framing_reads_back(tmp_path):
-    import tensorflow as tf
+    from trainer.tf_runtime import tf
 
     records = [serialize_example(e) for e in sample_examples()]
     path = tmp_path / "x.tfrecord"
@@ -91,7 +91,9 @@ def write_streaming(tmp_path, stream, horizon_ms: int):
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
-    from pipelines.examples import WriteExamplesStreaming, partition_of
+    from pipelines.examples import WriteExamplesStreaming
+
+    from pipelines.partitions import partition_of
 
     options = PipelineOptions(flags=[])
     options.view_as(StandardOptions).streaming = True
@@ -131,7 +133,7 @@ def test_streaming_writer_keeps_the_newest_revision_of_each_example_and_leaves_o
     from apache_beam.testing.test_stream import TestStream as BeamTestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    from pipelines.examples import read_records
+    from pipelines.tf_example import read_records
     from pipelines.records import Revision
 
     first, second = sample_examples()[:2]  # "a" bought, "b" not; both in the hour of T0
@@ -167,7 +169,9 @@ def test_streaming_writer_writes_an_hour_whose_settling_and_expiry_the_watermark
     from apache_beam.testing.test_stream import TestStream as BeamTestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    from pipelines.examples import WriteExamplesStreaming, partition_of
+    from pipelines.examples import WriteExamplesStreaming
+
+    from pipelines.partitions import partition_of
     from pipelines.flink import flink_pipeline_options
     from pipelines.records import Revision
 
@@ -189,7 +193,7 @@ def test_streaming_writer_writes_an_hour_whose_settling_and_expiry_the_watermark
 
 
 def test_examples_read_back_from_their_bytes_without_tensorflow():
-    from pipelines.examples import parse_example_fields
+    from pipelines.tf_example import parse_example_fields
 
     for example in sample_examples():
         expected = example_fields(example)
@@ -203,7 +207,9 @@ def test_examples_read_back_from_their_bytes_without_tensorflow():
 def test_a_partition_written_again_keeps_what_it_held_and_never_shrinks(tmp_path):
     import json
 
-    from pipelines.examples import read_records, write_partition
+    from pipelines.partitions import write_partition
+
+    from pipelines.tf_example import read_records
 
     first, second = sample_examples()[:2]
     write_partition(tmp_path / "whole", "dt=x/hour=00", [first, second], {"s": 1})
@@ -217,7 +223,7 @@ def test_a_partition_written_again_keeps_what_it_held_and_never_shrinks(tmp_path
 
 
 def test_a_stream_resumes_at_the_first_hour_missing_after_the_oldest_partition(tmp_path):
-    from pipelines.examples import partition_of, resume_hour_ms, write_partition
+    from pipelines.partitions import partition_of, resume_hour_ms, write_partition
 
     assert resume_hour_ms(tmp_path) is None
     (example, _) = sample_examples()[:2]

@@ -5,10 +5,9 @@ import os
 
 import pytest
 from confluent_kafka import Producer
-from kafka import KafkaConsumer, TopicPartition
 
 from pipelines.dead_letters import DeadLetterError
-from pipelines.examples import EXAMPLES_FILE
+from pipelines.partitions import EXAMPLES_FILE
 from pipelines.kafka_source import snapshot_ranges
 from pipelines.labeling import LabelConfig
 from pipelines.reference_labeler import reference_labels
@@ -17,7 +16,7 @@ from pipelines.settings import JoinSettings, LatenessReference
 from schemas import EventEncoder
 from simulator import Simulation, SimulatorConfig
 from simulator.sinks import KafkaSink
-from tests.conftest import _own_topics
+from tests.conftest import _own_topics, read_dead_letters
 
 LABELS = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=7200)
 SIM = SimulatorConfig.model_validate({"seed": 21, "requests": 700, "days": 1.0,
@@ -63,17 +62,6 @@ def example_files(result, out):
     return {m["partition"]: (out / m["partition"] / EXAMPLES_FILE).read_bytes() for m in result.manifests}
 
 
-def dead_letters(settings):
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=3000)
-    partitions = [TopicPartition(settings.dead_letter_topic, p)
-                  for p in consumer.partitions_for_topic(settings.dead_letter_topic)]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    letters = list(consumer)
-    consumer.close()
-    return letters
-
-
 @pytest.fixture(scope="module")
 def own_producer_join(kafka_broker, events, tmp_path_factory):
     """The reference: the same events through valueloop's own producer, joined."""
@@ -111,9 +99,9 @@ def poisoned(kafka_broker, events, tmp_path_factory):
     produce(settings, messages[:third] + bad[:1] + messages[third:2 * third] + bad[1:] + messages[2 * third:])
     first_out, second_out = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("second")
     first = join(settings, first_out)
-    after_first = dead_letters(settings)
+    after_first = read_dead_letters(settings)
     second = join(settings, second_out)
-    return settings, huge, (first, first_out, after_first), (second, second_out, dead_letters(settings))
+    return settings, huge, (first, first_out, after_first), (second, second_out, read_dead_letters(settings))
 
 
 def test_poison_pills_and_empty_records_end_as_dead_letters_with_their_origin(poisoned, own_producer_join):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipelines.examples import MANIFEST_FILE, partition_of
+from pipelines.partitions import MANIFEST_FILE, partition_of
 from pipelines.label_files import BadEventFileError, label_events, label_files, read_events
 from pipelines.labeling import LabelConfig
 from pipelines.reference_labeler import reference_labels

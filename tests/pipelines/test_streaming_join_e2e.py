@@ -72,7 +72,7 @@ def test_streaming_join_on_flink_writes_the_bounded_joins_hours(kafka_settings, 
 
 def _send_when_led(settings, events, timeout_s=90):
     """Sends once the restarted node leads its partitions again (until then produce requests fail)."""
-    from infra.kafka.producer import DeliveryError
+    from kafka_io.producer import DeliveryError
 
     deadline = time.monotonic() + timeout_s
     while True:

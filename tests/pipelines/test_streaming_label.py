@@ -168,7 +168,8 @@ def test_fake_negative_corrects_for_a_conversion_that_comes_after_its_release_ti
                                              ("BundleBasedDirectRunner", LabelStrategy.FAKE_NEGATIVE),
                                              ("flink", LabelStrategy.FAKE_NEGATIVE)])
 def test_revisions_for_events_behind_the_release_leave_the_hours_the_bounded_join_writes(tmp_path, runner, strategy):
-    from pipelines.examples import WriteExamplesStreaming, partition_of, write_partition
+    from pipelines.examples import WriteExamplesStreaming
+    from pipelines.partitions import partition_of, write_partition
     from pipelines.flink import flink_pipeline_options
     from pipelines.labeling import label_user_events
 

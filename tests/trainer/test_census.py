@@ -75,6 +75,6 @@ def test_the_gradient_boosting_reference_re_measured_on_a_small_split_beats_chan
 
 
 def test_the_command_offers_the_kinds_the_experiment_trains():
-    from valueloop.cli import CENSUS_KINDS
+    from bench.census import KINDS
 
-    assert CENSUS_KINDS == census.KINDS
+    assert KINDS == census.KINDS

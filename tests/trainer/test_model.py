@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from trainer.tf_runtime import tf
 
 from pipelines.label_files import label_events, write_examples
 from pipelines.labeling import LabelConfig, LabelStrategy

@@ -19,12 +19,15 @@ from kafka import errors as kafka_errors
 from kafka.net.compat import KafkaNetClient
 from kafka.protocol.consumer.fetch import FetchRequest
 
-from infra.kafka._records import RecordFormatError, append_records
-from infra.kafka.metadata import partition_leaders
-from infra.kafka.producer import _BATCH_HEADER, _CRC_FROM
+from kafka_io._records import RecordFormatError, append_records
+from kafka_io.metadata import partition_leaders
 
 _DECOMPRESSORS = {1: kafka_codec.gzip_decode, 2: kafka_codec.snappy_decode, 3: kafka_codec.lz4_decode,
                   4: kafka_codec.zstd_decode}
+# baseOffset, batchLength, partitionLeaderEpoch, magic, crc, attributes, lastOffsetDelta, baseTimestamp,
+# maxTimestamp, producerId, producerEpoch, baseSequence, recordCount
+_BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
+_CRC_FROM = 21  # the CRC covers everything after itself
 _OFFSET_AND_LENGTH = struct.Struct(">qi")
 _CONTROL = 0x20
 _TRANSACTIONAL = 0x10

@@ -3,21 +3,30 @@ import time
 
 import pytest
 from kafka import KafkaProducer
+from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.util import calc_crc32c
 
-from infra.kafka.fetcher import (CorruptBatchError, FetchError, PartitionFetcher, parse_record_batches,
-                                 read_record_batches)
-from infra.kafka.producer import BatchProducer, RecordBatch
-from tests.infra.test_producer import RECORDS, _read_partitions
+from kafka_io.fetcher import (CorruptBatchError, FetchError, PartitionFetcher, parse_record_batches,
+                              read_record_batches)
+from kafka_io.producer import EventProducer
+from tests.kafka_io.test_producer import read_partitions
 
+RECORDS = [(1_700_000_000_000, b"u1", b""), (1_700_000_000_500, b"u2", b"x" * 300),
+           (1_699_999_999_000, b"u1", b"late"), (1_700_000_100_000, b"u3", bytes(range(256)) * 40)]
 _ATTRIBUTES_AT = 21  # the int16 attributes, the first byte the CRC covers
 
 
+def _built(codec: int = 0, records=RECORDS) -> bytearray:
+    """A v2 record batch as kafka-python's builder writes it."""
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=codec, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 22)
+    for offset, (ts, key, value) in enumerate(records):
+        builder.append(offset, timestamp=ts, key=key, value=value, headers=[])
+    return bytearray(builder.build())
+
+
 def _batch(codec: int = 0, attributes: int = 0) -> bytes:
-    batch = RecordBatch()
-    for ts, key, value in RECORDS:
-        batch.append(ts, key, value)
-    built = bytearray(batch.build(codec))
+    built = _built(codec)
     if attributes:
         struct.pack_into(">h", built, _ATTRIBUTES_AT, struct.unpack_from(">h", built, _ATTRIBUTES_AT)[0] | attributes)
         struct.pack_into(">I", built, 17, calc_crc32c(memoryview(built)[_ATTRIBUTES_AT:]))
@@ -38,7 +47,8 @@ def _read_all(fetcher: PartitionFetcher, topic: str, partition: int, start: int 
 @pytest.mark.parametrize("compression", [None, "gzip", "lz4", "zstd"])
 def test_the_fetcher_reads_what_kafka_pythons_consumer_reads(kafka_settings, compression):
     topic = kafka_settings.event_topics["Click"]
-    with BatchProducer(kafka_settings.bootstrap_servers, compression_type=compression, batch_bytes=3_000) as producer:
+    with EventProducer(kafka_settings.bootstrap_servers, compression=compression or "none",
+                       **{"batch.size": 3_000, "linger.ms": 5}) as producer:
         for n in range(2_000):
             producer.send(topic, f"value {n}".encode() * (n % 7), f"u{n % 40}".encode(), 1_700_000_000_000 + 37 * n)
     # And messages of another client: a null key, headers (which the fetcher skips) and a value larger than 8 KiB.
@@ -47,7 +57,7 @@ def test_the_fetcher_reads_what_kafka_pythons_consumer_reads(kafka_settings, com
     other.send(topic, b"v" * 20_000, key=b"k" * 200, partition=1, timestamp_ms=1_700_001_000_000).get(timeout=30)
     other.close()
     expected = {p: [(m.offset, m.timestamp, m.key, m.value) for m in messages]
-                for p, messages in _read_partitions(kafka_settings, topic).items()}
+                for p, messages in read_partitions(kafka_settings, topic).items()}
     fetcher = PartitionFetcher(kafka_settings.bootstrap_servers, max_bytes=16_384)  # many fetches per partition
     try:
         assert {p: _read_all(fetcher, topic, p) for p in expected} == expected
@@ -102,7 +112,7 @@ def test_control_batches_are_skipped_and_log_append_time_applies_to_every_record
 
 
 def test_a_control_batch_without_its_marker_is_named_as_corrupt_pure_function():
-    empty = bytearray(RecordBatch().build(0))  # no record where the marker belongs
+    empty = _built(records=[])  # no record where the marker belongs
     struct.pack_into(">hi", empty, _ATTRIBUTES_AT, 0x30, 0)  # control and transactional; its one offset, 0
     struct.pack_into(">I", empty, 17, calc_crc32c(memoryview(empty)[_ATTRIBUTES_AT:]))
     with pytest.raises(CorruptBatchError, match=r"t\[0\]: control batch at offset 0 holds no readable marker"):
@@ -188,7 +198,7 @@ def test_an_open_transaction_ends_the_log_a_committed_reader_sees(kafka_settings
 
 
 def test_packed_records_unpack_to_the_same_records_and_a_cut_pack_is_refused_pure_function():
-    from infra.kafka._records import RecordFormatError, pack_records, unpack_records
+    from kafka_io._records import RecordFormatError, pack_records, unpack_records
 
     records = [(0, 1_700_000_000_000, b"u1", b"v" * 300), (7, -1, None, b""), (2**62, 5, b"", None), (1, 2, None, None)]
     packed = pack_records(records)
@@ -205,7 +215,7 @@ def test_damaged_batch_payloads_give_records_or_a_format_error_pure_function():
     batch's count of records, each within the payload, or raises RecordFormatError; it never reads past the end."""
     import random
 
-    from infra.kafka._records import RecordFormatError, append_records
+    from kafka_io._records import RecordFormatError, append_records
 
     payload = _batch()[61:]  # the records after the 61-byte batch header
     rng, refused = random.Random(3), 0

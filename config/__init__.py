@@ -1,4 +1,5 @@
-"""The one settings file: each section is the typed config of the package it drives.
+"""The one settings file: each section is the typed config of the package it drives (kafka, simulator, join,
+trainer).
 
 Defaults are embedded, so nothing needs a file to run locally; `--config FILE` (YAML or JSON) overrides any part.
 """

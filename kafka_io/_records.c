@@ -257,13 +257,13 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "infra.kafka._records", "Kafka v2 record-batch payloads to tuples.", -1, methods,
+    PyModuleDef_HEAD_INIT, "kafka_io._records", "Kafka v2 record-batch payloads to tuples.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__records(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    RecordFormatError = PyErr_NewExceptionWithDoc("infra.kafka._records.RecordFormatError",
+    RecordFormatError = PyErr_NewExceptionWithDoc("kafka_io._records.RecordFormatError",
                                                   "A record batch's payload does not hold the records it counts.",
                                                   PyExc_ValueError, NULL);
     if (RecordFormatError == NULL || PyModule_AddObjectRef(m, "RecordFormatError", RecordFormatError) < 0) {

@@ -1,0 +1,3 @@
+from valueloop.cli import main
+
+main()

@@ -1,0 +1,81 @@
+"""`valueloop bench ingest | join | stream | train`: the benchmarks, each writing JSON under bench/results/."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipelines.settings import Runner
+from valueloop.cli.common import ConfigOption, broker_up, record, settings_from
+
+app = typer.Typer(help="Benchmarks; each writes JSON under bench/results/ (bench/README.md).", no_args_is_help=True)
+
+
+@app.command("ingest")
+def ingest(
+    config: Optional[Path] = ConfigOption,
+    requests: int = typer.Option(20_000, min=1, help="Ranking requests to simulate (about 13 events each)."),
+    workers: int = typer.Option(2, min=1, help="Worker processes per path; events are split between them by key."),
+    repeats: int = typer.Option(5, min=1, help="Runs per path; the median run is reported."),
+    out: Path = typer.Option(Path("bench/results/ingest.json"), help="Where the JSON result goes."),
+):
+    """Events/s into the broker through valueloop's producer (librdkafka), beside kafka-python and encoding alone."""
+    from bench.ingest import run_ingest_benchmark
+
+    settings = settings_from(config)
+    broker_up(settings)
+    record(run_ingest_benchmark(settings, requests=requests, workers=workers, repeats=repeats), out)
+
+
+@app.command("train")
+def train(
+    config: Optional[Path] = ConfigOption,
+    requests: int = typer.Option(60_000, min=1, help="Ranking requests to simulate (10 impressions each)."),
+    repeats: int = typer.Option(2, min=1, help="Timed training runs per path; the median is reported."),
+    out: Path = typer.Option(Path("bench/results/train.json"), help="Where the JSON result goes."),
+):
+    """Training examples/s of the value model from TFRecord partitions beside the same examples in memory."""
+    from bench.train import run_train_benchmark
+
+    record(run_train_benchmark(settings_from(config).trainer, requests=requests, repeats=repeats), out)
+
+
+@app.command("join")
+def join(
+    config: Optional[Path] = ConfigOption,
+    requests: int = typer.Option(20_000, min=1, help="Ranking requests to simulate (about 13 events each)."),
+    days: float = typer.Option(10.0, help="Simulated days: the join labels only hours its windows have settled."),
+    repeats: int = typer.Option(3, min=1, help="Runs of each path; the median run is reported."),
+    out: Path = typer.Option(Path("bench/results/join.json"), help="Where the JSON result goes."),
+):
+    """Events/s and peak memory of the bounded join (Kafka to TFRecords) beside the plain reference labeler."""
+    from bench.join import run_join_benchmark
+
+    settings = settings_from(config)
+    broker_up(settings)
+    with tempfile.TemporaryDirectory(prefix="valueloop-bench-join-") as scratch:
+        record(run_join_benchmark(settings, requests=requests, days=days, output_dir=Path(scratch),
+                                  repeats=repeats), out)
+
+
+@app.command("stream")
+def stream(
+    config: Optional[Path] = ConfigOption,
+    requests: int = typer.Option(1_000, min=1, help="Ranking requests to simulate (about 13 events each)."),
+    days: float = typer.Option(3.0, help="Simulated days in the backlog."),
+    users: int = typer.Option(80, min=1, help="Users: fewer users, longer histories in each user's state."),
+    items: int = typer.Option(40, min=1, help="Items in the catalogue."),
+    runner: list[Runner] = typer.Option([Runner.FLINK, Runner.DIRECT], help="Runners to measure (direct streams "
+                                                                            "on Prism)."),
+    out: Path = typer.Option(Path("bench/results/stream.json"), help="Where the JSON result goes."),
+):
+    """Seconds for the streaming join to catch up with a backlog, on each runner beside its bounded join."""
+    from bench.stream import run_stream_benchmark
+
+    settings = settings_from(config)
+    broker_up(settings)
+    with tempfile.TemporaryDirectory(prefix="valueloop-bench-stream-") as scratch:
+        record(run_stream_benchmark(settings, requests=requests, days=days, users=users, items=items,
+                                    scratch=Path(scratch), runners=tuple(r.value for r in runner)), out)

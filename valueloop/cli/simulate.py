@@ -1,0 +1,31 @@
+"""`valueloop simulate`: the world's traffic into the topics or Avro files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from simulator.run import Destination
+from valueloop.cli.common import ConfigOption, running_job, settings_from
+
+
+def simulate(
+    config: Optional[Path] = ConfigOption,
+    to: Destination = typer.Option(Destination.KAFKA, help="kafka: the event topics; files: Avro container files "
+                                                           "under --out."),
+    out: Path = typer.Option(Path("out/simulation"), help="Directory for Avro files and the ground truth."),
+    requests: Optional[int] = typer.Option(None, help="Ranking requests to simulate (about 11 events each)."),
+    days: Optional[float] = typer.Option(None, help="Simulated days the requests spread over."),
+    seed: Optional[int] = typer.Option(None, help="World and traffic seed."),
+):
+    """Simulate the clickbait world: events to Kafka or Avro files, hidden ground truth to a separate file."""
+    from simulator.run import simulate as run_simulation
+
+    settings = settings_from(config)
+    overrides = {k: v for k, v in {"requests": requests, "days": days, "seed": seed}.items() if v is not None}
+    with running_job(settings, "the events sent so far stay in the topics"):
+        summary, truth = run_simulation(settings.simulator.model_copy(update=overrides), to, out, settings.kafka)
+    typer.echo(f"ground truth (evaluation only): {truth}", err=True)
+    typer.echo(json.dumps(summary.as_dict(), indent=2))

@@ -1,0 +1,99 @@
+"""The demo: the loop on a small world, as `make demo` runs it.
+
+Starts (or finds) the local Kafka node and simulates traffic into it; joins this run's events into labeled
+examples with Beam (FnApiRunner); trains the multi-task value model and the CTR-only baseline on the first days;
+re-ranks the later days' requests with each and scores them against the world's hidden truth. Everything it
+writes goes under `out/demo/`. Each step tells what it did through `echo`.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from config import Settings
+
+DEMO_DIR = Path("out/demo")
+
+
+def run_demo(settings: Settings, requests: int, days: float, train_days: float, purchase_window_days: float,
+             echo: Callable[[str], None] = print) -> dict:
+    """Runs the loop; returns the evaluation report, whose `verdict` says whether the value model escaped the trap."""
+    from infra.kafka import KafkaBroker
+    from pipelines.kafka_source import PartitionRange, snapshot_ranges
+    from simulator.run import Destination, simulate
+
+    if not 0 < train_days < days - purchase_window_days:
+        raise ValueError("--train-days must leave days to evaluate before the last purchase window")
+    broker = KafkaBroker(settings.kafka)
+    before = broker.up().topic_messages
+    topics = list(settings.kafka.event_topics.values())
+    ends_before = {(r.topic, r.partition): r.stop for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)}
+    echo(f"kafka up on {settings.kafka.bootstrap_servers}; simulating {requests:,} requests over {days:g} days ...")
+    config = settings.simulator.model_copy(update={"requests": requests, "days": days})
+    summary, _truth = simulate(config, Destination.KAFKA, DEMO_DIR, settings.kafka)
+    _echo_traffic(echo, topics, before, broker.status().topic_messages, summary)
+    # Only this run's offsets: the topics may hold earlier runs' traffic, of other worlds.
+    ranges = [PartitionRange(r.topic, r.partition, max(r.start, ends_before.get((r.topic, r.partition), r.start)),
+                             r.stop) for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)]
+    for step in ("examples", "models", "evaluation"):
+        shutil.rmtree(DEMO_DIR / step, ignore_errors=True)  # what an earlier demo wrote is not this world's
+    examples = _join(settings, ranges, purchase_window_days, echo)
+    split_ms = settings.simulator.start_ms + int(train_days * 86_400_000)
+    models = [_train(settings, preset, examples, split_ms, echo) for preset in ("value", "ctr")]
+    echo(f"\nre-ranking the requests from {_hour_text(split_ms)} on with each model, scored by the hidden truth:\n")
+    from trainer.evaluate import evaluate_range
+
+    return evaluate_range(models, examples, split_ms, None, DEMO_DIR / "ground_truth.npz", 3, models[1].name, 0.25)
+
+
+def _echo_traffic(echo, topics: list[str], before: dict, after: dict, summary) -> None:
+    echo(f"\n{'topic':<28}{'this run':>12}{'in topic':>12}")
+    for topic in topics:
+        echo(f"{topic:<28}{after.get(topic, 0) - before.get(topic, 0):>12,}{after.get(topic, 0):>12,}")
+    echo(f"{'all event topics':<28}{sum(after.values()) - sum(before.values()):>12,}")
+    echo("\nthe world's rates (hidden truth; bait items are written as clickbait):")
+    echo(f"{'items':<10}{'impressions':>13}{'CTR':>9}{'carts/click':>13}{'buys/click':>12}{'mean dwell':>12}")
+    for label, tally in (("bait", summary.bait), ("non-bait", summary.non_bait)):
+        r = tally.rates()
+        echo(f"{label:<10}{r['impressions']:>13,}{r['ctr']:>9.3f}{r['carts_per_click']:>13.3f}"
+             f"{r['purchases_per_click']:>12.3f}{r['mean_dwell_s']:>11.1f}s")
+    echo(f"\nlate deliveries {sum(summary.late.values()):,}, duplicates {sum(summary.duplicates.values()):,}, "
+         f"conversions still to come after the simulated horizon {sum(summary.beyond_horizon.values()):,}")
+
+
+def _join(settings: Settings, ranges, purchase_window_days: float, echo) -> Path:
+    from pipelines.run import run_bounded_join
+
+    labels = settings.join.labels.model_copy(update={"purchase_window_s": purchase_window_days * 86_400})
+    join_settings = settings.join.model_copy(update={"output_dir": DEMO_DIR / "examples", "labels": labels})
+    echo(f"\njoining this run's {sum(r.stop - r.start for r in ranges):,} events into labeled examples with Beam "
+         "(FnApiRunner) ...")
+    result = run_bounded_join(settings.kafka, join_settings, runner="direct", ranges=ranges)
+    counters = Counter(result.counters)
+    dead = sum(n for name, n in counters.items()
+               if name.startswith("dead_letters.") and name not in ("dead_letters.written", "dead_letters.already_written"))
+    echo(f"{len(result.manifests)} settled hours, {counters['join.examples']:,} examples in "
+         f"{join_settings.output_dir}; repeated deliveries dropped {counters['join.duplicate_deliveries']:,}, "
+         f"late {counters['join.late_events']:,}, dead letters {dead:,}")
+    return Path(join_settings.output_dir)
+
+
+def _train(settings: Settings, preset: str, examples: Path, split_ms: int, echo) -> Path:
+    from trainer.config import preset as choose
+    from trainer.train import train as run_training
+
+    out = DEMO_DIR / "models" / preset
+    echo(f"training the {preset} model on the hours before {_hour_text(split_ms)} ...")
+    with contextlib.redirect_stdout(sys.stderr):
+        metadata = run_training(choose(settings.trainer, preset), examples, None, split_ms, out, verbose=0)
+    echo(f"  {metadata['data']['examples']:,} examples, {metadata['training']['seconds']:.0f} s: {out}")
+    return out
+
+
+def _hour_text(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
