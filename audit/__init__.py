@@ -1,1 +1,1 @@
-"""The promotion gate's parts: drift comparisons (`stattests`) and on-call alerts (`alerts`)."""
+"""The promotion gate's parts built so far: drift comparisons (`stattests`) and on-call alerts (`alerts`)."""

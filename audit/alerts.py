@@ -1,0 +1,256 @@
+"""On-call alerts: a check that failed (or has passed again) told to the sinks the team watches.
+
+Sinks: a generic JSON webhook, a Slack incoming webhook (`text` and `blocks`), the PagerDuty Events API v2
+(`trigger` and `resolve`, one dedup key per check and window, so a page is opened once and closed by the run
+that passes) and the log. Where each sink posts, and its keys, come from the environment
+(`sinks_from_environment`); none is written in a file. A sink that fails is retried with backoff, then the
+failure is logged and returned: an alert that cannot be delivered never changes the gate's verdict, and never
+lets a blocked model through.
+
+`AlertBook` remembers, in a small JSON file under the run directory, which alerts are open, so that a later
+passing run resolves exactly what an earlier one triggered.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Protocol
+
+_LOG = logging.getLogger("valueloop.alerts")
+
+
+class Severity(str, enum.Enum):
+    """PagerDuty's severities, which the other sinks show as they are."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclasses.dataclass(frozen=True)
+class Alert:
+    """What on-call needs to act: which check, on which window, how bad, what it found and where the report is."""
+
+    check: str  # e.g. "clickbait_signature" or "ctr_up_purchases_down.surface=search"
+    window: str  # the audited window, e.g. "2026-11-05"
+    severity: Severity
+    summary: str
+    details: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    report_url: str | None = None
+    source: str = "valueloop"
+    resolved: bool = False  # True: the check passes again, and what was opened for it closes
+
+    @property
+    def dedup_key(self) -> str:
+        return f"valueloop/{self.check}/{self.window}"
+
+    def resolution(self) -> "Alert":
+        return dataclasses.replace(self, resolved=True, summary=f"resolved: {self.check} passes on {self.window}")
+
+
+class Sink(Protocol):
+    name: str
+
+    def send(self, alert: Alert) -> None:
+        """Delivers the alert or raises."""
+
+
+class DeliveryFailed(RuntimeError):
+    """A sink's endpoint did not take the alert; the message names the sink and the answer."""
+
+
+def _post(url: str, payload: dict, sink: str, timeout_s: float) -> None:
+    import requests
+
+    try:
+        answer = requests.post(url, json=payload, timeout=timeout_s)
+    except requests.RequestException as error:
+        raise DeliveryFailed(f"{sink}: {type(error).__name__}: {error}") from None
+    if answer.status_code >= 300:
+        raise DeliveryFailed(f"{sink}: HTTP {answer.status_code}: {answer.text[:200]}")
+
+
+def _as_json(value):
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+@dataclasses.dataclass
+class WebhookSink:
+    """A generic JSON webhook: the alert's fields as one object."""
+
+    url: str
+    timeout_s: float = 10.0
+    name: str = "webhook"
+
+    def payload(self, alert: Alert) -> dict:
+        return {"status": "resolved" if alert.resolved else "firing", "check": alert.check, "window": alert.window,
+                "severity": alert.severity.value, "summary": alert.summary, "dedup_key": alert.dedup_key,
+                "source": alert.source, "report_url": alert.report_url,
+                "details": {k: _as_json(v) for k, v in alert.details.items()}}
+
+    def send(self, alert: Alert) -> None:
+        _post(self.url, self.payload(alert), self.name, self.timeout_s)
+
+
+@dataclasses.dataclass
+class SlackSink:
+    """A Slack incoming webhook: `text` for notifications, `blocks` for the message itself."""
+
+    webhook_url: str
+    timeout_s: float = 10.0
+    name: str = "slack"
+
+    def payload(self, alert: Alert) -> dict:
+        mark = "resolved" if alert.resolved else alert.severity.value.upper()
+        text = f"[{mark}] {alert.summary}"
+        facts = "\n".join(f"*{k}*: {_as_json(v)}" for k, v in alert.details.items())
+        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}},
+                  {"type": "context", "elements": [{"type": "mrkdwn",
+                                                    "text": f"check `{alert.check}` on window {alert.window}"}]}]
+        if facts:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": facts}})
+        if alert.report_url:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"<{alert.report_url}|the report>"}})
+        return {"text": text, "blocks": blocks}
+
+    def send(self, alert: Alert) -> None:
+        _post(self.webhook_url, self.payload(alert), self.name, self.timeout_s)
+
+
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+@dataclasses.dataclass
+class PagerDutySink:
+    """PagerDuty's Events API v2: `trigger` with a payload (summary, source, severity, custom details), `resolve`
+    with the same dedup key."""
+
+    routing_key: str
+    url: str = PAGERDUTY_EVENTS_URL
+    timeout_s: float = 10.0
+    name: str = "pagerduty"
+
+    def payload(self, alert: Alert) -> dict:
+        event = {"routing_key": self.routing_key, "dedup_key": alert.dedup_key,
+                 "event_action": "resolve" if alert.resolved else "trigger"}
+        if not alert.resolved:
+            event["payload"] = {"summary": alert.summary[:1024], "source": alert.source,
+                                "severity": alert.severity.value, "component": alert.check, "group": alert.window,
+                                "custom_details": {k: _as_json(v) for k, v in alert.details.items()}}
+            if alert.report_url:
+                event["links"] = [{"href": alert.report_url, "text": "audit report"}]
+        return event
+
+    def send(self, alert: Alert) -> None:
+        _post(self.url, self.payload(alert), self.name, self.timeout_s)
+
+
+@dataclasses.dataclass
+class LogSink:
+    """The log: every alert, whatever else is configured."""
+
+    name: str = "log"
+
+    def send(self, alert: Alert) -> None:
+        level = logging.INFO if alert.resolved or alert.severity is Severity.INFO else logging.WARNING
+        _LOG.log(level, "%s [%s] %s (%s)", "resolved" if alert.resolved else "alert", alert.severity.value,
+                 alert.summary, alert.dedup_key)
+
+
+def sinks_from_environment(environ: Mapping[str, str] = os.environ) -> list[Sink]:
+    """The log, and each sink whose address the environment gives: VALUELOOP_ALERT_WEBHOOK_URL,
+    VALUELOOP_SLACK_WEBHOOK_URL, VALUELOOP_PAGERDUTY_ROUTING_KEY (VALUELOOP_PAGERDUTY_URL to post elsewhere
+    than PagerDuty's own endpoint)."""
+    sinks: list[Sink] = [LogSink()]
+    if environ.get("VALUELOOP_ALERT_WEBHOOK_URL"):
+        sinks.append(WebhookSink(environ["VALUELOOP_ALERT_WEBHOOK_URL"]))
+    if environ.get("VALUELOOP_SLACK_WEBHOOK_URL"):
+        sinks.append(SlackSink(environ["VALUELOOP_SLACK_WEBHOOK_URL"]))
+    if environ.get("VALUELOOP_PAGERDUTY_ROUTING_KEY"):
+        sinks.append(PagerDutySink(environ["VALUELOOP_PAGERDUTY_ROUTING_KEY"],
+                                   environ.get("VALUELOOP_PAGERDUTY_URL", PAGERDUTY_EVENTS_URL)))
+    return sinks
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    sink: str
+    dedup_key: str
+    delivered: bool
+    attempts: int
+    error: str | None = None
+
+
+def deliver(alert: Alert, sinks: Iterable[Sink], attempts: int = 4, backoff_s: float = 0.5,
+            sleep=time.sleep) -> list[Delivery]:
+    """Sends the alert to every sink, each retried up to `attempts` times with doubling waits from `backoff_s`;
+    a sink that still fails is logged and reported in the returned list. Never raises for a sink's failure."""
+    outcomes = []
+    for sink in sinks:
+        error = None
+        for attempt in range(1, attempts + 1):
+            try:
+                sink.send(alert)
+                outcomes.append(Delivery(sink.name, alert.dedup_key, True, attempt))
+                break
+            except Exception as failure:  # any sink's failure is reported, never let through to the gate
+                error = str(failure)
+                if attempt < attempts:
+                    sleep(backoff_s * 2 ** (attempt - 1))
+        else:
+            _LOG.error("alert %s not delivered to %s after %d attempts: %s", alert.dedup_key, sink.name, attempts,
+                       error)
+            outcomes.append(Delivery(sink.name, alert.dedup_key, False, attempts, error))
+    return outcomes
+
+
+class AlertBook:
+    """Which alerts are open, kept in a JSON file: `trigger` opens (and delivers) an alert unless it is open
+    already; `resolve_passing` closes the open alerts of checks that now pass on their window."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def open_alerts(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _save(self, alerts: dict[str, dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(alerts, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, self.path)
+
+    def trigger(self, alert: Alert, sinks: Iterable[Sink], **delivery) -> list[Delivery]:
+        """Delivers a new alert and records it open; one already open is not sent again (no second page)."""
+        alerts = self.open_alerts()
+        if alert.dedup_key in alerts:
+            return []
+        outcomes = deliver(alert, sinks, **delivery)
+        alerts[alert.dedup_key] = {"check": alert.check, "window": alert.window, "severity": alert.severity.value,
+                                   "summary": alert.summary, "source": alert.source}
+        self._save(alerts)
+        return outcomes
+
+    def resolve_passing(self, passing_checks: Iterable[str], window: str, sinks: Iterable[Sink],
+                        **delivery) -> list[Delivery]:
+        """Resolves the open alerts of `passing_checks` on `window`, delivering each resolution."""
+        alerts = self.open_alerts()
+        sinks = list(sinks)
+        outcomes: list[Delivery] = []
+        for check in passing_checks:
+            key = Alert(check, window, Severity.INFO, "").dedup_key
+            opened = alerts.pop(key, None)
+            if opened is not None:
+                alert = Alert(check, window, Severity(opened["severity"]), opened["summary"], source=opened["source"])
+                outcomes += deliver(alert.resolution(), sinks, **delivery)
+        self._save(alerts)
+        return outcomes
