@@ -62,6 +62,8 @@ class Example(NamedTuple):
     label_strategy: str
     is_correction: bool
     label_time_ms: int
+    cart_time_ms: int | None = None  # LabeledExample v2: when the conversions it reports happened
+    purchase_time_ms: int | None = None
 
 
 class _Rules(NamedTuple):
@@ -168,11 +170,13 @@ def _last_click_within(timeline, at_ms: int, window_ms: int) -> str | None:
 
 def _example(impression: dict, labels: _Labels, rules: _Rules, *, added_to_cart: bool, purchased: bool,
              purchase_value: float, is_correction: bool, label_time_ms: int) -> Example:
+    """The example of `impression` that reports `added_to_cart` and `purchased`, with the times of what it reports."""
     return Example(
         impression["event_id"], impression["request_id"], impression["user_id"], impression["item_id"],
         impression["position"], impression["surface"], impression["event_time_ms"], impression["policy"],
         impression["propensity"], impression["features"], labels.click_ms is not None, labels.click_ms,
         labels.dwell_ms, added_to_cart, purchased, purchase_value, rules.strategy, is_correction, label_time_ms,
+        labels.cart_ms if added_to_cart else None, labels.purchase_ms if purchased else None,
     )
 
 

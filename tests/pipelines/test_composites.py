@@ -115,4 +115,6 @@ def test_write_examples_writes_one_file_and_manifest_per_hour(tmp_path):
     written = [parse_example_fields(r) for r in read_records(tmp_path / partition_of(T0) / "examples.tfrecord")]
     assert [(f["impression_id"], f["clicked"], f["purchased"], f["purchase_value"]) for f in written] == \
         [("a", 1, 1, pytest.approx(25.0)), ("b", 0, 0, 0.0)]
+    assert (written[0]["purchase_time_ms"], "cart_time_ms" in written[0]) == (T0 + H, False)  # nulls are absent
+    assert "purchase_time_ms" not in written[1]
     assert json.loads((tmp_path / partition_of(T0 + H) / "_manifest.json").read_text())["source"] == {"run": "test"}

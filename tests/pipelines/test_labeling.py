@@ -91,6 +91,19 @@ def test_fake_negative_emits_at_the_click_then_corrects():
     assert emitted[-1].purchase_value == 9.0 and all(e.label_strategy == "fake_negative" for e in emitted)
 
 
+def test_examples_carry_the_event_times_of_the_conversions_they_report():
+    events = [impression("a", T0), click("a", T0 + 10 * S), cart("k", T0 + 20 * S), cart("k2", T0 + 40 * S),
+              purchase("p", T0 + 2 * D), impression("b", T0, item="i2")]
+    final = by_id(label_user_events(events, CONFIG, SETTLED))
+    assert (final["a"].cart_time_ms, final["a"].purchase_time_ms) == (T0 + 20 * S, T0 + 2 * D)  # the first cart
+    assert (final["b"].cart_time_ms, final["b"].purchase_time_ms) == (None, None)
+    config = CONFIG.model_copy(update={"strategy": LabelStrategy.FAKE_NEGATIVE})
+    negative, cart_fix, purchase_fix = [e for e in label_user_events(events, config, SETTLED) if e.impression_id == "a"]
+    assert (negative.cart_time_ms, negative.purchase_time_ms) == (None, None)  # it reports no conversion yet
+    assert (cart_fix.cart_time_ms, cart_fix.purchase_time_ms) == (T0 + 20 * S, None)
+    assert (purchase_fix.cart_time_ms, purchase_fix.purchase_time_ms) == (None, T0 + 2 * D)
+
+
 def test_fake_negative_released_step_by_step_equals_released_at_once():
     config = CONFIG.model_copy(update={"strategy": LabelStrategy.FAKE_NEGATIVE})
     events = [impression("a", T0), click("a", T0 + 10 * S), cart("k", T0 + 20 * S), purchase("p", T0 + 2 * D)]
