@@ -1,1 +1,2 @@
-"""The promotion gate's parts built so far: drift comparisons (`stattests`) and on-call alerts (`alerts`)."""
+"""The promotion gate's parts built so far: drift comparisons (`stattests`), conversion at equal label age
+(`maturity`) and on-call alerts (`alerts`)."""
