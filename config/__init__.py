@@ -1,5 +1,5 @@
 """The one settings file: each section is the typed config of the package it drives (kafka, simulator, join,
-trainer).
+trainer, audit).
 
 Defaults are embedded, so nothing needs a file to run locally; `--config FILE` (YAML or JSON) overrides any part.
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from audit.config import AuditConfig
 from infra.kafka import KafkaSettings
 from pipelines.settings import JoinSettings
 from simulator.config import SimulatorConfig
@@ -24,6 +25,7 @@ class Settings(BaseModel):
     simulator: SimulatorConfig = SimulatorConfig()
     join: JoinSettings = JoinSettings()
     trainer: TrainConfig = TrainConfig()
+    audit: AuditConfig = AuditConfig()
 
 
 class ConfigError(ValueError):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -71,6 +71,9 @@ class LoggingPolicyConfig(_Strict):
     slate_size: int = Field(10, ge=1)
     temperature: float = Field(0.5, gt=0, description="Plackett-Luce temperature; higher explores more.")
     headline_weight: float = Field(2.0, description="The click-trained scorer loves sensational headlines.")
+    headline_weight_by_surface: dict[str, float] = Field(
+        default_factory=dict, description="The headline weight on these surfaces instead: a policy that shows more "
+                                          "bait on one surface only.")
     affinity_weight: float = 2.0
     rating_weight: float = 0.3
 
@@ -88,6 +91,14 @@ class SimulatorConfig(_Strict):
     delays: DelayConfig = DelayConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     logging_policy: LoggingPolicyConfig = LoggingPolicyConfig()
+
+    @model_validator(mode="after")
+    def _surfaces_known(self):
+        unknown = set(self.logging_policy.headline_weight_by_surface) - set(self.surfaces)
+        if unknown:
+            raise ValueError(f"logging_policy.headline_weight_by_surface names surfaces {sorted(unknown)} that "
+                             f"simulator.surfaces lacks ({sorted(self.surfaces)})")
+        return self
 
     @property
     def start_ms(self) -> int:

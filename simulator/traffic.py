@@ -124,12 +124,16 @@ class Simulation:
         n = len(request_index)
         users = rng.choice(cfg.catalogue.users, n, p=world.user_activity)
         slates, propensities = self._rank(users)
+        surfaces = rng.choice(len(self._surfaces), n, p=self._surface_p)
+        for surface, weight in cfg.logging_policy.headline_weight_by_surface.items():
+            on = surfaces == self._surfaces.index(surface)
+            if on.any():
+                slates[on], propensities[on] = self._rank(users[on], headline_weight=weight)
         positions = np.broadcast_to(np.arange(slates.shape[1]), slates.shape)
         flat_users = np.repeat(users, slates.shape[1])
         flat_items, flat_positions = slates.ravel(), positions.ravel()
         flat_requests = np.repeat(request_index, slates.shape[1])
         flat_times = np.repeat(request_ms, slates.shape[1])
-        surfaces = rng.choice(len(self._surfaces), n, p=self._surface_p)
 
         clicked = rng.random(flat_items.size) < world.click_probability(flat_users, flat_items, flat_positions)
         click_ms = flat_times + (_lognormal(rng, cfg.delays.click_after_impression, flat_items.size) * 1000).astype(np.int64)
@@ -183,7 +187,7 @@ class Simulation:
         self._organic_purchases(request_index, request_ms, users, emit)
         return events
 
-    def _rank(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _rank(self, users: np.ndarray, headline_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The logging policy: retrieve candidates, score them, sample a slate by Plackett-Luce.
 
         Returns the slates (requests, slate size) and each slot's propensity: the probability of choosing that
@@ -197,7 +201,8 @@ class Simulation:
         candidates = np.argpartition(-retrieval, candidates_k - 1, axis=1)[:, :candidates_k]
         rating = np.nan_to_num(world.item_rating[candidates], nan=3.0)
         affinity = world.user_affinity[users[:, None], world.item_category[candidates]]
-        logits = (policy.headline_weight * world.item_headline_score[candidates] + policy.affinity_weight * affinity
+        weight = policy.headline_weight if headline_weight is None else headline_weight
+        logits = (weight * world.item_headline_score[candidates] + policy.affinity_weight * affinity
                   + policy.rating_weight * (rating - 3.0)) / policy.temperature
         order = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1)[:, :slate_k]
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tensorflow-recommenders needs Keras 2, before TensorFlow loads
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # its info lines after start-up (this one it does honour)
 
 _NOTICES = re.compile(rb"All log messages before absl::InitializeLog|oneDNN custom operations|Could not find cuda "
                       rb"drivers|failed call to cuInit|cpu_feature_guard|This TensorFlow binary is optimized|"

@@ -21,7 +21,7 @@ def unboxed(text: str) -> str:
 
 def test_help_is_the_manual():
     out = run("--help").stdout
-    for command in ("kafka", "simulate", "join", "label", "train", "evaluate", "census", "demo", "bench"):
+    for command in ("kafka", "simulate", "join", "label", "train", "evaluate", "audit", "census", "demo", "bench"):
         assert command in out
     assert "up" in run("kafka", "--help").stdout
 
@@ -198,3 +198,19 @@ def test_a_misplaced_setting_is_named_with_where_it_belongs(tmp_path):
     assert f"{config}: 2 invalid setting(s)" in result.stderr
     assert "join.purchase_window_s: no such setting here; did you mean join.labels.purchase_window_s?" in result.stderr
     assert "join.out_of_orderness_s: Input should be greater than or equal to 0 (got -1)" in result.stderr
+
+
+def test_audit_of_a_tiny_window_is_inconclusive_exits_2_and_says_so(tmp_path):
+    sim, examples = tmp_path / "sim", tmp_path / "examples"
+    run("simulate", "--to", "files", "--out", str(sim), "--requests", "150", "--days", "0.5", "--seed", "4")
+    run("label", "--events", str(sim), "--out", str(examples), "--purchase-window-s", "3600")
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"kafka:\n  run_dir: {tmp_path / 'run' / 'kafka'}\n")
+    result = run("audit", "--config", str(config), "--examples", str(examples), "--out", str(tmp_path / "audit"),
+                 check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "audit inconclusive: inconclusive: promotion blocked"
+    verdict = json.loads((tmp_path / "audit" / "verdict.json").read_text())
+    assert verdict["status"] == "inconclusive" and verdict["exit_code"] == 2
+    alerts = json.loads((tmp_path / "run" / "alerts.json").read_text())  # the log sink told, and it stays open
+    assert list(alerts) == ["valueloop/drift_audit/open..open"]

@@ -1,0 +1,42 @@
+"""`valueloop audit`: the drift audit of a window of labeled examples against a reference window."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from valueloop.cli.common import ConfigOption, fail, hour_option, parse_hour, settings_from
+
+
+def audit(
+    config: Optional[Path] = ConfigOption,
+    examples: Path = typer.Option(Path("out/examples"), help="The join's partitions (dt=.../hour=.../)."),
+    reference_from: Optional[str] = hour_option("--reference-from", "The reference window's first hour (ISO, UTC)."),
+    reference_to: Optional[str] = hour_option("--reference-to", "... up to this hour, exclusive."),
+    start: Optional[str] = hour_option("--from", "The audited window's first hour (ISO, UTC)."),
+    end: Optional[str] = hour_option("--to", "... up to this hour, exclusive."),
+    now: Optional[str] = hour_option("--now", "When the window is audited, if its conversions are still coming: "
+                                              "conversion is then compared at equal age after the click."),
+    out: Path = typer.Option(Path("out/audit"), help="Directory for verdict.json."),
+    alerts: bool = typer.Option(True, help="Alert the sinks the environment names (and the log) when blocked."),
+):
+    """Compare a window's engagement and conversion with a reference's; exit 0 when promotion may go ahead,
+    1 when the clickbait signature blocks it, 2 when there is too little data to say."""
+    from audit.run import run_audit
+    from audit.windows import WindowError
+
+    settings = settings_from(config)
+    try:
+        verdict = run_audit(examples, (parse_hour(reference_from, "--reference-from"),
+                                       parse_hour(reference_to, "--reference-to")),
+                            (parse_hour(start, "--from"), parse_hour(end, "--to")), parse_hour(now, "--now"),
+                            settings.audit, out, Path(settings.kafka.run_dir).parent / "alerts.json" if alerts else None)
+    except (WindowError, ValueError) as error:
+        fail(str(error))
+    for reason in verdict.reasons:
+        typer.echo(f"  {reason}")
+    typer.echo(f"written: {out / 'verdict.json'}")
+    said = {0: "promotion may go ahead", 1: "promotion blocked", 2: "inconclusive: promotion blocked"}
+    typer.echo(f"audit {verdict.status.value}: {said[verdict.status.exit_code]}")
+    raise typer.Exit(verdict.status.exit_code)
