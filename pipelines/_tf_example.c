@@ -179,37 +179,18 @@ done:
  * and the masked CRC-32C of the record: what TensorFlow's TFRecord reader checks.
  */
 
-static uint32_t crc_table[8][256];
+static PyObject *crc32c_of; /* the crc32c package's crc32c(data): the project's one CRC-32C, in hardware where the
+                            * processor has it */
 
-static void make_crc_table(void) {
-    for (uint32_t n = 0; n < 256; n++) {
-        uint32_t crc = n;
-        for (int k = 0; k < 8; k++) crc = crc & 1 ? (crc >> 1) ^ 0x82F63B78u : crc >> 1;  /* Castagnoli */
-        crc_table[0][n] = crc;
-    }
-    for (uint32_t n = 0; n < 256; n++)
-        for (int t = 1; t < 8; t++)
-            crc_table[t][n] = (crc_table[t - 1][n] >> 8) ^ crc_table[0][crc_table[t - 1][n] & 0xFF];
-}
-
-static uint32_t crc32c(const uint8_t *p, size_t n) {
-    uint32_t crc = 0xFFFFFFFFu;
-    while (n >= 8) {  /* eight bytes a step (slicing-by-8) */
-        uint32_t low = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
-        crc = crc_table[7][low & 0xFF] ^ crc_table[6][(low >> 8) & 0xFF] ^ crc_table[5][(low >> 16) & 0xFF] ^
-              crc_table[4][low >> 24] ^ crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^
-              crc_table[0][p[7]];
-        p += 8;
-        n -= 8;
-    }
-    while (n--) crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xFF];
-    return crc ^ 0xFFFFFFFFu;
-}
-
-static void put_masked_crc(char *at, const uint8_t *data, size_t n) {
-    uint32_t crc = crc32c(data, n);
+static int put_masked_crc(char *at, PyObject *data) {
+    PyObject *value = PyObject_CallOneArg(crc32c_of, data);
+    if (value == NULL) return -1;
+    uint32_t crc = (uint32_t)PyLong_AsUnsignedLong(value);
+    Py_DECREF(value);
+    if (PyErr_Occurred()) return -1;
     uint32_t masked = ((crc >> 15) | (crc << 17)) + 0xA282EAD8u;
     for (int k = 0; k < 4; k++) at[k] = (char)(masked >> (8 * k));
+    return 0;
 }
 
 static PyObject *frame(PyObject *self, PyObject *records) {
@@ -233,12 +214,19 @@ static PyObject *frame(PyObject *self, PyObject *records) {
         PyObject *record = PyList_GET_ITEM(records, r);
         uint64_t length = (uint64_t)PyBytes_GET_SIZE(record);
         for (int k = 0; k < 8; k++) at[k] = (char)(length >> (8 * k));
-        put_masked_crc(at + 8, (const uint8_t *)at, 8);
+        PyObject *header = PyMemoryView_FromMemory(at, 8, PyBUF_READ);
+        if (header == NULL) goto failed;
+        int header_failed = put_masked_crc(at + 8, header);
+        Py_DECREF(header);
+        if (header_failed) goto failed;
         memcpy(at + 12, PyBytes_AS_STRING(record), length);
-        put_masked_crc(at + 12 + length, (const uint8_t *)PyBytes_AS_STRING(record), length);
+        if (put_masked_crc(at + 12 + length, record) < 0) goto failed;
         at += 16 + length;
     }
     return out;
+failed:
+    Py_DECREF(out);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
@@ -325,7 +313,11 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__tf_example(void) {
-    make_crc_table();
+    PyObject *package = PyImport_ImportModule("crc32c");
+    if (package == NULL) return NULL;
+    crc32c_of = PyObject_GetAttrString(package, "crc32c");
+    Py_DECREF(package);
+    if (crc32c_of == NULL) return NULL;
     if (PyType_Ready(&SerializerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
