@@ -20,6 +20,12 @@ from config import Settings
 DEMO_DIR = Path("out/demo")
 
 
+def check_split(days: float, train_days: float, purchase_window_days: float) -> None:
+    """Refuses a split of the simulated days that leaves nothing to evaluate."""
+    if not 0 < train_days < days - purchase_window_days:
+        raise ValueError("--train-days must leave days to evaluate before the last purchase window")
+
+
 def run_demo(settings: Settings, requests: int, days: float, train_days: float, purchase_window_days: float,
              echo: Callable[[str], None] = print) -> dict:
     """Runs the loop; returns the evaluation report, whose `verdict` says whether the value model escaped the trap."""
@@ -27,8 +33,7 @@ def run_demo(settings: Settings, requests: int, days: float, train_days: float, 
     from pipelines.kafka_source import PartitionRange, snapshot_ranges
     from simulator.run import Destination, simulate
 
-    if not 0 < train_days < days - purchase_window_days:
-        raise ValueError("--train-days must leave days to evaluate before the last purchase window")
+    check_split(days, train_days, purchase_window_days)
     broker = KafkaBroker(settings.kafka)
     before = broker.up().topic_messages
     topics = list(settings.kafka.event_topics.values())

@@ -39,7 +39,7 @@ def test_ranges_of_transactions_are_read_to_their_end_without_the_aborted_record
     from apache_beam.testing.util import assert_that, equal_to
 
     from pipelines.kafka_source import ReadKafkaRanges, snapshot_ranges
-    from tests.infra.test_fetcher import send_in_transactions
+    from tests.kafka_io.test_fetcher import send_in_transactions
 
     topic = kafka_settings.event_topics["Click"]
     send_in_transactions(kafka_settings, topic, [0, 1, 0, 1, 0], aborted={4}, transactional_id="source-test")

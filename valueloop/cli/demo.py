@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from valueloop.cli.common import ConfigOption, broker_up, running_job, settings_from
+from valueloop.cli.common import ConfigOption, broker_up, fail, running_job, settings_from
 from valueloop.cli.model import report_evaluation
 
 
@@ -24,9 +24,13 @@ def demo(config: Optional[Path] = ConfigOption,
     the later days' requests with each and scores them against the world's hidden truth. Exits 1 if the value
     model does not escape the trap the baseline falls into. Everything it writes goes under out/demo/.
     """
-    from valueloop.demo import DEMO_DIR, run_demo
+    from valueloop.demo import DEMO_DIR, check_split, run_demo
 
     settings = settings_from(config)
+    try:
+        check_split(days, train_days, purchase_window_days)
+    except ValueError as error:
+        fail(str(error))
     broker_up(settings)  # its errors as the command reports them
     try:
         with running_job(settings, "the demo stopped"):
