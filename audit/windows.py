@@ -71,6 +71,27 @@ def load_window(examples: Path, from_ms: int | None, to_ms: int | None, now_ms: 
     return Window({k: v for k, v in columns.items()}, now_ms, name)
 
 
+_TEXT = ("surface", "device", "item_category")
+_FLOATS = ("purchase_value", "item_age_hours", "headline_score")
+
+
+def window_of_examples(examples, now_ms: int | None = None, name: str = "window") -> Window:
+    """A Window of labeled examples in memory (`pipelines.labeling.Example`), as `load_window` reads them from
+    partitions: for experiments and calibration, without writing files."""
+    from pipelines.tf_example import example_fields
+
+    rows = [example_fields(e) for e in examples]
+    columns = {}
+    for column in REQUIRED:
+        if column in _TEXT:
+            columns[column] = np.array([r.get(column, "") for r in rows], dtype=object)
+        elif column in _FLOATS:
+            columns[column] = np.array([r.get(column, np.nan) for r in rows], np.float64)
+        else:
+            columns[column] = np.array([int(r.get(column, -1)) for r in rows], np.int64)
+    return Window(columns, now_ms, name)
+
+
 def slices(window: Window) -> dict[str, np.ndarray]:
     """The slices every audit compares: all, each surface and device, position bands, new against established
     items, headline-score bands. A name is `dimension=value`."""

@@ -90,3 +90,11 @@ def test_an_empty_or_tiny_window_is_inconclusive_and_bad_input_is_refused(refere
         Window({k: v for k, v in reference.columns.items() if k != "purchase_time_ms"}, name="v1")
     with pytest.raises(WindowError, match="missing"):
         load_window(tmp_path / "missing", None, None, name="missing")
+
+
+def test_a_small_seeded_calibration_blocks_no_pair_without_drift():
+    """The suite's part of `valueloop bench audit-calibration` (100 pairs, recorded in bench/results)."""
+    from bench.audit_calibration import calibrate
+
+    summary = calibrate(pairs=4, first_seed=500)["summary"]
+    assert summary["statuses"].get("block", 0) == 0, summary

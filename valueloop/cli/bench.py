@@ -79,3 +79,14 @@ def stream(
     with tempfile.TemporaryDirectory(prefix="valueloop-bench-stream-") as scratch:
         record(run_stream_benchmark(settings, requests=requests, days=days, users=users, items=items,
                                     scratch=Path(scratch), runners=tuple(r.value for r in runner)), out)
+
+
+@app.command("audit-calibration")
+def audit_calibration(
+    pairs: int = typer.Option(100, min=1, help="No-drift window pairs to audit."),
+    out: Path = typer.Option(Path("bench/results/audit_calibration.json"), help="Where the JSON result goes."),
+):
+    """How often the drift audit blocks pairs of windows between which nothing drifted (goal: at most 5%)."""
+    from bench.audit_calibration import calibrate
+
+    record(calibrate(pairs), out)
