@@ -98,3 +98,32 @@ def test_a_small_seeded_calibration_blocks_no_pair_without_drift():
 
     summary = calibrate(pairs=4, first_seed=500)["summary"]
     assert summary["statuses"].get("block", 0) == 0, summary
+
+
+def joined_window(kafka_broker, tmp_path_factory, name: str, seed: int, **changes) -> Window:
+    """The first simulated day of a seeded traffic sent through the real broker and joined by the bounded join."""
+    from pipelines.run import run_bounded_join
+    from pipelines.settings import JoinSettings
+    from simulator.sinks import KafkaSink
+    from tests.conftest import _own_topics
+
+    kafka = _own_topics(kafka_broker)
+    config = SimulatorConfig.model_validate({**BASE, "seed": seed, **changes})
+    with KafkaSink(kafka) as sink:
+        sink.write(Simulation(config, world=WORLD).events())
+    out = tmp_path_factory.mktemp(name)
+    result = run_bounded_join(kafka, JoinSettings(labels=LABELS, output_dir=out))
+    assert len(result.manifests) > 20
+    # The same hours from both runs: the join settles the first day up to its last hours.
+    return load_window(out, config.start_ms, config.start_ms + 20 * 3_600_000, name=name)
+
+
+def test_through_the_broker_and_the_join_a_bait_loving_policy_blocks_and_the_same_policy_passes(
+        kafka_broker, tmp_path_factory):
+    reference = joined_window(kafka_broker, tmp_path_factory, "joined_reference", seed=1)
+    same = joined_window(kafka_broker, tmp_path_factory, "joined_same", seed=2)
+    assert audit_windows(reference, same).status.exit_code == 0
+    bait = joined_window(kafka_broker, tmp_path_factory, "joined_bait", seed=4, logging_policy={"headline_weight": 6.0})
+    verdict = audit_windows(reference, bait)
+    assert verdict.status is Status.BLOCK
+    assert any(reason.startswith("clickbait signature in all") for reason in verdict.reasons), verdict.reasons
