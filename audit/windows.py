@@ -67,8 +67,8 @@ def load_window(examples: Path, from_ms: int | None, to_ms: int | None, now_ms: 
         partitions = find_partitions(examples, from_ms, to_ms)
     except FileNotFoundError as error:
         raise WindowError(f"{name}: {error}") from None
-    columns = load_columns(partitions, ) if partitions else {c: np.array([]) for c in REQUIRED}
-    return Window({k: v for k, v in columns.items()}, now_ms, name)
+    columns = load_columns(partitions) if partitions else {c: np.array([]) for c in REQUIRED}
+    return Window(columns, now_ms, name)
 
 
 _TEXT = ("surface", "device", "item_category")
