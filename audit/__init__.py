@@ -1,2 +1,3 @@
 """The promotion gate's parts built so far: drift comparisons (`stattests`), conversion at equal label age
-(`maturity`) and on-call alerts (`alerts`)."""
+(`maturity`), the audit of a window (`windows`, `drift`, `run`), the model gate (`gate`) and on-call alerts
+(`alerts`)."""

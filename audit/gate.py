@@ -1,0 +1,149 @@
+"""The model gate: a candidate against production on the same evaluation window, in the manner of TFMA's
+thresholds, applied to the bootstrap confidence bound of each change rather than to its point estimate.
+
+Each threshold names a metric, which way is better, and bounds: an absolute bound on the candidate's value, and
+bounds on its change against production, absolute or relative. The change's 95% interval comes from a seeded
+Poisson bootstrap over requests (each request's rows weighted alike, the same weights for both models, so the
+interval is of the paired difference). A bound passes only when the interval's worse end passes it. A metric a
+threshold names but the candidate lacks fails. The first model, with no production to compare with, is judged
+on the absolute bounds alone.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import log_loss, roc_auc_score
+
+BOOTSTRAP_DRAWS = 200
+
+
+class Better(str, enum.Enum):
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str  # e.g. "auc.purchase", "log_loss.click", "ece.purchase", "purchases_top3_per_1000"
+    better: Better
+    absolute: float | None = None  # the candidate's value must be at least (HIGHER) or at most (LOWER) this
+    change: float | None = None  # the change may be worse than production's by at most this much
+    relative_change: float | None = None  # ... or by at most this share of production's value
+
+
+DEFAULT_THRESHOLDS = (
+    *(Threshold(f"auc.{task}", Better.HIGHER, absolute=0.55, change=0.01) for task in ("click", "purchase")),
+    *(Threshold(f"log_loss.{task}", Better.LOWER, relative_change=0.02) for task in ("click", "purchase")),
+    *(Threshold(f"ece.{task}", Better.LOWER, absolute=0.05) for task in ("click", "purchase")),
+    Threshold("purchases_top3_per_1000", Better.HIGHER, relative_change=0.05),
+)
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    metric: str
+    candidate: float | None
+    production: float | None
+    change: float | None
+    interval: tuple[float, float] | None
+    passed: bool
+    reason: str
+
+
+def _ece(labels, predictions, weights, bins: int = 10) -> float:
+    index = np.minimum((predictions * bins).astype(int), bins - 1)
+    total = weights.sum()
+    gap = 0.0
+    for b in range(bins):
+        member = index == b
+        w = weights[member].sum()
+        if w > 0:
+            gap += w / total * abs(np.average(predictions[member], weights=weights[member])
+                                   - np.average(labels[member], weights=weights[member]))
+    return float(gap)
+
+
+def _top_k_per_1000(request_ids, scores, outcome, weights, k: int) -> float:
+    """Logged outcomes among each request's top k by `scores`, per 1000 impressions shown, requests weighted."""
+    order = np.lexsort((-scores, request_ids))
+    ids, outcome, weights = request_ids[order], outcome[order], weights[order]
+    starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1]
+    rank = np.arange(len(ids)) - np.repeat(starts, np.diff(np.r_[starts, len(ids)]))
+    top = rank < k
+    return float(1000 * np.sum(outcome[top] * weights[top]) / np.sum(weights[top]))
+
+
+def model_metrics(window: dict, predictions: dict[str, np.ndarray], weights: np.ndarray | None = None,
+                  k: int = 3) -> dict[str, float]:
+    """A model's metrics on a window: per task in `predictions` AUC, log loss and calibration error against the
+    window's labels, and the logged purchases in each request's top k by `predictions['value']`."""
+    n = len(window["request_id"])
+    weights = np.ones(n) if weights is None else weights
+    out: dict[str, float] = {}
+    for task, predicted in predictions.items():
+        if task == "value":
+            continue
+        labels = np.asarray(window[task], np.float64)
+        if 0 < np.average(labels, weights=weights) < 1:
+            out[f"auc.{task}"] = float(roc_auc_score(labels, predicted, sample_weight=weights))
+        out[f"log_loss.{task}"] = float(log_loss(labels, np.clip(predicted, 1e-7, 1 - 1e-7), sample_weight=weights,
+                                                 labels=[0.0, 1.0]))
+        out[f"ece.{task}"] = _ece(labels, predicted, weights)
+    if "value" in predictions:
+        out[f"purchases_top{k}_per_1000"] = _top_k_per_1000(np.asarray(window["request_id"]), predictions["value"],
+                                                            np.asarray(window["purchase"], np.float64), weights, k)
+    return out
+
+
+def _request_weights(request_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    _, inverse = np.unique(request_ids, return_inverse=True)
+    return rng.poisson(1.0, inverse.max() + 1)[inverse].astype(np.float64)
+
+
+def _judge(threshold: Threshold, candidate: float | None, production: float | None,
+           interval: tuple[float, float] | None) -> tuple[bool, str]:
+    if candidate is None:
+        return False, "the candidate lacks this metric"
+    sign = 1.0 if threshold.better is Better.HIGHER else -1.0
+    if threshold.absolute is not None and sign * (candidate - threshold.absolute) < 0:
+        return False, f"{candidate:.5f} is {'below' if sign > 0 else 'above'} the bound {threshold.absolute}"
+    if production is None or interval is None:
+        return True, "absolute bounds only: no production model" if production is None else "absolute bounds met"
+    worst = interval[0] if sign > 0 else interval[1]  # the interval's worse end of the change
+    for allowed, what in ((threshold.change, "absolute"), (threshold.relative_change, "relative")):
+        if allowed is None:
+            continue
+        limit = allowed if what == "absolute" else allowed * abs(production)
+        if sign * worst < -limit:
+            return False, (f"the change's worse bound {worst:+.5f} is beyond the {what} limit "
+                           f"{-sign * limit:+.5f}")
+    return True, "within bounds"
+
+
+def gate(window: dict, candidate: dict[str, np.ndarray], production: dict[str, np.ndarray] | None,
+         thresholds=DEFAULT_THRESHOLDS, seed: int = 0, draws: int = BOOTSTRAP_DRAWS) -> list[MetricCheck]:
+    """Each threshold judged for `candidate` against `production` (None: the first model) on `window`: a dict of
+    columns (request_id and the label of each task), predictions by task name plus `value`."""
+    ours = model_metrics(window, candidate)
+    theirs = model_metrics(window, production) if production is not None else {}
+    intervals: dict[str, tuple[float, float]] = {}
+    if production is not None:
+        rng = np.random.default_rng(seed)
+        changes: dict[str, list[float]] = {}
+        request_ids = np.asarray(window["request_id"])
+        for _ in range(draws):
+            weights = _request_weights(request_ids, rng)
+            a, b = model_metrics(window, candidate, weights), model_metrics(window, production, weights)
+            for metric in a.keys() & b.keys():
+                changes.setdefault(metric, []).append(a[metric] - b[metric])
+        intervals = {m: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for m, v in changes.items()}
+    checks = []
+    for threshold in thresholds:
+        c, p = ours.get(threshold.metric), theirs.get(threshold.metric)
+        interval = intervals.get(threshold.metric)
+        passed, reason = _judge(threshold, c, p, interval)
+        checks.append(MetricCheck(threshold.metric, c, p, None if c is None or p is None else c - p, interval,
+                                  passed, reason))
+    return checks
