@@ -147,3 +147,22 @@ def gate(window: dict, candidate: dict[str, np.ndarray], production: dict[str, n
         checks.append(MetricCheck(threshold.metric, c, p, None if c is None or p is None else c - p, interval,
                                   passed, reason))
     return checks
+
+
+def clickbait_model_signature(window: dict, candidate: dict[str, np.ndarray], production: dict[str, np.ndarray],
+                              ctr_rise: float = 0.1, purchase_drop: float = 0.05, k: int = 3) -> str | None:
+    """The trap on the model side, on one window: the candidate predicts relatively more clicks than production
+    (mean p(click) up by more than `ctr_rise`) while its predicted purchases per impression, or the logged
+    purchases in its top k, go down by more than `purchase_drop`. Returns what it found, or None."""
+    click_up = candidate["click"].mean() / production["click"].mean() - 1
+    purchase_change = candidate["purchase"].mean() / production["purchase"].mean() - 1
+    ids, bought = np.asarray(window["request_id"]), np.asarray(window["purchase"], np.float64)
+    ones = np.ones(len(ids))
+    top_ours = _top_k_per_1000(ids, candidate["value"], bought, ones, k)
+    top_theirs = _top_k_per_1000(ids, production["value"], bought, ones, k)
+    top_change = top_ours / top_theirs - 1 if top_theirs > 0 else 0.0
+    if click_up > ctr_rise and min(purchase_change, top_change) < -purchase_drop:
+        return (f"clickbait signature in the candidate's predictions: mean p(click) {click_up:+.1%} against "
+                f"production, predicted purchases per impression {purchase_change:+.1%}, logged purchases in its "
+                f"top {k} {top_change:+.1%}")
+    return None

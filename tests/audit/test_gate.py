@@ -73,3 +73,15 @@ def test_purchases_in_the_top_k_by_hand_pure_function():
     window = {"request_id": ids, "click": np.array([1, 0, 1, 0, 1, 1.0]), "purchase": bought}
     metrics = model_metrics(window, {"click": np.array([0.9, 0.2, 0.7, 0.1, 0.8, 0.6]), "value": scores}, k=2)
     assert metrics["auc.click"] == 1.0 and metrics["purchases_top2_per_1000"] == pytest.approx(500.0)
+
+
+def test_a_candidate_that_predicts_more_clicks_and_ranks_bait_shows_the_models_signature_pure_function():
+    from audit.gate import clickbait_model_signature
+
+    window, model = synthetic(seed=10)
+    production = model(0.05, 11)
+    bait = dict(production, click=np.clip(production["click"] * 1.5, 0, 0.999),
+                value=production["click"], purchase=production["purchase"] * 0.8)  # ranks by clicks, buys less
+    found = clickbait_model_signature(window, bait, production)
+    assert found is not None and found.startswith("clickbait signature in the candidate's predictions")
+    assert clickbait_model_signature(window, model(0.04, 12), production) is None
