@@ -31,7 +31,7 @@ GOAL_WITHIN_REFERENCE = 5.0
 
 def reference_path(settings: Settings) -> dict:
     """Read every event with kafka-python, decode it, label with the reference labeler (in memory)."""
-    from pipelines.kafka_source import _consumer, snapshot_ranges
+    from pipelines.kafka_source import kafka_consumer, snapshot_ranges
     from pipelines.reference_labeler import reference_labels
     from schemas import BadEventError, EventDecoder
 
@@ -39,7 +39,7 @@ def reference_path(settings: Settings) -> dict:
 
     start = time.perf_counter()
     decoder, events, read = EventDecoder(), [], 0
-    consumer = _consumer(settings.kafka.bootstrap_servers)
+    consumer = kafka_consumer(settings.kafka.bootstrap_servers)
     for r in snapshot_ranges(settings.kafka.bootstrap_servers, settings.kafka.event_topics.values()):
         tp = TopicPartition(r.topic, r.partition)
         consumer.assign([tp])

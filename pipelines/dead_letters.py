@@ -86,12 +86,12 @@ def already_written(bootstrap_servers: str, topic: str, origins: Iterable[tuple[
     only what could not be read."""
     from kafka import TopicPartition
 
-    from pipelines.kafka_source import _consumer
+    from pipelines.kafka_source import kafka_consumer
 
     wanted: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for source_topic, partition, start, stop in origins:
         wanted.setdefault((source_topic, partition), []).append((start, stop))
-    consumer = _consumer(bootstrap_servers)
+    consumer = kafka_consumer(bootstrap_servers)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = {tp: end for tp, end in consumer.end_offsets(partitions).items() if end > 0}

@@ -38,7 +38,8 @@ class SourceError(RuntimeError):
     """The broker cannot serve a range the job was asked to read."""
 
 
-def _consumer(bootstrap_servers: str, isolation_level: str = "read_committed", **options):
+def kafka_consumer(bootstrap_servers: str, isolation_level: str = "read_committed", **options):
+    """kafka-python's consumer for offset look-ups and small reads, without a group, read_committed by default."""
     from kafka import KafkaConsumer
     from kafka.net.compat import KafkaNetClient
 
@@ -68,7 +69,7 @@ def stable_ends(bootstrap_servers: str, consumer, partitions: list, wait_s: floa
     ends = consumer.end_offsets(partitions)
     if wait_s <= 0:
         return ends
-    uncommitted = _consumer(bootstrap_servers, isolation_level="read_uncommitted")
+    uncommitted = kafka_consumer(bootstrap_servers, isolation_level="read_uncommitted")
     try:
         log_ends = uncommitted.end_offsets(partitions)
     finally:
@@ -86,7 +87,7 @@ def snapshot_ranges(bootstrap_servers: str, topics: Iterable[str], stable_wait_s
     """Everything the topics hold now: from each partition's first kept offset to its end (`stable_ends`)."""
     from kafka import TopicPartition
 
-    consumer = _consumer(bootstrap_servers)
+    consumer = kafka_consumer(bootstrap_servers)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         starts = consumer.beginning_offsets(partitions)
@@ -101,7 +102,7 @@ def ranges_for_times(bootstrap_servers: str, topics: Iterable[str], from_ms: int
     """The offsets of records whose timestamps lie in [from_ms, to_ms), per partition, up to `stable_ends`."""
     from kafka import TopicPartition
 
-    consumer = _consumer(bootstrap_servers)
+    consumer = kafka_consumer(bootstrap_servers)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = stable_ends(bootstrap_servers, consumer, partitions, stable_wait_s)
@@ -333,7 +334,7 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
         yield restriction
 
     def setup(self):
-        self._consumer = _consumer(self._bootstrap)
+        self._consumer = kafka_consumer(self._bootstrap)
 
     def teardown(self):
         if self._consumer is not None:
