@@ -90,3 +90,16 @@ def audit_calibration(
     from bench.audit_calibration import calibrate
 
     record(calibrate(pairs), out)
+
+
+@app.command("audit")
+def audit(
+    requests: int = typer.Option(220_000, min=1, help="Ranking requests over four days; the two audited days hold "
+                                                       "about half of their impressions (a million)."),
+    repeats: int = typer.Option(3, min=1, help="Runs of each path; the median is reported."),
+    out: Path = typer.Option(Path("bench/results/audit.json"), help="Where the JSON result goes."),
+):
+    """Examples/s of a whole drift audit beside reading the same examples alone (goal: at least half)."""
+    from bench.audit import run_audit_benchmark
+
+    record(run_audit_benchmark(requests, repeats), out)
