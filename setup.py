@@ -37,6 +37,7 @@ setup(
         "typer>=0.15",
         "tqdm>=4.66",
         "psutil>=6",
+        "mlflow==3.17.2",  # the model registry: versions, the production alias, their artifacts
         "scikit-learn>=1.5",  # `valueloop census` re-measures the published gradient-boosting reference
     ],
     extras_require={"test": ["pytest>=8"]},

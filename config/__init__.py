@@ -1,5 +1,5 @@
 """The one settings file: each section is the typed config of the package it drives (kafka, simulator, join,
-trainer, audit).
+trainer, audit, registry).
 
 Defaults are embedded, so nothing needs a file to run locally; `--config FILE` (YAML or JSON) overrides any part.
 """
@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from audit.config import AuditConfig
+from audit.registry import RegistrySettings
 from infra.kafka import KafkaSettings
 from pipelines.settings import JoinSettings
 from simulator.config import SimulatorConfig
@@ -26,6 +27,7 @@ class Settings(BaseModel):
     join: JoinSettings = JoinSettings()
     trainer: TrainConfig = TrainConfig()
     audit: AuditConfig = AuditConfig()
+    registry: RegistrySettings = RegistrySettings()
 
 
 class ConfigError(ValueError):

@@ -214,3 +214,32 @@ def test_audit_of_a_tiny_window_is_inconclusive_exits_2_and_says_so(tmp_path):
     assert verdict["status"] == "inconclusive" and verdict["exit_code"] == 2
     alerts = json.loads((tmp_path / "run" / "alerts.json").read_text())  # the log sink told, and it stays open
     assert list(alerts) == ["valueloop/drift_audit/open..open"]
+
+
+def test_models_promote_and_rollback_as_a_user_runs_them(tmp_path):
+    from trainer.tf_runtime import tf
+
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"registry:\n  directory: {tmp_path / 'registry'}\n")
+    for i in range(2):
+        module = tf.Module()
+        module.weight = tf.Variable(float(i))
+        tf.saved_model.save(module, str(tmp_path / f"model{i}"))
+        (tmp_path / f"audit{i}").mkdir()
+        (tmp_path / f"audit{i}" / "verdict.json").write_text(json.dumps({"status": "pass", "reasons": []}))
+        said = run("register", "-c", str(config), "--model", str(tmp_path / f"model{i}"), "--window", f"2026-11-0{i + 5}",
+                   "--verdict", str(tmp_path / f"audit{i}" / "verdict.json")).stdout
+        assert said.strip() == f"registered valueloop-ranker version {i + 1} for 2026-11-0{i + 5} (verdict pass)"
+    assert run("promote", "-c", str(config), "--version", "1", "--replaces", "none", "--reason", "first").returncode == 0
+    stale = run("promote", "-c", str(config), "--version", "2", "--replaces", "none", "--reason", "x", check=False)
+    assert stale.returncode == 1 and "production is version 1, not unset" in unboxed(stale.stderr)
+    assert "version 2 (was 1" in run("promote", "-c", str(config), "--version", "2", "--replaces", "1",
+                                     "--reason", "second").stdout
+    assert run("rollback", "-c", str(config), "--replaces", "2", "--reason", "bad").stdout.strip() == \
+        "production: version 1 (rolled back from 2)"
+    listed = json.loads(run("models", "-c", str(config), "--json").stdout)
+    assert listed["aliases"] == {"production": 1, "candidate": 2}
+    assert [(p["kind"], p["from"], p["to"]) for p in listed["promotions"]] == [
+        ("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
+    table = run("models", "-c", str(config)).stdout
+    assert "production" in table and "rollback 2 -> 1  committed" in table

@@ -1,6 +1,6 @@
 """The `valueloop` command: `valueloop --help` is the manual.
 
-One module per area (kafka, simulate, join and label, train and evaluate, audit, census, demo, bench); each command
+One module per area (kafka, simulate, join and label, train and evaluate, audit, the registry, census, demo, bench); each command
 parses typed options and calls one function of the package that does the work.
 """
 from __future__ import annotations
@@ -9,14 +9,14 @@ import valueloop  # noqa: F401  (quiets TensorFlow and sets TF_USE_LEGACY_KERAS 
 
 import typer
 
-from valueloop.cli import audit, bench, census, demo, join, kafka, model, simulate
+from valueloop.cli import audit, bench, census, demo, join, kafka, model, registry, simulate
 
 app = typer.Typer(help="valueloop: a feedback-loop training pipeline that ranks by what users value, not by clicks.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(kafka.app, name="kafka")
 app.add_typer(bench.app, name="bench")
-for command in (simulate.simulate, join.join, join.label, model.train, model.evaluate, audit.audit, census.census,
-                demo.demo):
+for command in (simulate.simulate, join.join, join.label, model.train, model.evaluate, audit.audit, registry.models,
+                registry.register, registry.promote, registry.rollback, census.census, demo.demo):
     app.command()(command)
 
 
