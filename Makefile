@@ -5,9 +5,11 @@ BIN := $(VENV)/bin
 KAFKA_LIB := infra/kafka/target/lib
 PRISM := infra/prism/bin/prism
 FLINK_JOB_SERVER := infra/flink/target/valueloop-flink-job-server.jar
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: setup prism flink demo test bench trap census clean
+.PHONY: setup prism flink chromium demo test bench trap census clean
 
 setup: $(VENV)/.installed $(KAFKA_LIB)/.resolved
 
@@ -37,6 +39,13 @@ $(PRISM): infra/prism/version
 	GOBIN=$(abspath infra/prism/bin) GOFLAGS=-mod=mod go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$$(cat infra/prism/version)
 	touch $@
 
+# The audit report's test renders it in a real browser: Debian's Chromium.
+chromium: $(CHROMIUM)
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "Chromium is missing and there is no apt-get to install it: install chromium" >&2; exit 1; }
+	$(SUDO) apt-get install -y -qq --no-install-recommends chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
 $(FLINK_JOB_SERVER): infra/flink/pom.xml infra/flink/src/main/resources/simplelogger.properties
 	@command -v mvn >/dev/null || { echo "Maven is missing: apt-get install maven" >&2; exit 1; }
 	rm -rf infra/flink/target
@@ -45,7 +54,7 @@ $(FLINK_JOB_SERVER): infra/flink/pom.xml infra/flink/src/main/resources/simplelo
 demo: setup
 	$(BIN)/valueloop demo
 
-test: setup $(PRISM) $(FLINK_JOB_SERVER)
+test: setup $(PRISM) $(FLINK_JOB_SERVER) $(CHROMIUM)
 	$(BIN)/python -m pytest tests
 
 bench: setup $(FLINK_JOB_SERVER)

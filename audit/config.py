@@ -6,7 +6,40 @@ difference lies wholly beyond its threshold, a distance check when the lower bou
 """
 from __future__ import annotations
 
+import enum
+
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class Better(str, enum.Enum):
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
+class Threshold(BaseModel):
+    """One bound of the model gate, in the manner of TFMA: a metric of a slice, which way is better, and an
+    absolute bound on the candidate's value and bounds on its change against production (absolute, or relative
+    to production's value), each applied to the worse end of the change's bootstrap interval."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(description="auc.<task>, log_loss.<task>, ece.<task> or purchases_top3_per_1000")
+    better: Better
+    absolute: float | None = Field(None, description="The candidate's value must be at least (higher is better) "
+                                   "or at most (lower is better) this.")
+    change: float | None = Field(None, ge=0, description="The change may be worse than production by at most this.")
+    relative_change: float | None = Field(None, ge=0, description="... or by at most this share of production's "
+                                          "value.")
+    slice: str = Field("all", description="The slice it applies to (`all`, `surface=search`, `device=mobile`, ...).")
+
+
+TASKS = ("click", "purchase")
+DEFAULT_GATE = (
+    *(Threshold(metric=f"auc.{task}", better=Better.HIGHER, absolute=0.55, change=0.01) for task in TASKS),
+    *(Threshold(metric=f"log_loss.{task}", better=Better.LOWER, relative_change=0.02) for task in TASKS),
+    *(Threshold(metric=f"ece.{task}", better=Better.LOWER, absolute=0.05) for task in TASKS),
+    Threshold(metric="purchases_top3_per_1000", better=Better.HIGHER, relative_change=0.05),
+)
 
 
 class AuditConfig(BaseModel):
@@ -32,6 +65,17 @@ class AuditConfig(BaseModel):
                          "(Benjamini-Hochberg).")
     bounce_s: float = Field(10.0, gt=0, description="A click with less dwell than this bounced.")
     long_dwell_s: float = Field(30.0, gt=0, description="A click with at least this much dwell is long.")
+    prediction_psi: float = Field(0.25, ge=0, description="PSI between production's and the candidate's "
+                                  "predictions of a task on the same window that is reported (a warning).")
+    model_ctr_rise: float = Field(0.10, ge=0, description="Relative rise of the candidate's mean p(click) over "
+                                  "production's that counts as predicted engagement up.")
+    model_purchase_drop: float = Field(0.05, ge=0, description="Relative drop of the candidate's predicted purchases "
+                                       "per impression, or of the logged purchases in its top 3, that counts as "
+                                       "predicted conversion down (with the rise: the model-side clickbait signature, "
+                                       "which blocks).")
+    gate: tuple[Threshold, ...] = Field(DEFAULT_GATE, description="The model gate's thresholds; a failed one blocks.")
+    gate_bootstrap_draws: int = Field(200, ge=20, description="Poisson bootstrap draws over requests for the "
+                                      "intervals of the gate's changes.")
 
     @property
     def ages_ms(self) -> tuple[int, ...]:

@@ -10,40 +10,24 @@ on the absolute bounds alone.
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
+from audit.config import AuditConfig, Better, Threshold
+
 BOOTSTRAP_DRAWS = 200
+__all__ = ["Better", "Threshold", "MetricCheck", "gate", "model_metrics", "clickbait_model_signature"]
 
 
-class Better(str, enum.Enum):
-    HIGHER = "higher"
-    LOWER = "lower"
-
-
-@dataclass(frozen=True)
-class Threshold:
-    metric: str  # e.g. "auc.purchase", "log_loss.click", "ece.purchase", "purchases_top3_per_1000"
-    better: Better
-    absolute: float | None = None  # the candidate's value must be at least (HIGHER) or at most (LOWER) this
-    change: float | None = None  # the change may be worse than production's by at most this much
-    relative_change: float | None = None  # ... or by at most this share of production's value
-
-
-DEFAULT_THRESHOLDS = (
-    *(Threshold(f"auc.{task}", Better.HIGHER, absolute=0.55, change=0.01) for task in ("click", "purchase")),
-    *(Threshold(f"log_loss.{task}", Better.LOWER, relative_change=0.02) for task in ("click", "purchase")),
-    *(Threshold(f"ece.{task}", Better.LOWER, absolute=0.05) for task in ("click", "purchase")),
-    Threshold("purchases_top3_per_1000", Better.HIGHER, relative_change=0.05),
-)
+DEFAULT_THRESHOLDS = AuditConfig().gate
 
 
 @dataclass(frozen=True)
 class MetricCheck:
     metric: str
+    slice: str
     candidate: float | None
     production: float | None
     change: float | None
@@ -72,7 +56,8 @@ def _top_k_per_1000(request_ids, scores, outcome, weights, k: int) -> float:
     starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1]
     rank = np.arange(len(ids)) - np.repeat(starts, np.diff(np.r_[starts, len(ids)]))
     top = rank < k
-    return float(1000 * np.sum(outcome[top] * weights[top]) / np.sum(weights[top]))
+    shown = np.sum(weights[top])
+    return float(1000 * np.sum(outcome[top] * weights[top]) / shown) if shown > 0 else float("nan")
 
 
 def model_metrics(window: dict, predictions: dict[str, np.ndarray], weights: np.ndarray | None = None,
@@ -123,29 +108,46 @@ def _judge(threshold: Threshold, candidate: float | None, production: float | No
 
 
 def gate(window: dict, candidate: dict[str, np.ndarray], production: dict[str, np.ndarray] | None,
-         thresholds=DEFAULT_THRESHOLDS, seed: int = 0, draws: int = BOOTSTRAP_DRAWS) -> list[MetricCheck]:
+         thresholds=DEFAULT_THRESHOLDS, seed: int = 0, draws: int = BOOTSTRAP_DRAWS,
+         slices: dict[str, np.ndarray] | None = None) -> list[MetricCheck]:
     """Each threshold judged for `candidate` against `production` (None: the first model) on `window`: a dict of
-    columns (request_id and the label of each task), predictions by task name plus `value`."""
-    ours = model_metrics(window, candidate)
-    theirs = model_metrics(window, production) if production is not None else {}
-    intervals: dict[str, tuple[float, float]] = {}
+    columns (request_id and the label of each task), predictions by task name plus `value`. A threshold's slice
+    is a mask of `slices` (`all` is the whole window); a slice the window lacks fails its thresholds."""
+    n = len(window["request_id"])
+    masks = {"all": np.ones(n, bool), **(slices or {})}
+    wanted = sorted({t.slice for t in thresholds if t.slice in masks})
+
+    def metrics_by_slice(predictions, weights):
+        return {name: model_metrics(window, predictions, weights * masks[name]) for name in wanted
+                if (weights * masks[name]).sum() > 0}
+
+    ones = np.ones(n)
+    ours = metrics_by_slice(candidate, ones)
+    theirs = metrics_by_slice(production, ones) if production is not None else {}
+    intervals: dict[tuple[str, str], tuple[float, float]] = {}
     if production is not None:
         rng = np.random.default_rng(seed)
-        changes: dict[str, list[float]] = {}
+        changes: dict[tuple[str, str], list[float]] = {}
         request_ids = np.asarray(window["request_id"])
         for _ in range(draws):
             weights = _request_weights(request_ids, rng)
-            a, b = model_metrics(window, candidate, weights), model_metrics(window, production, weights)
-            for metric in a.keys() & b.keys():
-                changes.setdefault(metric, []).append(a[metric] - b[metric])
-        intervals = {m: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for m, v in changes.items()}
+            a, b = metrics_by_slice(candidate, weights), metrics_by_slice(production, weights)
+            for name in a.keys() & b.keys():
+                for metric in a[name].keys() & b[name].keys():
+                    changes.setdefault((name, metric), []).append(a[name][metric] - b[name][metric])
+        intervals = {key: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for key, v in changes.items()}
     checks = []
     for threshold in thresholds:
-        c, p = ours.get(threshold.metric), theirs.get(threshold.metric)
-        interval = intervals.get(threshold.metric)
+        if threshold.slice not in masks:
+            checks.append(MetricCheck(threshold.metric, threshold.slice, None, None, None, None, False,
+                                      f"the window has no slice {threshold.slice}"))
+            continue
+        c = ours.get(threshold.slice, {}).get(threshold.metric)
+        p = theirs.get(threshold.slice, {}).get(threshold.metric)
+        interval = intervals.get((threshold.slice, threshold.metric))
         passed, reason = _judge(threshold, c, p, interval)
-        checks.append(MetricCheck(threshold.metric, c, p, None if c is None or p is None else c - p, interval,
-                                  passed, reason))
+        checks.append(MetricCheck(threshold.metric, threshold.slice, c, p, None if c is None or p is None else c - p,
+                                  interval, passed, reason))
     return checks
 
 

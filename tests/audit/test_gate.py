@@ -55,11 +55,11 @@ def test_a_metric_the_candidate_lacks_fails_pure_function():
 
 
 def test_bounds_read_the_worse_end_of_the_interval_pure_function():
-    higher = Threshold("auc.click", Better.HIGHER, absolute=0.6, change=0.01)
+    higher = Threshold(metric="auc.click", better=Better.HIGHER, absolute=0.6, change=0.01)
     assert _judge(higher, 0.70, 0.70, (-0.005, 0.004)) == (True, "within bounds")
     assert not _judge(higher, 0.70, 0.70, (-0.02, 0.004))[0]
     assert not _judge(higher, 0.59, None, None)[0]
-    lower = Threshold("log_loss.click", Better.LOWER, relative_change=0.02)
+    lower = Threshold(metric="log_loss.click", better=Better.LOWER, relative_change=0.02)
     assert _judge(lower, 0.300, 0.300, (-0.01, 0.005))[0]  # 0.005 within 2% of 0.3
     assert not _judge(lower, 0.300, 0.300, (-0.01, 0.007))[0]
 

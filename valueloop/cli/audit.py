@@ -18,25 +18,33 @@ def audit(
     end: Optional[str] = hour_option("--to", "... up to this hour, exclusive."),
     now: Optional[str] = hour_option("--now", "When the window is audited, if its conversions are still coming: "
                                               "conversion is then compared at equal age after the click."),
-    out: Path = typer.Option(Path("out/audit"), help="Directory for verdict.json."),
+    candidate: Optional[Path] = typer.Option(None, help="The candidate SavedModel: scored on the audited window "
+                                                        "against --production, and put through the model gate."),
+    production: Optional[Path] = typer.Option(None, help="Production's SavedModel; without it the candidate is "
+                                                         "the first model, judged on the gate's absolute bounds."),
+    out: Path = typer.Option(Path("out/audit"), help="Directory for verdict.json and report.html."),
     alerts: bool = typer.Option(True, help="Alert the sinks the environment names (and the log) when blocked."),
 ):
-    """Compare a window's engagement and conversion with a reference's; exit 0 when promotion may go ahead,
+    """Compare a window's engagement and conversion with a reference's (and, given models, the candidate's
+    predictions and metrics with production's on that window); exit 0 when promotion may go ahead,
     1 when the clickbait signature blocks it, 2 when there is too little data to say."""
     from audit.run import run_audit
     from audit.windows import WindowError
 
     settings = settings_from(config)
+    if production is not None and candidate is None:
+        fail("--production needs --candidate: the gate compares a candidate with it", code=2)
+    alert_book = Path(settings.kafka.run_dir).parent / "alerts.json" if alerts else None
     try:
         verdict = run_audit(examples, (parse_hour(reference_from, "--reference-from"),
                                        parse_hour(reference_to, "--reference-to")),
                             (parse_hour(start, "--from"), parse_hour(end, "--to")), parse_hour(now, "--now"),
-                            settings.audit, out, Path(settings.kafka.run_dir).parent / "alerts.json" if alerts else None)
-    except (WindowError, ValueError) as error:
+                            settings.audit, out, alert_book, candidate, production)
+    except (WindowError, ValueError, FileNotFoundError) as error:
         fail(str(error))
     for reason in verdict.reasons:
         typer.echo(f"  {reason}")
-    typer.echo(f"written: {out / 'verdict.json'}")
+    typer.echo(f"written: {out / 'verdict.json'}, {out / 'report.html'}")
     said = {0: "promotion may go ahead", 1: "promotion blocked", 2: "inconclusive: promotion blocked"}
     typer.echo(f"audit {verdict.status.value}: {said[verdict.status.exit_code]}")
     raise typer.Exit(verdict.status.exit_code)
