@@ -230,13 +230,19 @@ class AlertBook:
         os.replace(temporary, self.path)
 
     def trigger(self, alert: Alert, sinks: Iterable[Sink], **delivery) -> list[Delivery]:
-        """Delivers a new alert and records it open; one already open is not sent again (no second page)."""
+        """Delivers a new alert and records it open. One already open is not sent again (no second page), except
+        to the sinks that could not take it last time: an alert on-call never received is tried again."""
         alerts = self.open_alerts()
-        if alert.dedup_key in alerts:
-            return []
+        sinks = list(sinks)
+        opened = alerts.get(alert.dedup_key)
+        if opened is not None:
+            sinks = [sink for sink in sinks if sink.name in opened.get("undelivered", [])]
+            if not sinks:
+                return []
         outcomes = deliver(alert, sinks, **delivery)
         alerts[alert.dedup_key] = {"check": alert.check, "window": alert.window, "severity": alert.severity.value,
-                                   "summary": alert.summary, "source": alert.source}
+                                   "summary": alert.summary, "source": alert.source,
+                                   "undelivered": sorted(o.sink for o in outcomes if not o.delivered)}
         self._save(alerts)
         return outcomes
 

@@ -96,22 +96,8 @@ def browser(tmp_path_factory):
     opened.close()
 
 
-def test_the_report_renders_in_chromium_with_every_plot_drawn(browser, tmp_path):
-    from tests.audit.test_audit_scenarios import BASE, LABELS, DAY_MS, WORLD
-    from pipelines.label_files import label_events, write_examples
-    from simulator import Simulation, SimulatorConfig
-
-    examples = tmp_path / "examples"
-    for seed, changes in ((1, {}), (3, {"logging_policy": {"headline_weight": 6.0}})):
-        config = SimulatorConfig.model_validate({**BASE, "seed": seed, **changes})
-        if seed == 3:  # the audited day follows the reference day
-            config = config.model_copy(update={"start": config.start + __import__("datetime").timedelta(days=1)})
-        events = [(e.name, e.datum) for e in Simulation(config, world=WORLD).events()]
-        write_examples(label_events(events, LABELS, watermark_ms=config.end_ms + 10 * DAY_MS), examples,
-                       {"seed": seed})
-    first = SimulatorConfig.model_validate({**BASE, "seed": 1})
-    reference = (first.start_ms, first.start_ms + DAY_MS)
-    current = (first.start_ms + DAY_MS, first.start_ms + 2 * DAY_MS)
+def test_the_report_renders_in_chromium_with_every_plot_drawn(browser, clickbait_days, tmp_path):
+    examples, reference, current = clickbait_days
     out = tmp_path / "audit"
     verdict = run_audit(examples, reference, current, None, AuditConfig(), out)
     said = json.loads((out / "verdict.json").read_text())
