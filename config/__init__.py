@@ -1,5 +1,5 @@
 """The one settings file: each section is the typed config of the package it drives (kafka, simulator, join,
-trainer, audit, registry).
+trainer, audit, registry, loop).
 
 Defaults are embedded, so nothing needs a file to run locally; `--config FILE` (YAML or JSON) overrides any part.
 """
@@ -17,6 +17,7 @@ from infra.kafka import KafkaSettings
 from pipelines.settings import JoinSettings
 from simulator.config import SimulatorConfig
 from trainer.config import TrainConfig
+from valueloop.loop import LoopSettings
 
 
 class Settings(BaseModel):
@@ -28,6 +29,7 @@ class Settings(BaseModel):
     trainer: TrainConfig = TrainConfig()
     audit: AuditConfig = AuditConfig()
     registry: RegistrySettings = RegistrySettings()
+    loop: LoopSettings = LoopSettings()
 
 
 class ConfigError(ValueError):

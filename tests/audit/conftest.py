@@ -1,54 +1,8 @@
-"""What the audit's tests share: an HTTP server on 127.0.0.1 that receives alerts, and a pair of windows whose
-second day a bait-loving serving policy made (the clickbait signature), written as the join's partitions."""
+"""What the audit's tests share: a pair of windows whose second day a bait-loving serving policy made (the
+clickbait signature), written as the join's partitions."""
 import datetime as dt
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-
-class Receiver:
-    """An HTTP server on a free loopback port that keeps every JSON body posted to it, by path; a path listed in
-    `failing` answers 500 that many times before it takes a post."""
-
-    def __init__(self):
-        self.received: list[tuple[str, dict]] = []
-        self.failing: dict[str, int] = {}
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if receiver.failing.get(self.path, 0) > 0:
-                    receiver.failing[self.path] -= 1
-                    receiver.received.append((f"refused {self.path}", body))
-                    self.send_response(500)
-                    self.end_headers()
-                    self.wfile.write(b"down for maintenance")
-                    return
-                receiver.received.append((self.path, body))
-                self.send_response(202 if self.path == "/v2/enqueue" else 200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def bodies(self, path: str) -> list[dict]:
-        return [body for where, body in self.received if where == path]
-
-
-@pytest.fixture
-def receiver():
-    server = Receiver()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,77 @@
+"""An Airflow home with a migrated metadata database (SQLite, for `dag.test`), and a loop's worth of data: three
+simulated days through the real broker and the bounded join, the third served by a policy that shows more bait."""
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+DAY_MS = 86_400_000
+
+
+def airflow_environment(home: Path, database: str | None = None) -> dict:
+    return {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database or f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"), "TF_USE_LEGACY_KERAS": "1"}
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory) -> tuple[Path, dict]:
+    home = tmp_path_factory.mktemp("airflow")
+    environment = airflow_environment(home)
+    migrated = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=environment,
+                              capture_output=True, text=True, timeout=600)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    return home, environment
+
+
+@pytest.fixture(scope="session")
+def loop_data(kafka_broker, tmp_path_factory) -> dict:
+    """Settings file and days: day 0 and day 1 served by the logging policy, day 2 by one that shows more bait;
+    all of it through the broker and the bounded join."""
+    from pipelines.run import run_bounded_join
+    from simulator import Simulation, SimulatorConfig, World
+    from simulator.sinks import KafkaSink
+    from tests.conftest import _own_topics
+
+    from config import Settings
+
+    root = tmp_path_factory.mktemp("loop")
+    kafka = _own_topics(kafka_broker).model_copy(update={"run_dir": root / "run" / "kafka"})
+    base = {"requests": 16_000, "days": 2.0, "seed": 5, "catalogue": {"users": 2_500, "items": 350}}
+    world = World.create(SimulatorConfig.model_validate(base))
+    first = SimulatorConfig.model_validate(base)
+    bait = SimulatorConfig.model_validate({**base, "requests": 14_000, "days": 2.0, "seed": 6,
+                                           "logging_policy": {"headline_weight": 6.0}})
+    bait = bait.model_copy(update={"start": first.start + dt.timedelta(days=2)})
+    with KafkaSink(kafka) as sink:
+        for config in (first, bait):
+            sink.write(Simulation(config, world=world).events())
+    settings = Settings.model_validate({
+        "kafka": kafka.model_dump(mode="json"),
+        "join": {"output_dir": str(root / "examples"), "allowed_lateness_s": 3600,
+                 "labels": {"click_window_s": 1800, "cart_window_s": 3600, "purchase_window_s": 6 * 3600}},
+        "trainer": {"batch_size": 1024, "epochs": 2, "learning_rate": 0.01, "shuffle_buffer": 20_000},
+        "registry": {"directory": str(root / "registry")},
+        "loop": {"work_dir": str(root / "work"), "train_days": 1},
+        "audit": {"gate_bootstrap_draws": 40},
+    })
+    path = root / "settings.yaml"
+    path.write_text(yaml.safe_dump(json.loads(settings.model_dump_json())))
+    days = [(first.start + dt.timedelta(days=d)).strftime("%Y-%m-%d") for d in range(3)]
+    run_bounded_join(settings.kafka, settings.join, from_ms=first.start_ms, to_ms=first.start_ms + 3 * DAY_MS)
+    return {"config": path, "settings": settings, "days": days, "root": root}
+
+
+def run_dag(environment: dict, dag_id: str, conf: dict, extra_env: dict | None = None) -> dict:
+    """`dag.test()` of one DAG in its own process; what happened, as `run_dag.py` reports it."""
+    finished = subprocess.run([sys.executable, str(Path(__file__).with_name("run_dag.py")), dag_id, json.dumps(conf)],
+                              env={**environment, **(extra_env or {})}, capture_output=True, text=True, timeout=1200)
+    assert finished.returncode == 0, finished.stderr[-5000:]
+    return json.loads(finished.stdout.strip().splitlines()[-1])

@@ -1,0 +1,95 @@
+"""The DAGs as Airflow runs them: the DagBag's structure, the labeling DAG's Beam job and asset event, and the
+retraining DAG under `dag.test()` on data that went through the real broker and the join: a first day that
+promotes, a clickbait-shifted day that keeps production and alerts a local HTTP server, and a re-run of that
+day that changes nothing."""
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.dags.conftest import PROJECT, airflow_environment, run_dag
+
+
+def test_the_dagbag_loads_every_dag_with_its_structure_and_each_file_parses_fast(tmp_path):
+    script = ("import json, time\n"
+              "from airflow.dag_processing.dagbag import DagBag\n"
+              "bag = DagBag()\n"
+              "print(json.dumps({'errors': bag.import_errors, 'stats': {s.file: s.duration.total_seconds() "
+              "for s in bag.dagbag_stats}, 'dags': {d.dag_id: {'tasks': {t.task_id: sorted(t.downstream_task_ids) "
+              "for t in d.tasks}, 'max_active_runs': d.max_active_runs, 'params': sorted(d.params), "
+              "'timeouts': [t.execution_timeout is not None for t in d.tasks], "
+              "'retries': [t.retries for t in d.tasks], 'callbacks': [bool(t.on_failure_callback) for t in d.tasks], "
+              "'schedule': type(d.timetable).__name__} for d in bag.dags.values()}}))\n")
+    done = subprocess.run([sys.executable, "-c", script], env=airflow_environment(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    bag = json.loads(done.stdout.strip().splitlines()[-1])
+    assert bag["errors"] == {}
+    assert all(seconds < 1.0 for seconds in bag["stats"].values()), bag["stats"]
+    labeling, retraining = bag["dags"]["valueloop_labeling"], bag["dags"]["valueloop_retraining"]
+    assert labeling["tasks"] == {"plan": ["label", "publish"], "label": ["publish"], "publish": []}
+    assert labeling["schedule"] == "CronPartitionTimetable" and labeling["params"] == ["hour", "runner"]
+    assert retraining["schedule"] == "PartitionedAssetTimetable" and retraining["params"] == ["day"]
+    assert retraining["tasks"]["decide"] == ["hold", "promote"] and retraining["tasks"]["train"] == ["register"]
+    for dag in (labeling, retraining):
+        assert dag["max_active_runs"] == 1 and all(dag["timeouts"]) and all(dag["callbacks"])
+        assert all(r >= 1 for r in dag["retries"])
+
+
+def test_the_labeling_dag_joins_its_hour_with_beam_and_publishes_the_hour_as_an_asset_event(airflow_home,
+                                                                                            loop_data):
+    _, environment = airflow_home
+    env = {"VALUELOOP_CONFIG": str(loop_data["config"])}
+    hour = f"{loop_data['days'][1]}T05:00:00"
+    result = run_dag(environment, "valueloop_labeling", {"hour": hour}, env)
+    assert result["state"] == "success", result
+    assert result["tasks"] == {"plan": "success", "label": "success", "publish": "success"}
+    [event] = result["asset_events"]
+    assert event["asset"] == "valueloop_labeled_hours" and event["partition_key"] == hour
+    partition = Path(loop_data["settings"].join.output_dir) / f"dt={loop_data['days'][1]}" / "hour=05"
+    assert event["extra"]["uri"] == partition.resolve().as_uri() and event["extra"]["examples"] > 1000
+
+
+def _digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_retraining_promotes_then_holds_a_clickbait_day_with_an_alert_and_a_rerun_changes_nothing(
+        airflow_home, loop_data, receiver):
+    from audit.registry import Registry
+
+    _, environment = airflow_home
+    env = {"VALUELOOP_CONFIG": str(loop_data["config"]), "VALUELOOP_ALERT_WEBHOOK_URL": f"{receiver.url}/hook"}
+    settings = loop_data["settings"]
+    _, day1, day2 = loop_data["days"]
+
+    first = run_dag(environment, "valueloop_retraining", {"day": day1}, env)
+    assert first["state"] == "success", first
+    assert first["tasks"]["promote"] == "success" and first["tasks"]["hold"] == "skipped", first["tasks"]
+    registry = Registry(settings.registry)
+    assert registry.production() == 1 and registry.version(1).verdict in ("pass", "warn")
+    assert [e["asset"] for e in first["asset_events"]] == ["valueloop_production_model"]
+
+    second = run_dag(environment, "valueloop_retraining", {"day": day2}, env)
+    assert second["state"] == "success", second
+    assert second["tasks"]["hold"] == "success" and second["tasks"]["promote"] == "skipped", second["tasks"]
+    assert registry.production() == 1 and registry.version(2).verdict == "block"
+    [alert] = receiver.bodies("/hook")
+    assert alert["check"] == "promotion_held" and alert["window"] == day2 and alert["status"] == "firing"
+    assert "clickbait signature" in alert["summary"]
+
+    work = Path(settings.loop.work_dir) / day2
+    before = _digest(work)
+    again = run_dag(environment, "valueloop_retraining", {"day": day2}, env)
+    assert again["state"] == "success" and again["tasks"]["hold"] == "success", again
+    assert _digest(work) == before
+    assert [v.version for v in registry.versions()] == [1, 2] and registry.production() == 1
+    assert len(receiver.bodies("/hook")) == 1  # no second alert
+    assert len(registry.promotions()) == 1

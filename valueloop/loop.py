@@ -1,0 +1,195 @@
+"""The loop's steps, as the Airflow DAGs run them and as `make demo` runs them: label an hour that is old enough,
+check a day's manifests, train a candidate, register it, audit it against production, then promote it or keep
+production and alert.
+
+Each step is idempotent for its day: it writes under `loop.work_dir/<day>/`, and a second run of the same day
+finds what the first wrote (the same model files, the same registered version, the same open alert) instead
+of making another. The day D's candidate is trained on the `loop.train_days` days before D and audited on D
+itself, which it has not seen: D against D-1 for the data, the candidate against production on D for the model.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from config import Settings
+
+DAY_MS, HOUR_MS = 86_400_000, 3_600_000
+_LOG = logging.getLogger("valueloop.loop")
+
+
+class LoopSettings(BaseModel):
+    """The `loop` section of the settings file: what the scheduled loop trains and where it keeps its work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    work_dir: Path = Field(Path("out/loop"), description="Models and audits, one directory per day.")
+    train_days: int = Field(1, ge=1, description="Days before the audited day that the candidate trains on.")
+    preset: str = Field("value", description="value (the multi-task ranker) or ctr (the CTR-only baseline).")
+    epochs: int | None = Field(None, ge=1, description="Overrides trainer.epochs for the loop's candidates.")
+
+
+class ManifestsMissing(RuntimeError):
+    """Hours of a window that have no complete partition yet; the message lists them."""
+
+
+def day_range(day: str) -> tuple[int, int]:
+    """A UTC day (YYYY-MM-DD) as [start, end) in milliseconds."""
+    start = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+    return int(start.timestamp() * 1000), int(start.timestamp() * 1000) + DAY_MS
+
+
+def hour_text(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:00Z")
+
+
+def labeling_lag_ms(settings: Settings) -> int:
+    """How long after an hour ends its labels are final: the longest attribution window and the allowed
+    lateness."""
+    return settings.join.labels.horizon_ms + int(settings.join.allowed_lateness_s * 1000)
+
+
+def hour_to_label(settings: Settings, interval_end_ms: int) -> int:
+    """The start of the newest hour whose labels are final at `interval_end_ms` (a DAG run's data interval end)."""
+    return (interval_end_ms - labeling_lag_ms(settings)) // HOUR_MS * HOUR_MS - HOUR_MS
+
+
+def label_hour(settings: Settings, hour_ms: int, runner: str = "direct") -> dict:
+    """The bounded join of one hour: the Kafka offsets that hold it, labeled into its partition. Returns the
+    partition's manifest summary (`hour_manifest`)."""
+    from pipelines.run import run_bounded_join
+
+    run_bounded_join(settings.kafka, settings.join, runner=runner, from_ms=hour_ms, to_ms=hour_ms + HOUR_MS)
+    return hour_manifest(settings, hour_ms)
+
+
+def hour_manifest(settings: Settings, hour_ms: int) -> dict:
+    """What an hour's partition holds (its manifest's partition, examples and labels) and its URI."""
+    from trainer.data import find_partitions
+
+    try:
+        [partition] = find_partitions(settings.join.output_dir, hour_ms, hour_ms + HOUR_MS)
+    except FileNotFoundError:
+        raise ManifestsMissing(f"{settings.join.output_dir}: no complete partition for {hour_text(hour_ms)}") from None
+    manifest = partition.manifest
+    return {"hour": hour_text(hour_ms), "partition": manifest["partition"], "examples": manifest["examples"],
+            "uri": partition.path.parent.resolve().as_uri(), "labels": manifest.get("labels", {})}
+
+
+def check_manifests(settings: Settings, loop: LoopSettings, day: str) -> dict:
+    """Every hour of the training days and of the audited day has a complete partition; raises
+    ManifestsMissing naming the hours that do not."""
+    from trainer.data import find_partitions
+
+    start, end = day_range(day)
+    first = start - loop.train_days * DAY_MS
+    try:
+        found = {p.manifest["partition"]: p.examples for p in find_partitions(settings.join.output_dir, first, end)}
+    except FileNotFoundError:
+        found = {}
+    wanted = {dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("dt=%Y-%m-%d/hour=%H")
+              for ms in range(first, end, HOUR_MS)}
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise ManifestsMissing(f"{len(missing)} of {len(wanted)} hours have no complete partition under "
+                               f"{settings.join.output_dir}: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    return {"hours": len(wanted), "examples": sum(found[h] for h in wanted)}
+
+
+def day_dir(loop: LoopSettings, day: str) -> Path:
+    return Path(loop.work_dir) / day
+
+
+def train_candidate(settings: Settings, loop: LoopSettings, day: str) -> Path:
+    """The candidate for `day`, trained on the days before it; a model already trained for the same window and
+    settings is kept as it is."""
+    from trainer.config import preset
+    from trainer.train import METADATA_FILE, train
+
+    config = preset(settings.trainer, loop.preset)
+    if loop.epochs is not None:
+        config = config.model_copy(update={"epochs": loop.epochs})
+    start, _ = day_range(day)
+    first = start - loop.train_days * DAY_MS
+    out = day_dir(loop, day) / "model"
+    done = out / METADATA_FILE
+    if done.exists():
+        metadata = json.loads(done.read_text())
+        if (metadata["data"]["start_ms"], metadata["data"]["end_ms"]) == (first, start) and \
+                metadata["config"] == json.loads(json.dumps(config.model_dump())):
+            _LOG.info("candidate for %s already trained at %s", day, out)
+            return out
+    train(config, settings.join.output_dir, first, start, out, verbose=2)
+    return out
+
+
+def register_candidate(settings: Settings, day: str, model_dir: Path) -> int:
+    from audit.registry import Registry
+
+    return Registry(settings.registry).register(model_dir, day).version
+
+
+def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: int) -> dict:
+    """The audit of `day` against the day before and of the candidate against production on `day`, recorded on
+    the version. Returns the verdict, the report and the production version it was judged against."""
+    from audit.registry import Registry
+    from audit.run import run_audit
+
+    out = day_dir(loop, day) / "audit"
+    done = out / "audited.json"
+    if done.exists() and json.loads(done.read_text())["version"] == version:  # this day's audit of this version
+        return json.loads(done.read_text())
+    registry = Registry(settings.registry)
+    production = registry.production()
+    production_dir = registry.version(production).model_dir if production is not None else None
+    candidate_dir = registry.version(version).model_dir
+    start, end = day_range(day)
+    verdict = run_audit(settings.join.output_dir, (start - DAY_MS, start), (start, end), None, settings.audit, out,
+                        candidate=candidate_dir, production=production_dir if production != version else None)
+    registry.record_verdict(version, verdict.status.value, verdict.reasons, [out / "verdict.json", out / "report.html"])
+    audited = {"status": verdict.status.value, "promotable": verdict.status.exit_code == 0,
+               "reasons": verdict.reasons, "report": str((out / "report.html").resolve()), "production": production,
+               "version": version}
+    done.write_text(json.dumps(audited, indent=2) + "\n")
+    return audited
+
+
+def promote_candidate(settings: Settings, day: str, audited: dict) -> dict:
+    """Moves production to the audited version if production still holds what it was audited against."""
+    from audit.alerts import AlertBook, sinks_from_environment
+    from audit.registry import Registry
+
+    registry = Registry(settings.registry)
+    expected = audited["production"]
+    if registry.production() == audited["version"]:  # promoted by an earlier run of this day
+        expected = audited["version"]
+    entry = registry.promote(audited["version"], expected, f"{day}: audit {audited['status']}")
+    AlertBook(alert_book(settings)).resolve_passing([HELD], day, sinks_from_environment())
+    return entry
+
+
+HELD = "promotion_held"
+
+
+def alert_book(settings: Settings) -> Path:
+    return Path(settings.kafka.run_dir).parent / "alerts.json"
+
+
+def hold_candidate(settings: Settings, day: str, audited: dict) -> dict:
+    """Keeps production and alerts on-call, once per day (a re-run finds the alert open and sends nothing)."""
+    from audit.alerts import Alert, AlertBook, Severity, sinks_from_environment
+
+    severity = Severity.CRITICAL if audited["status"] == "block" else Severity.WARNING
+    alert = Alert(HELD, day, severity, f"candidate v{audited['version']} held back for {day}: audit "
+                  f"{audited['status']}: {audited['reasons'][0] if audited['reasons'] else 'no reason given'}",
+                  {"version": audited["version"], "production": audited["production"],
+                   "reasons": "; ".join(audited["reasons"])}, report_url=Path(audited["report"]).as_uri())
+    deliveries = AlertBook(alert_book(settings)).trigger(alert, sinks_from_environment())
+    return {"production": audited["production"], "held": audited["version"],
+            "alerted": [d.sink for d in deliveries if d.delivered]}
