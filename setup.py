@@ -37,7 +37,9 @@ setup(
         "typer>=0.15",
         "tqdm>=4.66",
         "psutil>=6",
-        "mlflow==3.17.2",  # the model registry: versions, the production alias, their artifacts
+        "mlflow==3.17.2",
+        "psycopg2-binary>=2.9",  # `valueloop airflow up`: Airflow's metadata database on PostgreSQL ...
+        "asyncpg>=0.30",  # ... and Airflow's async engine on it  # the model registry: versions, the production alias, their artifacts
         "scikit-learn>=1.5",  # `valueloop census` re-measures the published gradient-boosting reference
     ],
     extras_require={"test": ["pytest>=8"]},

@@ -1,5 +1,5 @@
 """The one settings file: each section is the typed config of the package it drives (kafka, simulator, join,
-trainer, audit, registry, loop).
+trainer, audit, registry, loop, airflow).
 
 Defaults are embedded, so nothing needs a file to run locally; `--config FILE` (YAML or JSON) overrides any part.
 """
@@ -18,6 +18,7 @@ from pipelines.settings import JoinSettings
 from simulator.config import SimulatorConfig
 from trainer.config import TrainConfig
 from valueloop.loop import LoopSettings
+from valueloop.scheduling.local import AirflowSettings
 
 
 class Settings(BaseModel):
@@ -30,6 +31,7 @@ class Settings(BaseModel):
     audit: AuditConfig = AuditConfig()
     registry: RegistrySettings = RegistrySettings()
     loop: LoopSettings = LoopSettings()
+    airflow: AirflowSettings = AirflowSettings()
 
 
 class ConfigError(ValueError):

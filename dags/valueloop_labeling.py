@@ -7,11 +7,14 @@ The provider's BeamRunPythonPipelineOperator cannot be used without the Google p
 Dataflow mixin refuses to construct the operator, and `execute` builds a DataflowConfiguration), which would
 bring some hundred packages for a local runner; the task below runs the same hook the operator runs.
 
-Params: `runner` (direct: the FnApiRunner; flink), `hour` (label this hour instead, e.g. to redo one).
+Params: `runner` (direct: the FnApiRunner; flink), `hour` (label this hour instead, e.g. to redo one). The
+environment's VALUELOOP_LABELING_CRON replaces the hourly schedule (`off`: runs only when triggered, as where a
+streaming join writes the hours and this DAG only publishes or redoes them).
 """
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from airflow.sdk import DAG, CronPartitionTimetable, Param, task
 
@@ -22,10 +25,12 @@ DEFAULTS = {"retries": 2, "retry_delay": dt.timedelta(minutes=1), "retry_exponen
             "max_retry_delay": dt.timedelta(minutes=10), "execution_timeout": dt.timedelta(hours=1),
             "on_failure_callback": ValueloopNotifier()}
 
+CRON = os.environ.get("VALUELOOP_LABELING_CRON", "10 * * * *")
+
 with DAG(
     dag_id="valueloop_labeling",
     description="Label the newest hour whose conversion windows have closed",
-    schedule=CronPartitionTimetable("10 * * * *", timezone="UTC"),
+    schedule=None if CRON.lower() in ("", "off", "none") else CronPartitionTimetable(CRON, timezone="UTC"),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
