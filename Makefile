@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: setup prism flink chromium demo test bench trap census clean
+.PHONY: setup prism flink chromium postgres demo test bench trap census clean
 
 setup: $(VENV)/.installed $(KAFKA_LIB)/.resolved
 
@@ -46,6 +46,10 @@ $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "Chromium is missing and there is no apt-get to install it: install chromium" >&2; exit 1; }
 	$(SUDO) apt-get install -y -qq --no-install-recommends chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
+# `valueloop airflow up` keeps Airflow's metadata database in Debian's PostgreSQL.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq --no-install-recommends postgresql || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
+
 $(FLINK_JOB_SERVER): infra/flink/pom.xml infra/flink/src/main/resources/simplelogger.properties
 	@command -v mvn >/dev/null || { echo "Maven is missing: apt-get install maven" >&2; exit 1; }
 	rm -rf infra/flink/target
@@ -54,7 +58,7 @@ $(FLINK_JOB_SERVER): infra/flink/pom.xml infra/flink/src/main/resources/simplelo
 demo: setup
 	$(BIN)/valueloop demo
 
-test: setup $(PRISM) $(FLINK_JOB_SERVER) $(CHROMIUM)
+test: setup $(PRISM) $(FLINK_JOB_SERVER) $(CHROMIUM) postgres
 	$(BIN)/python -m pytest tests
 
 bench: setup $(FLINK_JOB_SERVER)

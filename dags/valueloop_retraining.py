@@ -81,15 +81,17 @@ with DAG(
     def promote(day: str, audited: dict) -> dict:
         from valueloop.loop import promote_candidate
         from valueloop.scheduling.assets import settings
+        from valueloop.scheduling.notifier import sinks
 
-        return promote_candidate(settings(), day, audited)
+        return promote_candidate(settings(), day, audited, sinks())
 
     @task
     def hold(day: str, audited: dict) -> dict:
         from valueloop.loop import hold_candidate
         from valueloop.scheduling.assets import settings
+        from valueloop.scheduling.notifier import sinks
 
-        return hold_candidate(settings(), day, audited)
+        return hold_candidate(settings(), day, audited, sinks())
 
     day = check_manifests()
     audited = audit(day, register(day, train(day)))

@@ -102,3 +102,78 @@ def _train(settings: Settings, preset: str, examples: Path, split_ms: int, echo)
 
 def _hour_text(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+LOOP_DIR = DEMO_DIR / "loop"
+
+
+def loop_settings(settings: Settings) -> Settings:
+    """The demo loop's settings: its own examples, registry, work and alerts under out/demo/loop; purchases
+    attributed within 6 hours, so that a simulated day settles soon after it ends."""
+    labels = settings.join.labels.model_copy(update={"purchase_window_s": 6 * 3600})
+    return settings.model_copy(update={
+        "join": settings.join.model_copy(update={"output_dir": LOOP_DIR / "examples", "labels": labels,
+                                                 "allowed_lateness_s": 3600}),
+        "registry": settings.registry.model_copy(update={"directory": LOOP_DIR / "registry"}),
+        "loop": settings.loop.model_copy(update={"work_dir": LOOP_DIR / "work", "train_days": 1,
+                                                 "alerts_file": LOOP_DIR / "alerts.json"}),
+        "trainer": settings.trainer.model_copy(update={"batch_size": 2048}),
+    })
+
+
+def run_loop(settings: Settings, requests_per_day: int, echo: Callable[[str], None] = print) -> dict:
+    """The loop as the retraining DAG runs it, on a world of its own: two days served by the logging policy and
+    two by one that shows more bait, through Kafka and the join; then the DAG's tasks for the second day (the
+    first model: promoted) and for the third (the clickbait signature: production kept, on-call alerted).
+    Returns each day's outcome."""
+    from pipelines.kafka_source import PartitionRange, snapshot_ranges
+    from pipelines.run import run_bounded_join
+    from simulator import Simulation
+    from simulator.sinks import KafkaSink
+    from simulator.world import World
+    from valueloop import loop
+
+    shutil.rmtree(LOOP_DIR, ignore_errors=True)
+    settings = loop_settings(settings)
+    topics = list(settings.kafka.event_topics.values())
+    ends_before = {(r.topic, r.partition): r.stop for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)}
+    first = settings.simulator.model_copy(update={"requests": 2 * requests_per_day, "days": 2.0})
+    bait = first.model_copy(update={"start": first.start + dt.timedelta(days=2), "seed": first.seed + 1,
+                                    "logging_policy": first.logging_policy.model_copy(update={"headline_weight": 6.0})})
+    world = World.create(first)
+    echo(f"\nthe loop, as the retraining DAG runs it: {2 * requests_per_day:,} requests over two days, then "
+         f"{2 * requests_per_day:,} over two days from a policy that shows more bait ...")
+    with KafkaSink(settings.kafka) as sink:
+        for config in (first, bait):
+            sink.write(Simulation(config, world=world).events())
+    ranges = [PartitionRange(r.topic, r.partition, max(r.start, ends_before.get((r.topic, r.partition), r.start)),
+                             r.stop) for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)]
+    result = run_bounded_join(settings.kafka, settings.join, runner="direct", ranges=ranges,
+                              from_ms=first.start_ms, to_ms=first.start_ms + 3 * 86_400_000)
+    echo(f"joined: {len(result.manifests)} hours in {settings.join.output_dir}")
+    outcomes = {}
+    for offset, what in ((1, "a day like the one before"), (2, "the first day of the bait-loving policy")):
+        day = (first.start + dt.timedelta(days=offset)).strftime("%Y-%m-%d")
+        echo(f"\nretraining for {day} ({what}):")
+        checked = loop.check_manifests(settings, settings.loop, day)
+        echo(f"  check_manifests: {checked['hours']} hours, {checked['examples']:,} examples")
+        with contextlib.redirect_stdout(sys.stderr):
+            model = loop.train_candidate(settings, settings.loop, day)
+        echo(f"  train: {model}")
+        version = loop.register_candidate(settings, day, model)
+        echo(f"  register: {settings.registry.model_name} version {version}")
+        audited = loop.audit_candidate(settings, settings.loop, day, version)
+        echo(f"  audit: {audited['status']} against production "
+             f"{'(none yet)' if audited['production'] is None else 'v' + str(audited['production'])}")
+        for reason in audited["reasons"][:3]:
+            echo(f"    {reason}")
+        if audited["promotable"]:
+            entry = loop.promote_candidate(settings, day, audited)
+            echo(f"  promote: production is version {entry['to']}")
+        else:
+            held = loop.hold_candidate(settings, day, audited)
+            echo(f"  hold: production stays {'unset' if held['production'] is None else 'v' + str(held['production'])};"
+                 f" alert sent to {', '.join(held['alerted']) or 'no sink'} (open alerts: {loop.alert_book(settings)})")
+        echo(f"  report: {audited['report']}")
+        outcomes[day] = audited
+    return outcomes

@@ -33,6 +33,8 @@ class LoopSettings(BaseModel):
     train_days: int = Field(1, ge=1, description="Days before the audited day that the candidate trains on.")
     preset: str = Field("value", description="value (the multi-task ranker) or ctr (the CTR-only baseline).")
     epochs: int | None = Field(None, ge=1, description="Overrides trainer.epochs for the loop's candidates.")
+    alerts_file: Path | None = Field(None, description="Which alerts are open (`audit.alerts.AlertBook`); by "
+                                     "default alerts.json beside the Kafka run directory.")
 
 
 class ManifestsMissing(RuntimeError):
@@ -97,8 +99,9 @@ def check_manifests(settings: Settings, loop: LoopSettings, day: str) -> dict:
               for ms in range(first, end, HOUR_MS)}
     missing = sorted(wanted - found.keys())
     if missing:
+        shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
         raise ManifestsMissing(f"{len(missing)} of {len(wanted)} hours have no complete partition under "
-                               f"{settings.join.output_dir}: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+                               f"{settings.join.output_dir}: {shown}")
     return {"hours": len(wanted), "examples": sum(found[h] for h in wanted)}
 
 
@@ -160,8 +163,9 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
     return audited
 
 
-def promote_candidate(settings: Settings, day: str, audited: dict) -> dict:
-    """Moves production to the audited version if production still holds what it was audited against."""
+def promote_candidate(settings: Settings, day: str, audited: dict, sinks: list | None = None) -> dict:
+    """Moves production to the audited version if production still holds what it was audited against, and
+    resolves an alert an earlier run of the day opened (to `sinks`, by default the environment's)."""
     from audit.alerts import AlertBook, sinks_from_environment
     from audit.registry import Registry
 
@@ -170,7 +174,8 @@ def promote_candidate(settings: Settings, day: str, audited: dict) -> dict:
     if registry.production() == audited["version"]:  # promoted by an earlier run of this day
         expected = audited["version"]
     entry = registry.promote(audited["version"], expected, f"{day}: audit {audited['status']}")
-    AlertBook(alert_book(settings)).resolve_passing([HELD], day, sinks_from_environment())
+    sinks = sinks if sinks is not None else sinks_from_environment()
+    AlertBook(alert_book(settings)).resolve_passing([HELD], day, sinks)
     return entry
 
 
@@ -178,11 +183,12 @@ HELD = "promotion_held"
 
 
 def alert_book(settings: Settings) -> Path:
-    return Path(settings.kafka.run_dir).parent / "alerts.json"
+    return Path(settings.loop.alerts_file or Path(settings.kafka.run_dir).parent / "alerts.json")
 
 
-def hold_candidate(settings: Settings, day: str, audited: dict) -> dict:
-    """Keeps production and alerts on-call, once per day (a re-run finds the alert open and sends nothing)."""
+def hold_candidate(settings: Settings, day: str, audited: dict, sinks: list | None = None) -> dict:
+    """Keeps production and alerts on-call through `sinks` (by default the environment's), once per day: a re-run
+    finds the alert open and sends nothing."""
     from audit.alerts import Alert, AlertBook, Severity, sinks_from_environment
 
     severity = Severity.CRITICAL if audited["status"] == "block" else Severity.WARNING
@@ -190,6 +196,7 @@ def hold_candidate(settings: Settings, day: str, audited: dict) -> dict:
                   f"{audited['status']}: {audited['reasons'][0] if audited['reasons'] else 'no reason given'}",
                   {"version": audited["version"], "production": audited["production"],
                    "reasons": "; ".join(audited["reasons"])}, report_url=Path(audited["report"]).as_uri())
-    deliveries = AlertBook(alert_book(settings)).trigger(alert, sinks_from_environment())
+    sinks = sinks if sinks is not None else sinks_from_environment()
+    deliveries = AlertBook(alert_book(settings)).trigger(alert, sinks)
     return {"production": audited["production"], "held": audited["version"],
             "alerted": [d.sink for d in deliveries if d.delivered]}

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import fastavro
 
@@ -131,7 +132,8 @@ def test_evaluation_refuses_provisional_labels(tmp_path):
 
 def test_demo_runs_the_loop_on_its_own_traffic_only(kafka_settings, tmp_path):
     """Kafka, the Beam join, both models and the trap verdict, on a small world; traffic already in the topics
-    (another world's) is left out of the join."""
+    (another world's) is left out of the join. Then the loop as the retraining DAG runs it: a first day that
+    promotes, a clickbait-shifted day held back with an alert in the log sink, and where the reports are."""
     config = tmp_path / "settings.json"
     config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
                                   "simulator": {"catalogue": {"users": 300, "items": 60}},
@@ -139,7 +141,7 @@ def test_demo_runs_the_loop_on_its_own_traffic_only(kafka_settings, tmp_path):
     earlier = json.loads(run("simulate", "--config", str(config), "--out", str(tmp_path / "earlier"),
                              "--requests", "300", "--days", "1", "--seed", "99").stdout)
     result = run("demo", "--config", str(config), "--requests", "4000", "--days", "5", "--train-days", "2",
-                 "--purchase-window-days", "1", check=False, cwd=tmp_path)
+                 "--purchase-window-days", "1", "--loop-requests", "3000", check=False, cwd=tmp_path)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     added = int(out.split("all event topics")[1].split()[0].replace(",", ""))
@@ -150,6 +152,11 @@ def test_demo_runs_the_loop_on_its_own_traffic_only(kafka_settings, tmp_path):
     verdict = json.loads((tmp_path / "out" / "demo" / "evaluation" / "evaluation.json").read_text())["verdict"]
     assert verdict["candidate"] == "value" and verdict["baseline"] == "ctr" and verdict["passed"]
     assert "[pass] lower bait share in the top 3" in out
+    loop = out.split("the loop, as the retraining DAG runs it")[1]
+    assert "promote: production is version 1" in loop and "hold: production stays v1; alert sent to log" in loop
+    assert "alert [critical] candidate v2 held back" in result.stderr
+    reports = [line.split("report: ")[1] for line in loop.splitlines() if "report: " in line]
+    assert len(reports) == 2 and all(Path(r).is_file() for r in reports)
 
 
 def test_demo_refuses_a_split_that_leaves_nothing_to_evaluate_before_touching_kafka(tmp_path):

@@ -125,7 +125,8 @@ class LocalAirflow:
         status = subprocess.run(self._as_postgres() + [str(bin_dir / "pg_ctl"), "-D", str(self._pg_data), "status"],
                                 capture_output=True, text=True)
         if status.returncode != 0:
-            options = f"-c listen_addresses=127.0.0.1 -p {self.settings.postgres_port} -c unix_socket_directories={root}"
+            options = (f"-c listen_addresses=127.0.0.1 -p {self.settings.postgres_port} "
+                       f"-c unix_socket_directories={root}")
             self._run(self._as_postgres() + [str(bin_dir / "pg_ctl"), "-D", str(self._pg_data), "-l",
                                              str(root / "postgres.log"), "-o", options, "-w", "-t", "60", "start"],
                       "PostgreSQL", root / "postgres.log")
