@@ -2,8 +2,6 @@
 their documented fields, retries of a failing endpoint, and a later passing run resolving what was triggered."""
 import logging
 
-import pytest
-
 from audit.alerts import (Alert, AlertBook, LogSink, PagerDutySink, Severity, SlackSink, WebhookSink, deliver,
                           sinks_from_environment)
 

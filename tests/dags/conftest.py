@@ -2,33 +2,23 @@
 simulated days through the real broker and the bounded join, the third served by a policy that shows more bait."""
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from valueloop.scheduling.dag_test import environment, migrate, run
+
 PROJECT = Path(__file__).resolve().parents[2]
 DAY_MS = 86_400_000
-
-
-def airflow_environment(home: Path, database: str | None = None) -> dict:
-    return {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database or f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"), "TF_USE_LEGACY_KERAS": "1"}
 
 
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory) -> tuple[Path, dict]:
     home = tmp_path_factory.mktemp("airflow")
-    environment = airflow_environment(home)
-    migrated = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=environment,
-                              capture_output=True, text=True, timeout=600)
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
-    return home, environment
+    env = environment(home)
+    migrate(env)
+    return home, env
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +59,6 @@ def loop_data(kafka_broker, tmp_path_factory) -> dict:
     return {"config": path, "settings": settings, "days": days, "root": root}
 
 
-def run_dag(environment: dict, dag_id: str, conf: dict, extra_env: dict | None = None) -> dict:
-    """`dag.test()` of one DAG in its own process; what happened, as `run_dag.py` reports it."""
-    finished = subprocess.run([sys.executable, str(Path(__file__).with_name("run_dag.py")), dag_id, json.dumps(conf)],
-                              env={**environment, **(extra_env or {})}, capture_output=True, text=True, timeout=1200)
-    assert finished.returncode == 0, finished.stderr[-5000:]
-    return json.loads(finished.stdout.strip().splitlines()[-1])
+def run_dag(env: dict, dag_id: str, conf: dict, extra_env: dict | None = None) -> dict:
+    """`dag.test()` of one DAG in its own process; what happened, as `valueloop.scheduling.dag_test` reports it."""
+    return run({**env, **(extra_env or {})}, dag_id, conf)

@@ -6,12 +6,11 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 
-from tests.dags.conftest import PROJECT, airflow_environment, run_dag
+from tests.dags.conftest import run_dag
+from valueloop.scheduling.dag_test import environment
 
 
 def test_the_dagbag_loads_every_dag_with_its_structure_and_each_file_parses_fast(tmp_path):
@@ -24,7 +23,7 @@ def test_the_dagbag_loads_every_dag_with_its_structure_and_each_file_parses_fast
               "'timeouts': [t.execution_timeout is not None for t in d.tasks], "
               "'retries': [t.retries for t in d.tasks], 'callbacks': [bool(t.on_failure_callback) for t in d.tasks], "
               "'schedule': type(d.timetable).__name__} for d in bag.dags.values()}}))\n")
-    done = subprocess.run([sys.executable, "-c", script], env=airflow_environment(tmp_path), capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script], env=environment(tmp_path), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     bag = json.loads(done.stdout.strip().splitlines()[-1])

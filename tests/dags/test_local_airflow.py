@@ -3,7 +3,6 @@ api-server, scheduler, dag-processor and triggerer with the LocalExecutor; the l
 hours and the retraining DAG for a day through Airflow's REST API; their runs succeed, the hours are asset
 events partitioned by the hour, and the registry holds a promoted model."""
 import json
-import os
 import shutil
 import subprocess
 import sys
