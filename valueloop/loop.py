@@ -200,3 +200,35 @@ def hold_candidate(settings: Settings, day: str, audited: dict, sinks: list | No
     deliveries = AlertBook(alert_book(settings)).trigger(alert, sinks)
     return {"production": audited["production"], "held": audited["version"],
             "alerted": [d.sink for d in deliveries if d.delivered]}
+
+
+def manifests_to_publish(settings: Settings, ledger: Path) -> list[dict]:
+    """The hours whose complete partitions (of any writer: the streaming join, a bounded one) are not yet
+    published at their current revision, per the `ledger` file; each as `hour_manifest` gives it, with its key."""
+    from trainer.data import find_partitions
+
+    published = json.loads(ledger.read_text()) if ledger.exists() else {}
+    try:
+        partitions = find_partitions(settings.join.output_dir)
+    except FileNotFoundError:
+        return []
+    out = []
+    for partition in partitions:
+        manifest = partition.manifest
+        if published.get(manifest["partition"]) == manifest["revision"]:
+            continue
+        day, hour = manifest["partition"].split("/")
+        out.append({"key": f"{day[3:]}T{hour[5:]}:00:00", "partition": manifest["partition"],
+                    "revision": manifest["revision"], "examples": manifest["examples"],
+                    "uri": partition.path.parent.resolve().as_uri()})
+    return out
+
+
+def mark_published(ledger: Path, hours: list[dict]) -> None:
+    """Records `hours` (from `manifests_to_publish`) as published at their revisions."""
+    published = json.loads(ledger.read_text()) if ledger.exists() else {}
+    published.update({h["partition"]: h["revision"] for h in hours})
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    temporary = ledger.with_suffix(".tmp")
+    temporary.write_text(json.dumps(published, indent=1, sort_keys=True) + "\n")
+    temporary.replace(ledger)

@@ -30,6 +30,7 @@ def test_the_dagbag_loads_every_dag_with_its_structure_and_each_file_parses_fast
     assert bag["errors"] == {}
     assert all(seconds < 1.0 for seconds in bag["stats"].values()), bag["stats"]
     labeling, retraining = bag["dags"]["valueloop_labeling"], bag["dags"]["valueloop_retraining"]
+    assert set(bag["dags"]) == {"valueloop_labeling", "valueloop_retraining", "valueloop_manifests"}
     assert labeling["tasks"] == {"plan": ["label", "publish"], "label": ["publish"], "publish": []}
     assert labeling["schedule"] == "CronPartitionTimetable" and labeling["params"] == ["hour", "runner"]
     assert retraining["schedule"] == "PartitionedAssetTimetable" and retraining["params"] == ["day"]
@@ -51,6 +52,24 @@ def test_the_labeling_dag_joins_its_hour_with_beam_and_publishes_the_hour_as_an_
     assert event["asset"] == "valueloop_labeled_hours" and event["partition_key"] == hour
     partition = Path(loop_data["settings"].join.output_dir) / f"dt={loop_data['days'][1]}" / "hour=05"
     assert event["extra"]["uri"] == partition.resolve().as_uri() and event["extra"]["examples"] > 1000
+
+
+def test_the_manifests_dag_publishes_each_hour_a_streaming_join_wrote_once(airflow_home, loop_data, tmp_path):
+    import yaml
+
+    _, environment = airflow_home
+    settings = yaml.safe_load(loop_data["config"].read_text())
+    settings["loop"]["work_dir"] = str(tmp_path / "work")  # a ledger of its own
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    hours = sorted(p.parent for p in Path(settings["join"]["output_dir"]).glob("dt=*/hour=*/_manifest.json"))
+    first = run_dag(environment, "valueloop_manifests", {}, {"VALUELOOP_CONFIG": str(config)})
+    assert first["state"] == "success" and first["tasks"] == {"publish_new_hours": "success"}, first
+    keys = sorted(e["partition_key"] for e in first["asset_events"])
+    assert len(keys) == len(hours) > 48 and keys[0] == f"{loop_data['days'][0]}T00:00:00"
+    assert first["asset_events"][0]["extra"]["partitions"][keys[0]] == hours[0].resolve().as_uri()
+    again = run_dag(environment, "valueloop_manifests", {}, {"VALUELOOP_CONFIG": str(config)})
+    assert again["tasks"] == {"publish_new_hours": "skipped"} and again["asset_events"] == []
 
 
 def _digest(directory: Path) -> str:

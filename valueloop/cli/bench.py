@@ -103,3 +103,18 @@ def audit(
     from bench.audit import run_audit_benchmark
 
     record(run_audit_benchmark(requests, repeats), out)
+
+
+@app.command("dags")
+def dags(
+    requests: int = typer.Option(30_000, min=1, help="Ranking requests over 2.5 simulated days; the retraining "
+                                                      "trains on the first day and audits the second."),
+    repeats: int = typer.Option(3, min=1, help="Runs of each path; the median is reported."),
+    scheduler: bool = typer.Option(True, help="Also through the real scheduler (valueloop airflow up)."),
+    out: Path = typer.Option(Path("bench/results/dags.json"), help="Where the JSON result goes."),
+):
+    """Each DAG file's parse time, and the retraining DAG end to end beside its tasks run directly (goal: at most
+    20% more)."""
+    from bench.dags import run_dags_benchmark
+
+    record(run_dags_benchmark(requests, repeats, scheduler), out)
