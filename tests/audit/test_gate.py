@@ -85,3 +85,20 @@ def test_a_candidate_that_predicts_more_clicks_and_ranks_bait_shows_the_models_s
     found = clickbait_model_signature(window, bait, production)
     assert found is not None and found.startswith("clickbait signature in the candidate's predictions")
     assert clickbait_model_signature(window, model(0.04, 12), production) is None
+
+
+def test_the_metrics_under_bootstrap_weights_equal_scikit_learns_pure_function():
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    rng = np.random.default_rng(11)
+    n = 5_000
+    p = np.round(rng.uniform(0.01, 0.99, n), 2)  # rounded: many ties, which AUC counts as half
+    labels = (rng.random(n) < p).astype(float)
+    window = {"request_id": np.repeat(np.arange(n // 10), 10), "click": labels}
+    for weights in (np.ones(n), rng.poisson(1.0, n).astype(float), rng.uniform(0, 3, n)):
+        ours = model_metrics(window, {"click": p}, weights)
+        assert ours["auc.click"] == pytest.approx(roc_auc_score(labels, p, sample_weight=weights), abs=1e-12)
+        assert ours["log_loss.click"] == pytest.approx(log_loss(labels, p, sample_weight=weights), rel=1e-12)
+        bins = np.minimum((p * 10).astype(int), 9)
+        by_hand = sum(abs(np.sum(weights[bins == b] * (p - labels)[bins == b])) for b in range(10)) / weights.sum()
+        assert ours["ece.click"] == pytest.approx(by_hand, rel=1e-12)
