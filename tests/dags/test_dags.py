@@ -111,3 +111,34 @@ def test_retraining_promotes_then_holds_a_clickbait_day_with_an_alert_and_a_reru
     assert [v.version for v in registry.versions()] == [1, 2] and registry.production() == 1
     assert len(receiver.bodies("/hook")) == 1  # no second alert
     assert len(registry.promotions()) == 1
+
+
+def test_airflow_connections_and_the_variable_configure_the_sinks_and_the_settings(receiver, tmp_path):
+    """Airflow's own secrets (here its environment backend: AIRFLOW_CONN_*, AIRFLOW_VAR_*) name the alert sinks and
+    the settings file; an alert through them reaches the local server as each service documents it."""
+    import subprocess
+    import sys
+
+    script = ("import json\n"
+              "from audit.alerts import Alert, Severity, deliver\n"
+              "from valueloop.scheduling.assets import config_path\n"
+              "from valueloop.scheduling.notifier import sinks\n"
+              "found = sinks()\n"
+              "outcomes = deliver(Alert('airflow.valueloop_retraining.train', 'manual__1', Severity.ERROR, 'train failed'),"
+              " found, attempts=1)\n"
+              "print(json.dumps({'sinks': [s.name for s in found], 'delivered': [o.delivered for o in outcomes],"
+              " 'config': config_path()}))\n")
+    env = {**environment(tmp_path),
+           "AIRFLOW_CONN_VALUELOOP_WEBHOOK": json.dumps({"conn_type": "http", "host": f"{receiver.url}/hook"}),
+           "AIRFLOW_CONN_VALUELOOP_PAGERDUTY": json.dumps({"conn_type": "http", "password": "R0UTINGKEY",
+                                                          "extra": {"url": f"{receiver.url}/v2/enqueue"}}),
+           "AIRFLOW_VAR_VALUELOOP_CONFIG": str(tmp_path / "settings.yaml")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said == {"sinks": ["log", "webhook", "pagerduty"], "delivered": [True, True, True],
+                    "config": str(tmp_path / "settings.yaml")}
+    [hook] = receiver.bodies("/hook")
+    assert hook["check"] == "airflow.valueloop_retraining.train" and hook["status"] == "firing"
+    [page] = receiver.bodies("/v2/enqueue")
+    assert page["routing_key"] == "R0UTINGKEY" and page["event_action"] == "trigger"
