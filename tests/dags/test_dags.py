@@ -124,8 +124,8 @@ def test_airflow_connections_and_the_variable_configure_the_sinks_and_the_settin
               "from valueloop.scheduling.assets import config_path\n"
               "from valueloop.scheduling.notifier import sinks\n"
               "found = sinks()\n"
-              "outcomes = deliver(Alert('airflow.valueloop_retraining.train', 'manual__1', Severity.ERROR, 'train failed'),"
-              " found, attempts=1)\n"
+              "alert = Alert('airflow.valueloop_retraining.train', 'manual__1', Severity.ERROR, 'train failed')\n"
+              "outcomes = deliver(alert, found, attempts=1)\n"
               "print(json.dumps({'sinks': [s.name for s in found], 'delivered': [o.delivered for o in outcomes],"
               " 'config': config_path()}))\n")
     env = {**environment(tmp_path),
