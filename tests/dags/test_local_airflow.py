@@ -2,7 +2,6 @@
 api-server, scheduler, dag-processor and triggerer with the LocalExecutor; the labeling DAG is triggered for two
 hours and the retraining DAG for a day through Airflow's REST API; their runs succeed, the hours are asset
 events partitioned by the hour, and the registry holds a promoted model."""
-import json
 import shutil
 import subprocess
 import sys
@@ -14,16 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.dags import _call  # the same REST calls the benchmark makes
 from tests.conftest import free_ports
 
 VALUELOOP = [sys.executable, "-m", "valueloop.cli"]
-
-
-def _call(url: str, method: str = "GET", body: dict | None = None) -> dict:
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.load(answer)
 
 
 def _wait_for_run(api: str, dag_id: str, run_id: str, timeout_s: float = 900) -> dict:
