@@ -284,13 +284,16 @@ class Registry:
 
     # -- promotion ------------------------------------------------------------------------------------------------
 
-    def promote(self, number: int, expected: int | None, reason: str) -> dict:
+    def promote(self, number: int, expected: int | None, reason: str, override: bool = False) -> dict:
         """Moves production from `expected` (None: no production yet) to version `number`, refusing when
-        production holds anything else or the version's verdict does not let it go ahead. Returns the log's
-        record of the promotion."""
+        production holds anything else or the version's verdict does not let it go ahead. With `override`, a
+        version the audit did not pass is promoted all the same, logged as an override with `reason` (the
+        break-glass path; the compare-and-swap still holds). Returns the log's record of the promotion."""
         with self._locked():
             self._recover()
             version = self.version(number)
+            if override:
+                return self._move(number, expected, reason, "override", version.verdict)
             if version.verdict not in PROMOTABLE:
                 raise PromotionRefused(
                     f"version {number} may not be promoted: its verdict is {version.verdict or 'not recorded'}"

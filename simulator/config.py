@@ -84,6 +84,9 @@ class SimulatorConfig(_Strict):
     days: float = Field(3.0, gt=0)
     requests: int = Field(10_000, ge=1)
     chunk_s: float = Field(3600.0, gt=0, description="Simulated time generated per step.")
+    drain_s: float = Field(0.0, ge=0, description="Events of the simulated requests are still delivered up to this "
+                                                  "long after the last request (late conversions); later ones are "
+                                                  "counted beyond the horizon.")
     surfaces: dict[str, float] = Field(default_factory=lambda: {"home_feed": 0.6, "search": 0.25, "related": 0.15})
     devices: dict[str, float] = Field(default_factory=lambda: {"mobile": 0.55, "desktop": 0.3, "app": 0.15})
     catalogue: CatalogueConfig = CatalogueConfig()

@@ -1,4 +1,4 @@
-"""Simulated traffic: requests served by the logging policy, what users do, and how producers deliver it.
+"""Simulated traffic: requests ranked by a policy (`simulator.serving`), what users do, and how producers deliver it.
 
 Simulated time runs as fast as the machine allows. Events come out in delivery order, the order in which
 at-least-once producers would hand them to Kafka, so event time is out of order across and within topics.
@@ -12,6 +12,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from simulator.config import LogNormalDelay, SimulatorConfig
+from simulator.served import ServedLog
+from simulator.serving import LoggingPolicy, Policy
 from simulator.world import World
 
 EVENT_NAMES = ("Impression", "Click", "Dwell", "AddToCart", "Purchase")
@@ -77,9 +79,12 @@ def _lognormal(rng: np.random.Generator, delay: LogNormalDelay, size: int) -> np
 class Simulation:
     """One seeded run of the world: iterate `events()` once; `summary` fills as it goes."""
 
-    def __init__(self, config: SimulatorConfig, world: World | None = None):
+    def __init__(self, config: SimulatorConfig, world: World | None = None, policy: Policy | None = None,
+                 served: ServedLog | None = None):
         self.config = config
         self.world = world or World.create(config)
+        self.policy = policy or LoggingPolicy(config.logging_policy, list(config.surfaces))
+        self.served = served  # filled with what each request was shown and its hidden truth, when given
         self.summary = SimulationSummary()
         self._rng = np.random.default_rng([config.seed, 2])
         self._seq = 0
@@ -113,22 +118,23 @@ class Simulation:
             for event in ready:
                 self.summary.delivered[event.name] += 1
                 yield event
+        drained = cfg.end_ms + int(cfg.drain_s * 1000)
+        for event in sorted(e for e in pending if e[0] < drained):
+            self.summary.delivered[event.name] += 1
+            yield event
         for event in pending:
-            self.summary.beyond_horizon[event.name] += 1
+            if event[0] >= drained:
+                self.summary.beyond_horizon[event.name] += 1
 
     # -- one chunk of requests ---------------------------------------------------------------------
 
     def _serve(self, request_index: np.ndarray, request_ms: np.ndarray) -> list[SimEvent]:
         world, cfg, rng = self.world, self.config, self._rng
-        policy = cfg.logging_policy
         n = len(request_index)
         users = rng.choice(cfg.catalogue.users, n, p=world.user_activity)
-        slates, propensities = self._rank(users)
         surfaces = rng.choice(len(self._surfaces), n, p=self._surface_p)
-        for surface, weight in cfg.logging_policy.headline_weight_by_surface.items():
-            on = surfaces == self._surfaces.index(surface)
-            if on.any():
-                slates[on], propensities[on] = self._rank(users[on], headline_weight=weight)
+        slates, propensities, arm, candidates = self.policy.rank(world, users, surfaces, request_ms, rng)
+        names = self.policy.names
         positions = np.broadcast_to(np.arange(slates.shape[1]), slates.shape)
         flat_users = np.repeat(users, slates.shape[1])
         flat_items, flat_positions = slates.ravel(), positions.ravel()
@@ -146,6 +152,9 @@ class Simulation:
         purchase_ms = cart_ms + (purchase_delay_s * 1000).astype(np.int64)
         quantity = 1 + rng.poisson(0.15, flat_items.size)
         self._tally(flat_items, clicked, dwell_s, carted, bought)
+        if self.served is not None:
+            self.served.add(world, users, slates, arm, candidates, clicked.reshape(slates.shape),
+                            bought.reshape(slates.shape))
         self.summary.cart_delays_s.extend(cart_delay_s[carted].tolist())
         self.summary.purchase_delays_s.extend(purchase_delay_s[bought].tolist())
 
@@ -162,7 +171,7 @@ class Simulation:
             emit("Impression", t, user_id, {
                 "event_id": impression_id, "request_id": f"req-{req:09d}", "user_id": user_id, "item_id": item_id,
                 "position": pos, "surface": self._surfaces[surfaces[k // slate_size]], "event_time_ms": t,
-                "policy": policy.name, "propensity": prop, "features": self._features(user, item, t),
+                "policy": names[arm[k // slate_size]], "propensity": prop, "features": self._features(user, item, t),
             })
             if not clicked[k]:
                 continue
@@ -186,29 +195,6 @@ class Simulation:
                     "event_time_ms": int(purchase_ms[k]), "quantity": q, "value": value})
         self._organic_purchases(request_index, request_ms, users, emit)
         return events
-
-    def _rank(self, users: np.ndarray, headline_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The logging policy: retrieve candidates, score them, sample a slate by Plackett-Luce.
-
-        Returns the slates (requests, slate size) and each slot's propensity: the probability of choosing that
-        item for that slot given the items above it.
-        """
-        world, rng, policy = self.world, self._rng, self.config.logging_policy
-        n, n_items = len(users), self.config.catalogue.items
-        candidates_k = min(policy.candidates, n_items)
-        slate_k = min(policy.slate_size, candidates_k)
-        retrieval = world.item_popularity + rng.gumbel(size=(n, n_items))
-        candidates = np.argpartition(-retrieval, candidates_k - 1, axis=1)[:, :candidates_k]
-        rating = np.nan_to_num(world.item_rating[candidates], nan=3.0)
-        affinity = world.user_affinity[users[:, None], world.item_category[candidates]]
-        weight = policy.headline_weight if headline_weight is None else headline_weight
-        logits = (weight * world.item_headline_score[candidates] + policy.affinity_weight * affinity
-                  + policy.rating_weight * (rating - 3.0)) / policy.temperature
-        order = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1)[:, :slate_k]
-        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-        chosen = np.take_along_axis(weights, order, axis=1)
-        remaining = weights.sum(axis=1, keepdims=True) - np.cumsum(chosen, axis=1) + chosen
-        return np.take_along_axis(candidates, order, axis=1), chosen / remaining
 
     def _features(self, user: int, item: int, t_ms: int) -> dict:
         world = self.world

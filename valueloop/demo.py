@@ -107,16 +107,16 @@ def _hour_text(ms: int) -> str:
 LOOP_DIR = DEMO_DIR / "loop"
 
 
-def loop_settings(settings: Settings) -> Settings:
-    """The demo loop's settings: its own examples, registry, work and alerts under out/demo/loop; purchases
-    attributed within 6 hours, so that a simulated day settles soon after it ends."""
+def loop_settings(settings: Settings, directory: Path = LOOP_DIR) -> Settings:
+    """A loop's settings with its own examples, registry, work and alerts under `directory` (the demo's:
+    out/demo/loop); purchases attributed within 6 hours, so that a simulated day settles soon after it ends."""
     labels = settings.join.labels.model_copy(update={"purchase_window_s": 6 * 3600})
     return settings.model_copy(update={
-        "join": settings.join.model_copy(update={"output_dir": LOOP_DIR / "examples", "labels": labels,
+        "join": settings.join.model_copy(update={"output_dir": directory / "examples", "labels": labels,
                                                  "allowed_lateness_s": 3600}),
-        "registry": settings.registry.model_copy(update={"directory": LOOP_DIR / "registry"}),
-        "loop": settings.loop.model_copy(update={"work_dir": LOOP_DIR / "work", "train_days": 1,
-                                                 "alerts_file": LOOP_DIR / "alerts.json"}),
+        "registry": settings.registry.model_copy(update={"directory": directory / "registry"}),
+        "loop": settings.loop.model_copy(update={"work_dir": directory / "work", "train_days": 1,
+                                                 "alerts_file": directory / "alerts.json"}),
         "trainer": settings.trainer.model_copy(update={"batch_size": 2048}),
     })
 

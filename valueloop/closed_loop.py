@@ -1,0 +1,266 @@
+"""The loop run as a loop: round after round, the simulated world is served by whatever production holds, and
+its traffic becomes the next candidate's training data.
+
+Round r serves simulated day r with the registry's production model (the world's click-trained logging policy
+until a first model is promoted), sampling each slate with exploration and logging propensities. Its events go
+through Kafka and the bounded join, which also settles the last hours of day r-1 (their conversion windows
+end in day r). Then the retraining DAG's tasks run for day r-1, now complete: check the manifests, train a
+candidate on day r-2 (the day before the one it is audited on, as the DAG trains), register it, audit it on day
+r-1 against production, and promote it or hold it and alert. Round r+1 serves with what that left in
+production: as in production, a model serves two days after the traffic it learned from.
+
+Each round's truth comes from the simulator (`simulator.served.ServedLog`): CTR, purchases per 1000
+impressions, bait share, mean true utility, regret against the oracle slate and homogenisation, beside what the
+gate decided and where the round's seconds went.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from config import Settings
+
+DAY_MS = 86_400_000
+
+
+class GateMode(str, enum.Enum):
+    """`enforce`: a candidate the audit does not pass stays out of production, as the DAG runs it. `record`:
+    the verdict is recorded on the version but the candidate is promoted all the same (a logged override): the
+    loop as it runs when nobody heeds the audit, to see what the gate is there to stop."""
+
+    ENFORCE = "enforce"
+    RECORD = "record"
+
+
+class Objective(str, enum.Enum):
+    """What the retrained ranker optimises and serves by: `value` (the multi-task expected value) or `ctr`
+    (p(click), the baseline that falls into the trap)."""
+
+    VALUE = "value"
+    CTR = "ctr"
+
+    @property
+    def output(self) -> str:
+        return "value" if self is Objective.VALUE else "click"
+
+
+def round_settings(settings: Settings, directory: Path, objective: Objective) -> Settings:
+    """The loop's settings with its examples, registry, work and alerts under `directory`, trained by
+    `objective`; purchases attributed within 6 hours, so a simulated day settles soon after it ends."""
+    from valueloop.demo import loop_settings
+
+    settings = loop_settings(settings, directory)
+    return settings.model_copy(update={"loop": settings.loop.model_copy(update={"preset": objective.value})})
+
+
+def drain_s(settings: Settings) -> float:
+    """How long after a simulated day its conversions keep arriving: long enough for the join's watermark to
+    settle every hour of the day."""
+    from valueloop.loop import labeling_lag_ms
+
+    return labeling_lag_ms(settings) / 1000 + settings.join.out_of_orderness_s + 3600
+
+
+def serving_policy(settings: Settings, objective: Objective, temperature: float):
+    """The policy production serves with: the registry's production model ranked by the objective's output with
+    Plackett-Luce exploration, or the world's logging policy before any model is promoted. Returns it with the
+    production version (None for the logging policy)."""
+    from audit.registry import Registry
+    from simulator.serving import LoggingPolicy, ModelPolicy
+
+    sim = settings.simulator
+    registry = Registry(settings.registry)
+    version = registry.production()
+    if version is None:
+        return LoggingPolicy(sim.logging_policy, list(sim.surfaces)), None
+    model_dir = registry.version(version).model_dir
+    return ModelPolicy(model_dir, f"{settings.registry.model_name}/v{version}", objective.output,
+                       list(sim.surfaces), list(sim.devices), sim.logging_policy.candidates,
+                       sim.logging_policy.slate_size, temperature=temperature), version
+
+
+def unsettled_from(settings: Settings, start_ms: int) -> int:
+    """The first hour of the day starting at `start_ms` that has no complete partition yet (the day's end when
+    every hour has one)."""
+    from valueloop.loop import HOUR_MS
+
+    examples = Path(settings.join.output_dir)
+    for hour_ms in range(start_ms, start_ms + DAY_MS, HOUR_MS):
+        stamp = dt.datetime.fromtimestamp(hour_ms / 1000, dt.timezone.utc)
+        if not (examples / stamp.strftime("dt=%Y-%m-%d/hour=%H") / "_manifest.json").exists():
+            return hour_ms
+    return start_ms + DAY_MS
+
+
+def run_round(settings: Settings, world, day_index: int, requests: int, objective: Objective, temperature: float,
+              seed: int, gate: GateMode = GateMode.ENFORCE, previous_ranges: list | None = None) -> tuple[dict, list]:
+    """One round: serve day `day_index` with production and send its events to Kafka; join them with the
+    previous round's (whose last hours only this day's traffic settles); then the retraining tasks for the
+    previous day, now complete. Returns the round's truth, the gate's decision and the seconds each step took,
+    with this round's Kafka offset ranges for the next round's join."""
+    from pipelines.kafka_source import PartitionRange, snapshot_ranges
+    from pipelines.run import run_bounded_join
+    from simulator import Simulation
+    from simulator.served import ServedLog
+    from simulator.sinks import KafkaSink
+    from valueloop import loop
+
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = round(seconds.get(step, 0.0) + now - clock, 2)
+        clock = now
+
+    base = settings.simulator
+    config = base.model_copy(update={"start": base.start + dt.timedelta(days=day_index), "days": 1.0,
+                                     "requests": requests, "seed": seed * 1000 + day_index,
+                                     "drain_s": drain_s(settings)})
+    policy, serving = serving_policy(settings, objective, temperature)
+    served = ServedLog()
+    events = list(Simulation(config, world=world, policy=policy, served=served).events())
+    lap("serving")
+    topics = list(settings.kafka.event_topics.values())
+    before = {(r.topic, r.partition): r.stop for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)}
+    with KafkaSink(settings.kafka) as sink:
+        sink.write(events)
+    ranges = [PartitionRange(r.topic, r.partition, before.get((r.topic, r.partition), r.start), r.stop)
+              for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)]
+    lap("kafka")
+    start_ms = config.start_ms
+    from_ms = unsettled_from(settings, start_ms - DAY_MS) if day_index else start_ms
+    run_bounded_join(settings.kafka, settings.join, runner="direct", ranges=(previous_ranges or []) + ranges,
+                     from_ms=from_ms, to_ms=start_ms + DAY_MS)
+    lap("join")
+    outcome = {"round": day_index, "day": config.start.strftime("%Y-%m-%d"), "served_by": policy.names[0],
+               "production": serving, "events": len(events), **served.metrics(world, seed=seed), "gate": None}
+    if day_index >= 2:  # the previous day is complete, and the day before it is there to train on
+        day = (config.start - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+        loop.check_manifests(settings, settings.loop, day)
+        with contextlib.redirect_stdout(sys.stderr):
+            model = loop.train_candidate(settings, settings.loop, day)
+        version = loop.register_candidate(settings, day, model)
+        lap("train")
+        audited = loop.audit_candidate(settings, settings.loop, day, version)
+        promoted = audited["promotable"] or gate is GateMode.RECORD
+        if audited["promotable"]:
+            loop.promote_candidate(settings, day, audited, sinks=[])
+        elif gate is GateMode.RECORD:
+            from audit.registry import Registry
+
+            Registry(settings.registry).promote(version, audited["production"], f"{day}: audit {audited['status']} "
+                                                "recorded, not enforced (closed loop, --gate record)", override=True)
+        else:
+            loop.hold_candidate(settings, day, audited, sinks=[])
+        lap("audit")
+        outcome["gate"] = {"day": day, "candidate": version, "status": audited["status"], "mode": gate.value,
+                           "promoted": promoted, "reasons": audited["reasons"][:3]}
+    return {**outcome, "seconds": seconds}, ranges
+
+
+def run_closed_loop(settings: Settings, objective: Objective, rounds: int, requests: int, seed: int, out: Path,
+                    temperature: float = 0.5, gate: GateMode = GateMode.ENFORCE,
+                    echo: Callable[[str], None] = print) -> dict:
+    """`rounds` rounds from a fresh world of `seed` under `objective`, everything under `out/<objective>`
+    (examples, registry, models, audits); returns every round's outcome and writes it to `rounds.json` there."""
+    from infra.kafka import KafkaBroker
+    from simulator.world import World
+
+    directory = Path(out) / objective.value
+    shutil.rmtree(directory, ignore_errors=True)
+    settings = round_settings(settings, directory, objective)
+    settings = settings.model_copy(update={"simulator": settings.simulator.model_copy(update={"seed": seed})})
+    KafkaBroker(settings.kafka).up()
+    world = World.create(settings.simulator)
+    outcomes, ranges = [], None
+    for r in range(rounds):
+        outcome, ranges = run_round(settings, world, r, requests, objective, temperature, seed, gate, ranges)
+        outcomes.append(outcome)
+        echo(round_line(objective, outcome))
+    result = {"objective": objective.value, "seed": seed, "requests_per_round": requests,
+              "temperature": temperature, "gate": gate.value, "rounds": outcomes}
+    (directory / "rounds.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+ROUND_HEADER = (f"{'objective':<10}{'round':>6}{'served by':>22}{'CTR':>8}{'buys/1k':>9}{'bait':>7}{'utility':>9}"
+                f"{'regret':>8}{'jaccard':>9}  gate")
+
+
+def round_line(objective: Objective, o: dict) -> str:
+    gate = "-" if o["gate"] is None else \
+        f"{o['gate']['status']} v{o['gate']['candidate']}: " + \
+        ("promoted" if o["gate"]["status"] in ("pass", "warn") else "overridden" if o["gate"]["promoted"] else "held")
+    return (f"{objective.value:<10}{o['round']:>6}{o['served_by']:>22}{o['ctr']:>8.3f}{o['purchases_per_1000']:>9.2f}"
+            f"{o['bait_share']:>7.3f}{o['mean_true_utility']:>9.4f}{o['regret']:>8.3f}{o['homogenisation']:>9.4f}"
+            f"  {gate}")
+
+
+def summarise(results: list[dict]) -> dict:
+    """Per seed: whether bait climbed under CTR and not under value, and the value loop's final lift in
+    purchases per 1000 impressions over the CTR loop's."""
+    by = {(r["seed"], r["objective"]): r["rounds"] for r in results}
+    out = {}
+    for seed in sorted({r["seed"] for r in results}):
+        ctr, value = by.get((seed, "ctr")), by.get((seed, "value"))
+        if not ctr or not value:
+            continue
+        out[str(seed)] = {
+            "ctr_bait_share": [ctr[0]["bait_share"], ctr[-1]["bait_share"]],
+            "value_bait_share": [value[0]["bait_share"], value[-1]["bait_share"]],
+            "bait_climbs_under_ctr": ctr[-1]["bait_share"] > ctr[0]["bait_share"],
+            "bait_does_not_climb_under_value": value[-1]["bait_share"] <= value[0]["bait_share"],
+            "final_purchases_per_1000": {"ctr": ctr[-1]["purchases_per_1000"],
+                                         "value": value[-1]["purchases_per_1000"]},
+            "final_purchase_lift": value[-1]["purchases_per_1000"] / max(ctr[-1]["purchases_per_1000"], 1e-9) - 1,
+        }
+    return out
+
+
+PLOTTED = (("ctr", "CTR"), ("purchases_per_1000", "purchases per 1000 impressions"), ("bait_share", "bait share"),
+           ("mean_true_utility", "mean true utility"), ("regret", "regret per request"),
+           ("homogenisation", "homogenisation (Jaccard)"))
+
+
+def plot_rounds(results: list[dict], path: Path) -> Path:
+    """One figure: a panel per metric, every round on the x axis, a line per objective and seed; a hollow marker
+    on the round whose retraining the gate did not pass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"ctr": "#d62728", "value": "#1f77b4"}
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
+    for ax, (metric, title) in zip(axes.ravel(), PLOTTED):
+        for result in results:
+            rounds = result["rounds"]
+            x = [o["round"] for o in rounds]
+            y = [o[metric] for o in rounds]
+            style = "-" if result["seed"] == results[0]["seed"] else ":"
+            ax.plot(x, y, style, color=colours[result["objective"]], marker="o", markersize=3,
+                    label=f"{result['objective']} (seed {result['seed']})")
+            held = [(o["round"], o[metric]) for o in rounds
+                    if o["gate"] is not None and o["gate"]["status"] not in ("pass", "warn")]
+            if held:
+                ax.scatter(*zip(*held), s=40, facecolors="none", edgecolors=colours[result["objective"]])
+        ax.set_title(title)
+        ax.set_xlabel("round (simulated day)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("The loop round by round: what each objective's production served (hollow: the gate did not pass "
+                 "that round's candidate)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
