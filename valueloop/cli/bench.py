@@ -1,4 +1,4 @@
-"""`valueloop bench ingest | join | stream | train`: the benchmarks, each writing JSON under bench/results/."""
+"""`valueloop bench ingest | join | stream | train | ...`: the benchmarks, each writing JSON under bench/results/."""
 from __future__ import annotations
 
 import tempfile
@@ -118,3 +118,24 @@ def dags(
     from bench.dags import run_dags_benchmark
 
     record(run_dags_benchmark(requests, repeats, scheduler), out)
+
+
+@app.command("loop")
+def loop(
+    config: Optional[Path] = ConfigOption,
+    seed: list[int] = typer.Option([7, 8, 9], help="World and traffic seeds; each runs both objectives."),
+    rounds: int = typer.Option(10, min=3, help="Rounds (simulated days) per loop."),
+    requests: int = typer.Option(20_000, min=100, help="Requests per round."),
+    gate: str = typer.Option("record", help="record (production moves whatever the verdict) or enforce."),
+    out: Path = typer.Option(Path("bench/results/loop.json"), help="Where the JSON result goes; the figure beside "
+                                                                   "it (.png)."),
+):
+    """Seconds per closed-loop round and where they go; the bait share and purchases of each objective's loop
+    (goals: a round of 20,000 requests within 5 minutes; bait climbs under CTR only; value +25% purchases)."""
+    from bench.loop import run_loop_benchmark
+
+    settings = settings_from(config)
+    broker_up(settings)
+    with tempfile.TemporaryDirectory(prefix="valueloop-bench-loop-") as scratch:
+        record(run_loop_benchmark(settings, seed, rounds, requests, Path(scratch), out.with_suffix(".png"), gate),
+               out)
