@@ -1,0 +1,90 @@
+"""`valueloop loop` and `valueloop ab run` as a user runs them, small and seeded: real processes, the real broker,
+the Beam join, real training, the registry and the audit, round after round.
+
+The ten-round sweep over three seeds runs as `valueloop bench loop` (bench/results/loop.json); this is its
+small version: four rounds of 4,000 requests, where the first model serves the last round."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import _own_topics
+
+VALUELOOP = [sys.executable, "-m", "valueloop.cli"]
+
+
+def run(*args, check=True):
+    return subprocess.run([*VALUELOOP, *args], capture_output=True, text=True, check=check, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def config(kafka_broker, tmp_path_factory):
+    root = tmp_path_factory.mktemp("closed-loop")
+    kafka = _own_topics(kafka_broker)
+    path = root / "settings.yaml"
+    path.write_text(yaml.safe_dump({
+        "kafka": json.loads(kafka.model_dump_json()),
+        "simulator": {"catalogue": {"users": 3_000, "items": 400}},
+        "trainer": {"epochs": 2, "learning_rate": 0.01, "shuffle_buffer": 20_000},
+        "audit": {"gate_bootstrap_draws": 40},
+    }))
+    return root, path
+
+
+@pytest.fixture(scope="module")
+def looped(config):
+    root, path = config
+    result = run("loop", "--config", str(path), "--rounds", "4", "--requests", "4000", "--gate", "record",
+                 "--out", str(root / "out"))
+    return root / "out", result
+
+
+def test_the_loop_prints_every_round_and_writes_its_figure_and_json(looped):
+    out, result = looped
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["objective", "round", "served"]
+    assert sum(line.startswith(("ctr ", "value ")) for line in lines) == 8
+    assert "seed 7: bait share under ctr" in result.stdout
+    assert (out / "rounds.png").stat().st_size > 20_000
+    runs = {r["objective"]: r["rounds"] for r in json.loads((out / "rounds.json").read_text())["runs"]}
+    for rounds in runs.values():
+        assert [o["served_by"] for o in rounds] == ["ctr-production-v1"] * 3 + ["valueloop-ranker/v1"]
+        assert [o["gate"] is None for o in rounds] == [True, True, False, False]
+        assert set(rounds[3]["seconds"]) == {"serving", "kafka", "join", "train", "audit"}
+        for key in ("ctr", "purchases_per_1000", "bait_share", "mean_true_utility", "regret", "homogenisation"):
+            assert all(np.isfinite(o[key]) for o in rounds)
+
+
+def test_bait_climbs_under_ctr_and_falls_under_value_and_value_sells_more(looped):
+    out, _ = looped
+    runs = {r["objective"]: r["rounds"] for r in json.loads((out / "rounds.json").read_text())["runs"]}
+    ctr, value = runs["ctr"], runs["value"]
+    assert ctr[0] == {**ctr[0], "bait_share": value[0]["bait_share"]}  # the same first day for both
+    assert ctr[3]["bait_share"] > ctr[0]["bait_share"] + 0.03
+    assert value[3]["bait_share"] < value[0]["bait_share"] - 0.1
+    assert value[3]["purchases_per_1000"] > 1.25 * ctr[3]["purchases_per_1000"]
+    assert ctr[3]["ctr"] > value[3]["ctr"]
+
+
+def test_an_unheeded_block_is_logged_as_an_override_and_the_served_model_logs_its_propensities(looped):
+    out, _ = looped
+    from audit.registry import Registry, RegistrySettings
+    from trainer.data import find_partitions, load_columns
+
+    ctr_registry = Registry(RegistrySettings(directory=out / "seed-7" / "ctr" / "registry"))
+    first, second = [p for p in ctr_registry.promotions() if p["outcome"] == "committed"]  # rounds 2 and 3
+    assert (first["kind"], first["to"]) == ("override", 1) and ctr_registry.version(1).verdict == "block"
+    assert "not enforced" in first["reason"] and second["from"] == 1
+    rounds = json.loads((out / "seed-7" / "ctr" / "rounds.json").read_text())["rounds"]
+    assert any("lacks this metric" in reason for reason in rounds[2]["gate"]["reasons"])
+    examples = out / "seed-7" / "value" / "examples"
+    day = rounds[3]["day"]
+    start = int(np.datetime64(f"{day}T00:00:00").astype("datetime64[ms]").astype(np.int64))
+    columns = load_columns(find_partitions(examples, start, start + 86_400_000))
+    assert set(columns["policy"].tolist()) == {b"valueloop-ranker/v1"}
+    assert ((columns["propensity"] > 0) & (columns["propensity"] <= 1)).all()
+    # Plackett-Luce over standardised scores explores: not every slot is a sure thing
+    assert (columns["propensity"] < 0.99).mean() > 0.5
