@@ -73,6 +73,11 @@ class AuditConfig(BaseModel):
                                        "per impression, or of the logged purchases in its top 3, that counts as "
                                        "predicted conversion down (with the rise: the model-side clickbait signature, "
                                        "which blocks).")
+    offpolicy_slots: int = Field(3, ge=1, description="Slots of production's serving log the off-policy check "
+                                 "estimates the candidate's purchases in (audit.counterfactual).")
+    offpolicy_purchase_drop: float = Field(0.10, ge=0, lt=1, description="How far the candidate's off-policy "
+                                           "purchases per impression, at its 95% lower bound, may fall below "
+                                           "production's logged ones before the check blocks.")
     gate: tuple[Threshold, ...] = Field(DEFAULT_GATE, description="The model gate's thresholds; a failed one blocks.")
     gate_bootstrap_draws: int = Field(200, ge=20, description="Poisson bootstrap draws over requests for the "
                                       "intervals of the gate's changes.")

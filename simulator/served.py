@@ -25,7 +25,8 @@ class ServedLog:
         self.names = names
         self._parts: dict[str, list[np.ndarray]] = {}
 
-    def add(self, world: World, users, slates, arm, candidates, clicked, bought) -> None:
+    def add(self, world: World, users, slates, arm, candidates, clicked, bought, propensity=None, surfaces=None,
+            request_ms=None) -> None:
         positions = np.arange(slates.shape[1])[None, :]
         served = utility(world, users[:, None], slates, positions)
         # the oracle: the candidates in order of their true worth, the best at the most examined position
@@ -36,8 +37,19 @@ class ServedLog:
         for name, value in (("users", users), ("slates", slates), ("arm", arm), ("clicked", clicked),
                             ("bought", bought), ("utility", served.sum(axis=1)), ("oracle", oracle.sum(axis=1)),
                             ("expected_purchases", expected["purchase"].sum(axis=1)),
-                            ("expected_clicks", expected["click"].sum(axis=1))):
-            self._parts.setdefault(name, []).append(np.asarray(value))
+                            ("expected_clicks", expected["click"].sum(axis=1)), ("candidates", candidates),
+                            ("order", np.argmax(candidates[:, :, None] == slates[:, None, :], axis=1)),
+                            ("propensity", propensity), ("surfaces", surfaces), ("request_ms", request_ms)):
+            if value is not None:
+                self._parts.setdefault(name, []).append(np.asarray(value))
+
+    def serving_log(self, policy: str):
+        """What the serving system logged, with the candidate sets: `audit.counterfactual.ServingLog`."""
+        from audit.counterfactual import ServingLog
+
+        a = self.arrays()
+        return ServingLog(policy, a["users"], a["surfaces"], a["request_ms"], a["candidates"], a["order"],
+                          a["propensity"], a["clicked"], a["bought"])
 
     def arrays(self, arm: int | None = None) -> dict[str, np.ndarray]:
         if not self._parts:

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from audit.offpolicy import plackett_luce_probability
 from simulator.config import LoggingPolicyConfig
 from simulator.world import World
 
@@ -152,6 +153,11 @@ class ModelPolicy:
         columns = candidate_features(world, users, candidates, self.surfaces, surface, self.devices, request_ms)
         return self.model.predict(columns)[self.output].reshape(candidates.shape).astype(np.float64)
 
+    def logits(self, scores: np.ndarray) -> np.ndarray:
+        """Plackett-Luce logits of the scores: standardised within each request, over the temperature."""
+        spread = scores.std(axis=1, keepdims=True)
+        return (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0) / self.temperature
+
     def rank(self, world, users, surfaces, request_ms, rng):
         candidates = retrieve(world, users, self.candidates, rng)
         scores = self.scores(world, users, candidates, surfaces, request_ms)
@@ -159,9 +165,7 @@ class ModelPolicy:
         if self.exploration is Exploration.EPSILON_GREEDY:
             order, propensity = epsilon_greedy(scores, k, self.epsilon, rng)
         else:
-            spread = scores.std(axis=1, keepdims=True)
-            z = (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
-            order, propensity = plackett_luce(z / self.temperature, k, rng)
+            order, propensity = plackett_luce(self.logits(scores), k, rng)
         return np.take_along_axis(candidates, order, axis=1), propensity, np.zeros(len(users), np.int64), candidates
 
 
@@ -203,36 +207,3 @@ class SplitPolicy:
             slates[on], propensity[on], candidates[on] = s[:, :slate_size], p[:, :slate_size], c[:, :width]
         return slates, propensity, arm, candidates
 
-
-def plackett_luce_probability(logits: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Each slot's conditional probability of the columns `order` chose under Plackett-Luce with `logits`
-    (rows of candidates): what a target policy would have had of showing the logged slate, slot by slot."""
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    chosen = np.take_along_axis(weights, order, axis=1)
-    remaining = weights.sum(axis=1, keepdims=True) - np.cumsum(chosen, axis=1) + chosen
-    return chosen / remaining
-
-
-def plackett_luce_marginals(logits: np.ndarray, slate_size: int, most_prefixes: int = 100_000) -> np.ndarray:
-    """P(column c at slot k) under Plackett-Luce, exactly, (rows, columns, slate_size): the marginals
-    position-wise IPS weighs by. Sums over every ordered prefix above slot k, so it is for small candidate sets
-    (refused beyond `most_prefixes` prefixes)."""
-    import itertools
-    import math
-
-    n, m = logits.shape
-    if sum(math.perm(m, k) for k in range(slate_size)) > most_prefixes:
-        raise ValueError(f"{m} candidates and {slate_size} slots have too many prefixes to sum exactly")
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    total = weights.sum(axis=1)
-    marginals = np.zeros((n, m, slate_size))
-    for k in range(slate_size):
-        for prefix in itertools.permutations(range(m), k):
-            probability, left = np.ones(n), total.copy()
-            for c in prefix:
-                probability *= weights[:, c] / left
-                left -= weights[:, c]
-            share = probability[:, None] * weights / left[:, None]
-            share[:, list(prefix)] = 0.0
-            marginals[:, :, k] += share
-    return marginals

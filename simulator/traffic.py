@@ -154,7 +154,7 @@ class Simulation:
         self._tally(flat_items, clicked, dwell_s, carted, bought)
         if self.served is not None:
             self.served.add(world, users, slates, arm, candidates, clicked.reshape(slates.shape),
-                            bought.reshape(slates.shape))
+                            bought.reshape(slates.shape), propensities, surfaces, request_ms)
         self.summary.cart_delays_s.extend(cart_delay_s[carted].tolist())
         self.summary.purchase_delays_s.extend(purchase_delay_s[bought].tolist())
 

@@ -65,3 +65,36 @@ def test_intervals_cover_the_truth_and_doubly_robust_beats_ips_on_a_known_bandit
         dr_errors.append(abs(by_dr.value - truth))
     assert covered >= 54, covered  # at least 90% of 60
     assert np.mean(dr_errors) < np.mean(ips_errors)
+
+
+def _serving_log(rng, n=4000, m=6, k=3):
+    from audit.counterfactual import ServingLog
+    from audit.offpolicy import plackett_luce_probability
+
+    logits = rng.normal(size=(n, m))
+    order = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1)[:, :k]
+    good = np.arange(m) < 2  # columns 0 and 1 sell; the others never do
+    bought = good[order] & (rng.random((n, k)) < 0.3)
+    return logits, ServingLog("production/v1", np.arange(n), np.zeros(n, int), np.zeros(n, int),
+                              np.tile(np.arange(m), (n, 1)), order, plackett_luce_probability(logits, order),
+                              bought, bought)
+
+
+def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of_what_never_sells_pure_function(
+        tmp_path):
+    from audit.counterfactual import ServingLog, offpolicy_check
+
+    logits, log = _serving_log(np.random.default_rng(3))
+    log = ServingLog.load(log.save(tmp_path / "serving_log.npz"))  # as the gate reads it
+    same = offpolicy_check(log, logits, slots=3, drop=0.10)
+    assert same.candidate.value == pytest.approx(same.production.value) and same.passed
+    worse = logits.copy()
+    worse[:, :2] -= 1.5  # the columns that sell pushed down
+    check = offpolicy_check(log, worse, slots=3, drop=0.10)
+    assert not check.passed and check.candidate.interval[1] < check.production.value
+    assert "below" in check.reason and "production/v1" in check.reason
+    better = logits.copy()
+    better[:, :2] += 1.0
+    assert offpolicy_check(log, better, slots=3, drop=0.10).candidate.value > same.production.value
+    with pytest.raises(ValueError, match="do not match"):
+        offpolicy_check(log, logits[:, :4], slots=3, drop=0.10)

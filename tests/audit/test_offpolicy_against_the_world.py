@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from audit.offpolicy import direct, doubly_robust, ips, rips, snips
+from audit.offpolicy import (direct, doubly_robust, ips, plackett_luce_marginals, plackett_luce_probability, rips,
+                             snips)
 from simulator.config import LoggingPolicyConfig, SimulatorConfig
-from simulator.serving import LoggingPolicy, plackett_luce, plackett_luce_marginals, plackett_luce_probability, retrieve
+from simulator.serving import LoggingPolicy, plackett_luce, retrieve
 from simulator.world import World
 
 WORLD = World.create(SimulatorConfig.model_validate({"seed": 5, "catalogue": {"users": 4_000, "items": 400}}))

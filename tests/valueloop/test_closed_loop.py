@@ -88,3 +88,22 @@ def test_an_unheeded_block_is_logged_as_an_override_and_the_served_model_logs_it
     assert ((columns["propensity"] > 0) & (columns["propensity"] <= 1)).all()
     # Plackett-Luce over standardised scores explores: not every slot is a sure thing
     assert (columns["propensity"] < 0.99).mean() > 0.5
+
+
+def test_the_gate_estimates_each_candidate_off_policy_from_the_days_serving_log(looped):
+    out, _ = looped
+    runs = {r["objective"]: r["rounds"] for r in json.loads((out / "rounds.json").read_text())["runs"]}
+    for objective, rounds in runs.items():
+        for o in rounds[2:]:
+            check = o["gate"]["offpolicy"]
+            assert check["slots"] == 3 and check["candidate"]["slates"] == 4000  # the audited day's requests
+            low, high = check["candidate"]["interval"]
+            assert low <= check["candidate"]["value"] <= high
+            assert check["passed"] == (low >= check["production"]["value"] * (1 - check["drop"]))
+            if not check["passed"]:
+                assert o["gate"]["status"] == "block" and o["gate"]["reasons"][0].startswith("off-policy")
+    # the value candidate, trained on the logging policy's day, would have sold more than the logging policy did
+    value_check = runs["value"][2]["gate"]["offpolicy"]
+    assert value_check["candidate"]["value"] > value_check["production"]["value"] and value_check["passed"]
+    ctr_check = runs["ctr"][2]["gate"]["offpolicy"]
+    assert ctr_check["candidate"]["value"] < value_check["candidate"]["value"]

@@ -1,0 +1,94 @@
+"""The gate's off-policy check: would the candidate, had it served the audited day, have sold less than
+production did? Estimated from production's own serving log, with the propensities it logged.
+
+The Impression events carry each shown item's propensity but not the candidates it was chosen from, and a
+target policy's probability of a logged slate needs them all; so the check reads a serving log (`ServingLog`:
+per request the candidates, the slots' choices among them, the logged conditional propensities and the drawn
+clicks and purchases), as a ranking service keeps for counterfactual evaluation. The candidate's chance of the
+logged ranking comes from its own scores of the same candidates (Plackett-Luce at the serving temperature), and
+RIPS (`audit.offpolicy.rips`) over the first `offpolicy_slots` slots estimates its purchases per impression
+there. The check fails when that estimate's 95% lower bound is more than `offpolicy_purchase_drop` below the
+purchases per impression production's slates actually earned in the same slots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from audit.offpolicy import Estimate, ips, plackett_luce_probability, rips
+
+
+@dataclass(frozen=True)
+class ServingLog:
+    policy: str
+    users: np.ndarray  # (requests,)
+    surfaces: np.ndarray  # (requests,) index into the surfaces served
+    request_ms: np.ndarray  # (requests,)
+    candidates: np.ndarray  # (requests, candidates) item ids
+    order: np.ndarray  # (requests, slots): which candidate column each slot showed
+    propensity: np.ndarray  # (requests, slots): the logged conditional propensity of each slot's choice
+    clicked: np.ndarray  # (requests, slots)
+    bought: np.ndarray  # (requests, slots)
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> ServingLog:
+        with np.load(path) as data:
+            missing = {f.name for f in fields(cls)} - set(data.files)
+            if missing:
+                raise ValueError(f"{path}: not a serving log (no {sorted(missing)})")
+            return cls(**{f.name: (str(data[f.name]) if f.name == "policy" else data[f.name]) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class OffPolicyCheck:
+    candidate: Estimate  # purchases per impression in the first `slots` slots, had the candidate served
+    production: Estimate  # what production's slates earned there (on-policy)
+    slots: int
+    drop: float
+    passed: bool
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"slots": self.slots, "drop": self.drop, "passed": self.passed, "reason": self.reason,
+                **{name: {"value": e.value, "interval": list(e.interval), "effective_sample_size":
+                          e.effective_sample_size, "slates": e.slates}
+                   for name, e in (("candidate", self.candidate), ("production", self.production))}}
+
+
+def _per_impression(estimate: Estimate, slots: int) -> Estimate:
+    return Estimate(estimate.estimator, estimate.value / slots,
+                    (estimate.interval[0] / slots, estimate.interval[1] / slots),
+                    estimate.effective_sample_size, estimate.slates)
+
+
+def offpolicy_check(log: ServingLog, target_logits: np.ndarray, slots: int, drop: float,
+                    seed: int = 0) -> OffPolicyCheck:
+    """The candidate (its Plackett-Luce logits over each request's logged candidates) against production, on
+    purchases per impression in the first `slots` slots of production's serving log."""
+    slots = min(slots, log.order.shape[1])
+    if target_logits.shape != log.candidates.shape:
+        raise ValueError(f"the candidate's logits {target_logits.shape} do not match the logged candidates "
+                         f"{log.candidates.shape}")
+    order, propensity = log.order[:, :slots], log.propensity[:, :slots]
+    n = len(order)
+    ids = np.repeat(np.arange(n), slots)
+    positions = np.tile(np.arange(slots), n)
+    rewards = log.bought[:, :slots].astype(np.float64).ravel()
+    target = plackett_luce_probability(target_logits, order).ravel()
+    candidate = _per_impression(rips(ids, positions, rewards, propensity.ravel(), target, seed=seed), slots)
+    production = _per_impression(ips(ids, rewards, propensity.ravel(), propensity.ravel(), seed=seed), slots)
+    floor = production.value * (1 - drop)
+    passed = candidate.interval[0] >= floor
+    reason = (f"off-policy: the candidate's purchases per impression in the top {slots} (RIPS) "
+              f"{candidate.value:.5f} [{candidate.interval[0]:.5f}, {candidate.interval[1]:.5f}] against "
+              f"production's {production.value:.5f} on {log.policy}'s log: lower bound "
+              f"{'at or above' if passed else 'below'} {floor:.5f} ({drop:.0%} under production)")
+    return OffPolicyCheck(candidate, production, slots, drop, passed, reason)
