@@ -107,3 +107,22 @@ def test_the_gate_estimates_each_candidate_off_policy_from_the_days_serving_log(
     assert value_check["candidate"]["value"] > value_check["production"]["value"] and value_check["passed"]
     ctr_check = runs["ctr"][2]["gate"]["offpolicy"]
     assert ctr_check["candidate"]["value"] < value_check["candidate"]["value"]
+
+
+def test_ab_run_serves_a_split_through_kafka_and_the_join_and_a_wrong_design_is_flagged(config):
+    root, path = config
+    out = root / "ab"
+    result = run("ab", "run", "--config", str(path), "--treatment", "logging", "--requests", "3000",
+                 "--out", str(out))
+    analysis = json.loads((out / "analysis.json").read_text())
+    test = json.loads((out / "test.json").read_text())
+    assert analysis["valid"] and set(analysis["sample_ratio"]["users"]) == {"control:logging", "treatment:logging"}
+    assert min(analysis["sample_ratio"]["users"].values()) > 500
+    metrics = {(lift["metric"], lift["cuped"]) for lift in analysis["lifts"]}
+    assert ("purchases_per_impression", True) in metrics and ("ctr", False) in metrics
+    assert "sample-ratio chi-square" in result.stdout
+    day = lambda ms: np.datetime_as_string(np.datetime64(ms, "ms"), unit="s")  # noqa: E731
+    wrong = run("ab", "analyse", "--examples", test["examples"], "--control", "control:logging",
+                "--treatment", "treatment:logging", "--from", day(test["test"][0]), "--to", day(test["test"][1]),
+                "--treatment-share", "0.3", check=False)
+    assert wrong.returncode == 3 and "INVALID TEST: sample-ratio mismatch" in wrong.stderr
