@@ -7,7 +7,8 @@ per request the candidates, the slots' choices among them, the logged conditiona
 clicks and purchases), as a ranking service keeps for counterfactual evaluation. The candidate's chance of the
 logged ranking comes from its own scores of the same candidates (Plackett-Luce at the serving temperature), and
 RIPS (`audit.offpolicy.rips`) over the first `offpolicy_slots` slots estimates its purchases per impression
-there. The check fails when that estimate's 95% lower bound is more than `offpolicy_purchase_drop` below the
+there. The log carries the feature tables serving read (`FeatureTables`), so the candidate scores the candidates
+from the same served features production did. The check fails when that estimate's 95% lower bound is more than `offpolicy_purchase_drop` below the
 purchases per impression production's slates actually earned in the same slots.
 """
 from __future__ import annotations
@@ -20,9 +21,37 @@ import numpy as np
 from audit.offpolicy import Estimate, ips, plackett_luce_probability, rips
 
 
+TABLES = ("item_category", "item_headline_score", "item_price", "item_published_ms", "item_rating", "user_affinity",
+          "user_device", "user_tenure_days")
+
+
+@dataclass(frozen=True)
+class FeatureTables:
+    """What the serving system knew of items and users when it ranked, as a feature store holds it: the observed
+    attributes the served features are made of (never a world's hidden truth), and the surface and device
+    names the indices stand for."""
+
+    surfaces: list[str]
+    devices: list[str]
+    item_category: np.ndarray
+    item_headline_score: np.ndarray
+    item_price: np.ndarray
+    item_published_ms: np.ndarray
+    item_rating: np.ndarray
+    user_affinity: np.ndarray
+    user_device: np.ndarray
+    user_tenure_days: np.ndarray
+
+    @classmethod
+    def of(cls, source, surfaces: list[str], devices: list[str]) -> FeatureTables:
+        """The tables of anything with these attributes (a simulated world)."""
+        return cls(list(surfaces), list(devices), **{name: np.asarray(getattr(source, name)) for name in TABLES})
+
+
 @dataclass(frozen=True)
 class ServingLog:
     policy: str
+    tables: FeatureTables
     users: np.ndarray  # (requests,)
     surfaces: np.ndarray  # (requests,) index into the surfaces served
     request_ms: np.ndarray  # (requests,)
@@ -35,16 +64,24 @@ class ServingLog:
     def save(self, path: Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if f.name != "tables"}
+        arrays.update({f"table_{f.name}": np.asarray(getattr(self.tables, f.name)) for f in fields(FeatureTables)})
+        np.savez_compressed(path, **arrays)
         return path
 
     @classmethod
     def load(cls, path: Path) -> ServingLog:
         with np.load(path) as data:
-            missing = {f.name for f in fields(cls)} - set(data.files)
+            wanted = {f.name for f in fields(cls) if f.name != "tables"} | {f"table_{f.name}"
+                                                                             for f in fields(FeatureTables)}
+            missing = wanted - set(data.files)
             if missing:
                 raise ValueError(f"{path}: not a serving log (no {sorted(missing)})")
-            return cls(**{f.name: (str(data[f.name]) if f.name == "policy" else data[f.name]) for f in fields(cls)})
+            tables = FeatureTables(**{f.name: data[f"table_{f.name}"] for f in fields(FeatureTables)})
+            tables = FeatureTables(**{**tables.__dict__, "surfaces": tables.surfaces.tolist(),
+                                      "devices": tables.devices.tolist()})
+            return cls(tables=tables, **{f.name: (str(data[f.name]) if f.name == "policy" else data[f.name])
+                                         for f in fields(cls) if f.name != "tables"})
 
 
 @dataclass(frozen=True)
@@ -92,3 +129,17 @@ def offpolicy_check(log: ServingLog, target_logits: np.ndarray, slots: int, drop
               f"production's {production.value:.5f} on {log.policy}'s log: lower bound "
               f"{'at or above' if passed else 'below'} {floor:.5f} ({drop:.0%} under production)")
     return OffPolicyCheck(candidate, production, slots, drop, passed, reason)
+
+
+def candidate_logits(log: ServingLog, model_dir: Path, temperature: float, output: str = "value") -> np.ndarray:
+    """The candidate model's Plackett-Luce logits of every logged request's candidates, as it would serve them:
+    its `output` scores of the served features (from the log's tables), standardised per request, over the
+    serving temperature."""
+    from simulator.serving import candidate_features, standardised_logits
+    from trainer.train import ExportedModel
+
+    model = ExportedModel(model_dir)
+    columns = candidate_features(log.tables, log.users, log.candidates, log.tables.surfaces, log.surfaces,
+                                 log.tables.devices, log.request_ms)
+    scores = model.predict(columns)[output].reshape(log.candidates.shape).astype(np.float64)
+    return standardised_logits(scores, temperature)

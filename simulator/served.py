@@ -43,13 +43,14 @@ class ServedLog:
             if value is not None:
                 self._parts.setdefault(name, []).append(np.asarray(value))
 
-    def serving_log(self, policy: str):
-        """What the serving system logged, with the candidate sets: `audit.counterfactual.ServingLog`."""
-        from audit.counterfactual import ServingLog
+    def serving_log(self, policy: str, world: World, surfaces: list[str], devices: list[str]):
+        """What the serving system logged, with the candidate sets and the feature tables it read:
+        `audit.counterfactual.ServingLog`."""
+        from audit.counterfactual import FeatureTables, ServingLog
 
         a = self.arrays()
-        return ServingLog(policy, a["users"], a["surfaces"], a["request_ms"], a["candidates"], a["order"],
-                          a["propensity"], a["clicked"], a["bought"])
+        return ServingLog(policy, FeatureTables.of(world, surfaces, devices), a["users"], a["surfaces"],
+                          a["request_ms"], a["candidates"], a["order"], a["propensity"], a["clicked"], a["bought"])
 
     def arrays(self, arm: int | None = None) -> dict[str, np.ndarray]:
         if not self._parts:

@@ -105,10 +105,11 @@ class Exploration(str, enum.Enum):
     EPSILON_GREEDY = "epsilon-greedy"
 
 
-def candidate_features(world: World, users: np.ndarray, candidates: np.ndarray, surfaces: list[str],
+def candidate_features(world, users: np.ndarray, candidates: np.ndarray, surfaces: list[str],
                        surface: np.ndarray, devices: list[str], request_ms: np.ndarray) -> dict[str, np.ndarray]:
     """The served features of every (request, candidate), flattened row-major: what the Impression would carry if
-    the candidate were shown, so a model scores candidates from exactly what it was trained on."""
+    the candidate were shown, so a model scores candidates from exactly what it was trained on. `world` is
+    anything with the observed item and user tables (a `World`, or a serving log's `FeatureTables`)."""
     n, m = candidates.shape
     items = candidates.ravel()
     flat_users = np.repeat(users, m)
@@ -127,6 +128,13 @@ def candidate_features(world: World, users: np.ndarray, candidates: np.ndarray, 
         "user_category_affinity": world.user_affinity[flat_users, category].astype(np.float32),
         "user_tenure_days": world.user_tenure_days[flat_users].astype(np.int64),
     }
+
+
+def standardised_logits(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Plackett-Luce logits of a model's scores: standardised within each request (row), over the temperature,
+    so one temperature explores alike whatever the score's scale."""
+    spread = scores.std(axis=1, keepdims=True)
+    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0) / temperature
 
 
 class ModelPolicy:
@@ -154,9 +162,7 @@ class ModelPolicy:
         return self.model.predict(columns)[self.output].reshape(candidates.shape).astype(np.float64)
 
     def logits(self, scores: np.ndarray) -> np.ndarray:
-        """Plackett-Luce logits of the scores: standardised within each request, over the temperature."""
-        spread = scores.std(axis=1, keepdims=True)
-        return (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0) / self.temperature
+        return standardised_logits(scores, self.temperature)
 
     def rank(self, world, users, surfaces, request_ms, rng):
         candidates = retrieve(world, users, self.candidates, rng)

@@ -51,13 +51,15 @@ class Objective(str, enum.Enum):
         return "value" if self is Objective.VALUE else "click"
 
 
-def round_settings(settings: Settings, directory: Path, objective: Objective) -> Settings:
+def round_settings(settings: Settings, directory: Path, objective: Objective, temperature: float) -> Settings:
     """The loop's settings with its examples, registry, work and alerts under `directory`, trained by
-    `objective`; purchases attributed within 6 hours, so a simulated day settles soon after it ends."""
+    `objective` and served at `temperature`; purchases attributed within 6 hours, so a simulated day settles
+    soon after it ends."""
     from valueloop.demo import loop_settings
 
     settings = loop_settings(settings, directory)
-    return settings.model_copy(update={"loop": settings.loop.model_copy(update={"preset": objective.value})})
+    return settings.model_copy(update={"loop": settings.loop.model_copy(update={"preset": objective.value,
+                                                                                "serving_temperature": temperature})})
 
 
 def drain_s(settings: Settings) -> float:
@@ -99,27 +101,6 @@ def unsettled_from(settings: Settings, start_ms: int) -> int:
     return start_ms + DAY_MS
 
 
-def serving_log_path(settings: Settings, day: str) -> Path:
-    return Path(settings.loop.work_dir) / day / "serving_log.npz"
-
-
-def counterfactual(settings: Settings, world, day: str, model_dir: Path, objective: Objective, temperature: float,
-                   seed: int):
-    """The off-policy check of the candidate at `model_dir` on the day's serving log (`audit.counterfactual`):
-    its logits are its scores of the logged candidates, standardised per request, over the serving temperature,
-    as it would serve them."""
-    from audit.counterfactual import ServingLog, offpolicy_check
-    from simulator.serving import ModelPolicy
-
-    sim = settings.simulator
-    log = ServingLog.load(serving_log_path(settings, day))
-    policy = ModelPolicy(model_dir, "candidate", objective.output, list(sim.surfaces), list(sim.devices),
-                         temperature=temperature)
-    scores = policy.scores(world, log.users, log.candidates, log.surfaces, log.request_ms)
-    return offpolicy_check(log, policy.logits(scores), settings.audit.offpolicy_slots,
-                           settings.audit.offpolicy_purchase_drop, seed)
-
-
 def run_round(settings: Settings, world, day_index: int, requests: int, objective: Objective, temperature: float,
               seed: int, gate: GateMode = GateMode.ENFORCE, previous_ranges: list | None = None) -> tuple[dict, list]:
     """One round: serve day `day_index` with production and send its events to Kafka; join them with the
@@ -149,7 +130,8 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
     policy, serving = serving_policy(settings, objective, temperature)
     served = ServedLog()
     events = list(Simulation(config, world=world, policy=policy, served=served).events())
-    served.serving_log(policy.names[0]).save(serving_log_path(settings, config.start.strftime("%Y-%m-%d")))
+    served.serving_log(policy.names[0], world, list(base.surfaces), list(base.devices)).save(
+        loop.serving_log_path(settings.loop, config.start.strftime("%Y-%m-%d")))
     lap("serving")
     topics = list(settings.kafka.event_topics.values())
     before = {(r.topic, r.partition): r.stop for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)}
@@ -173,12 +155,6 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
         version = loop.register_candidate(settings, day, model)
         lap("train")
         audited = loop.audit_candidate(settings, settings.loop, day, version)
-        check = counterfactual(settings, world, day, model, objective, temperature, seed)
-        if not check.passed:  # the off-policy check blocks, and says so first
-            from audit.registry import Registry
-
-            audited = {**audited, "status": "block", "promotable": False, "reasons": [check.reason, *audited["reasons"]]}
-            Registry(settings.registry).record_verdict(version, "block", audited["reasons"])
         promoted = audited["promotable"] or gate is GateMode.RECORD
         if audited["promotable"]:
             loop.promote_candidate(settings, day, audited, sinks=[])
@@ -191,7 +167,7 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
             loop.hold_candidate(settings, day, audited, sinks=[])
         lap("audit")
         outcome["gate"] = {"day": day, "candidate": version, "status": audited["status"], "mode": gate.value,
-                           "promoted": promoted, "reasons": audited["reasons"][:3], "offpolicy": check.as_dict()}
+                           "promoted": promoted, "reasons": audited["reasons"][:3], "offpolicy": audited["offpolicy"]}
     return {**outcome, "seconds": seconds}, ranges
 
 
@@ -205,7 +181,7 @@ def run_closed_loop(settings: Settings, objective: Objective, rounds: int, reque
 
     directory = Path(out) / objective.value
     shutil.rmtree(directory, ignore_errors=True)
-    settings = round_settings(settings, directory, objective)
+    settings = round_settings(settings, directory, objective, temperature)
     settings = settings.model_copy(update={"simulator": settings.simulator.model_copy(update={"seed": seed})})
     KafkaBroker(settings.kafka).up()
     world = World.create(settings.simulator)

@@ -35,6 +35,13 @@ class LoopSettings(BaseModel):
     epochs: int | None = Field(None, ge=1, description="Overrides trainer.epochs for the loop's candidates.")
     alerts_file: Path | None = Field(None, description="Which alerts are open (`audit.alerts.AlertBook`); by "
                                      "default alerts.json beside the Kafka run directory.")
+    serving_logs: Path | None = Field(None, description="Production's serving logs, one <day>.npz a day "
+                                      "(`audit.counterfactual.ServingLog`); for a day that has one, the gate "
+                                      "estimates the candidate's purchases off-policy. By default "
+                                      "<work_dir>/<day>/serving_log.npz.")
+    serving_temperature: float = Field(0.5, gt=0, description="The Plackett-Luce temperature production serves "
+                                       "at, over scores standardised per request: the candidate is judged as it "
+                                       "would serve.")
 
 
 class ManifestsMissing(RuntimeError):
@@ -109,6 +116,24 @@ def day_dir(loop: LoopSettings, day: str) -> Path:
     return Path(loop.work_dir) / day
 
 
+def serving_log_path(loop: LoopSettings, day: str) -> Path:
+    return Path(loop.serving_logs) / f"{day}.npz" if loop.serving_logs else day_dir(loop, day) / "serving_log.npz"
+
+
+def offpolicy_check(settings: Settings, loop: LoopSettings, day: str, candidate_dir: Path):
+    """The gate's off-policy check of the candidate on the day's serving log (`audit.counterfactual`), or None
+    when the day has no serving log."""
+    from audit.counterfactual import ServingLog, candidate_logits, offpolicy_check as check
+
+    path = serving_log_path(loop, day)
+    if not path.exists():
+        _LOG.info("no serving log for %s at %s: the off-policy check does not run", day, path)
+        return None
+    log = ServingLog.load(path)
+    return check(log, candidate_logits(log, candidate_dir, loop.serving_temperature), settings.audit.offpolicy_slots,
+                 settings.audit.offpolicy_purchase_drop)
+
+
 def train_candidate(settings: Settings, loop: LoopSettings, day: str) -> Path:
     """The candidate for `day`, trained on the days before it; a model already trained for the same window and
     settings is kept as it is."""
@@ -155,10 +180,16 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
     start, end = day_range(day)
     verdict = run_audit(settings.join.output_dir, (start - DAY_MS, start), (start, end), None, settings.audit, out,
                         candidate=candidate_dir, production=production_dir if production != version else None)
-    registry.record_verdict(version, verdict.status.value, verdict.reasons, [out / "verdict.json", out / "report.html"])
-    audited = {"status": verdict.status.value, "promotable": verdict.status.exit_code == 0,
-               "reasons": verdict.reasons, "report": str((out / "report.html").resolve()), "production": production,
-               "version": version}
+    status, reasons = verdict.status.value, list(verdict.reasons)
+    check = offpolicy_check(settings, loop, day, candidate_dir)
+    if check is not None:
+        (out / "offpolicy.json").write_text(json.dumps(check.as_dict(), indent=2) + "\n")
+        if not check.passed:  # blocks, and says so first
+            status, reasons = "block", [check.reason, *reasons]
+    registry.record_verdict(version, status, reasons, [out / "verdict.json", out / "report.html"])
+    audited = {"status": status, "promotable": verdict.status.exit_code == 0 and (check is None or check.passed),
+               "reasons": reasons, "report": str((out / "report.html").resolve()), "production": production,
+               "version": version, "offpolicy": check.as_dict() if check is not None else None}
     done.write_text(json.dumps(audited, indent=2) + "\n")
     return audited
 

@@ -68,14 +68,16 @@ def test_intervals_cover_the_truth_and_doubly_robust_beats_ips_on_a_known_bandit
 
 
 def _serving_log(rng, n=4000, m=6, k=3):
-    from audit.counterfactual import ServingLog
+    from audit.counterfactual import FeatureTables, ServingLog
     from audit.offpolicy import plackett_luce_probability
 
     logits = rng.normal(size=(n, m))
     order = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1)[:, :k]
     good = np.arange(m) < 2  # columns 0 and 1 sell; the others never do
     bought = good[order] & (rng.random((n, k)) < 0.3)
-    return logits, ServingLog("production/v1", np.arange(n), np.zeros(n, int), np.zeros(n, int),
+    tables = FeatureTables(["home_feed"], ["mobile"], np.zeros(m, int), np.zeros(m), np.ones(m), np.zeros(m, int),
+                           np.full(m, np.nan), np.zeros((n, 1)), np.zeros(n, int), np.zeros(n, int))
+    return logits, ServingLog("production/v1", tables, np.arange(n), np.zeros(n, int), np.zeros(n, int),
                               np.tile(np.arange(m), (n, 1)), order, plackett_luce_probability(logits, order),
                               bought, bought)
 
@@ -85,7 +87,10 @@ def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of
     from audit.counterfactual import ServingLog, offpolicy_check
 
     logits, log = _serving_log(np.random.default_rng(3))
-    log = ServingLog.load(log.save(tmp_path / "serving_log.npz"))  # as the gate reads it
+    saved = ServingLog.load(log.save(tmp_path / "serving_log.npz"))  # as the gate reads it
+    assert saved.tables.surfaces == ["home_feed"] and np.isnan(saved.tables.item_rating).all()
+    assert (saved.order == log.order).all() and saved.policy == log.policy
+    log = saved
     same = offpolicy_check(log, logits, slots=3, drop=0.10)
     assert same.candidate.value == pytest.approx(same.production.value) and same.passed
     worse = logits.copy()
