@@ -93,10 +93,12 @@ def unsettled_from(settings: Settings, start_ms: int) -> int:
     every hour has one)."""
     from valueloop.loop import HOUR_MS
 
+    from pipelines.partitions import MANIFEST_FILE
+
     examples = Path(settings.join.output_dir)
     for hour_ms in range(start_ms, start_ms + DAY_MS, HOUR_MS):
         stamp = dt.datetime.fromtimestamp(hour_ms / 1000, dt.timezone.utc)
-        if not (examples / stamp.strftime("dt=%Y-%m-%d/hour=%H") / "_manifest.json").exists():
+        if not (examples / stamp.strftime("dt=%Y-%m-%d/hour=%H") / MANIFEST_FILE).exists():
             return hour_ms
     return start_ms + DAY_MS
 
@@ -157,14 +159,14 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
         audited = loop.audit_candidate(settings, settings.loop, day, version)
         promoted = audited["promotable"] or gate is GateMode.RECORD
         if audited["promotable"]:
-            loop.promote_candidate(settings, day, audited, sinks=[])
+            loop.promote_candidate(settings, day, audited)
         elif gate is GateMode.RECORD:
             from audit.registry import Registry
 
             Registry(settings.registry).promote(version, audited["production"], f"{day}: audit {audited['status']} "
                                                 "recorded, not enforced (closed loop, --gate record)", override=True)
         else:
-            loop.hold_candidate(settings, day, audited, sinks=[])
+            loop.hold_candidate(settings, day, audited)  # alerts on-call through the environment's sinks
         lap("audit")
         outcome["gate"] = {"day": day, "candidate": version, "status": audited["status"], "mode": gate.value,
                            "promoted": promoted, "reasons": audited["reasons"][:3], "offpolicy": audited["offpolicy"]}
