@@ -5,7 +5,8 @@ The Impression events carry each shown item's propensity but not the candidates 
 target policy's probability of a logged slate needs them all; so the check reads a serving log (`ServingLog`:
 per request the candidates, the slots' choices among them, the logged conditional propensities and the drawn
 clicks and purchases), as a ranking service keeps for counterfactual evaluation. The candidate's chance of the
-logged ranking comes from its own scores of the same candidates (Plackett-Luce at the serving temperature), and
+logged ranking comes from its own scores of the same candidates, sampled as production samples (Plackett-Luce
+at the serving temperature, or epsilon-greedy), and
 RIPS (`audit.offpolicy.rips`) over the first `offpolicy_slots` slots estimates its purchases per impression
 there. The log carries the feature tables serving read (`FeatureTables`), so the candidate scores the candidates
 from the same served features production did. The check fails when that estimate's 95% lower bound is more than `offpolicy_purchase_drop` below the
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from audit.offpolicy import Estimate, ips, plackett_luce_probability, rips
+from audit.offpolicy import Estimate, epsilon_greedy_probability, ips, plackett_luce_probability, rips
 
 
 TABLES = ("item_category", "item_headline_score", "item_price", "item_published_ms", "item_rating", "user_affinity",
@@ -106,20 +108,18 @@ def _per_impression(estimate: Estimate, slots: int) -> Estimate:
                     estimate.effective_sample_size, estimate.slates)
 
 
-def offpolicy_check(log: ServingLog, target_logits: np.ndarray, slots: int, drop: float,
+def offpolicy_check(log: ServingLog, target: Callable[[np.ndarray], np.ndarray], slots: int, drop: float,
                     seed: int = 0) -> OffPolicyCheck:
-    """The candidate (its Plackett-Luce logits over each request's logged candidates) against production, on
-    purchases per impression in the first `slots` slots of production's serving log."""
+    """The candidate against production, on purchases per impression in the first `slots` slots of
+    production's serving log; `target(order)` gives the candidate's conditional probability of each logged
+    slot's choice (e.g. `plackett_luce_probability` of its logits)."""
     slots = min(slots, log.order.shape[1])
-    if target_logits.shape != log.candidates.shape:
-        raise ValueError(f"the candidate's logits {target_logits.shape} do not match the logged candidates "
-                         f"{log.candidates.shape}")
     order, propensity = log.order[:, :slots], log.propensity[:, :slots]
     n = len(order)
     ids = np.repeat(np.arange(n), slots)
     positions = np.tile(np.arange(slots), n)
     rewards = log.bought[:, :slots].astype(np.float64).ravel()
-    target = plackett_luce_probability(target_logits, order).ravel()
+    target = np.asarray(target(order)).ravel()
     candidate = _per_impression(rips(ids, positions, rewards, propensity.ravel(), target, seed=seed), slots)
     production = _per_impression(ips(ids, rewards, propensity.ravel(), propensity.ravel(), seed=seed), slots)
     floor = production.value * (1 - drop)
@@ -131,15 +131,24 @@ def offpolicy_check(log: ServingLog, target_logits: np.ndarray, slots: int, drop
     return OffPolicyCheck(candidate, production, slots, drop, passed, reason)
 
 
-def candidate_logits(log: ServingLog, model_dir: Path, temperature: float, output: str = "value") -> np.ndarray:
-    """The candidate model's Plackett-Luce logits of every logged request's candidates, as it would serve them:
-    its `output` scores of the served features (from the log's tables), standardised per request, over the
-    serving temperature."""
-    from simulator.serving import candidate_features, standardised_logits
+def candidate_scores(log: ServingLog, model_dir: Path, output: str = "value") -> np.ndarray:
+    """The candidate model's `output` scores of every logged request's candidates, from the served features
+    (the log's tables), (requests, candidates)."""
+    from simulator.serving import candidate_features
     from trainer.train import ExportedModel
 
     model = ExportedModel(model_dir)
     columns = candidate_features(log.tables, log.users, log.candidates, log.tables.surfaces, log.surfaces,
                                  log.tables.devices, log.request_ms)
-    scores = model.predict(columns)[output].reshape(log.candidates.shape).astype(np.float64)
-    return standardised_logits(scores, temperature)
+    return model.predict(columns)[output].reshape(log.candidates.shape).astype(np.float64)
+
+
+def target_probability(scores: np.ndarray, order: np.ndarray, exploration: str, temperature: float,
+                       epsilon: float) -> np.ndarray:
+    """The candidate's conditional probability of each logged slot's choice, serving as production serves:
+    Plackett-Luce over standardised scores at `temperature`, or epsilon-greedy."""
+    from simulator.serving import Exploration, standardised_logits
+
+    if Exploration(exploration) is Exploration.EPSILON_GREEDY:
+        return epsilon_greedy_probability(scores, order, epsilon)
+    return plackett_luce_probability(standardised_logits(scores, temperature), order)

@@ -177,3 +177,17 @@ def plackett_luce_marginals(logits: np.ndarray, slate_size: int, most_prefixes: 
             share[:, list(prefix)] = 0.0
             marginals[:, :, k] += share
     return marginals
+
+
+def epsilon_greedy_probability(scores: np.ndarray, order: np.ndarray, epsilon: float) -> np.ndarray:
+    """Each slot's conditional probability of the columns `order` chose under epsilon-greedy on `scores`: the
+    best remaining column with probability 1 - epsilon, any remaining one uniformly with probability epsilon."""
+    n, m = scores.shape
+    taken = np.zeros((n, m), bool)
+    rows = np.arange(n)
+    probability = np.empty(order.shape)
+    for slot in range(order.shape[1]):
+        best = np.argmax(np.where(taken, -np.inf, scores), axis=1)
+        probability[:, slot] = epsilon / (m - slot) + (1 - epsilon) * (order[:, slot] == best)
+        taken[rows, order[:, slot]] = True
+    return probability

@@ -51,15 +51,14 @@ class Objective(str, enum.Enum):
         return "value" if self is Objective.VALUE else "click"
 
 
-def round_settings(settings: Settings, directory: Path, objective: Objective, temperature: float) -> Settings:
+def round_settings(settings: Settings, directory: Path, objective: Objective) -> Settings:
     """The loop's settings with its examples, registry, work and alerts under `directory`, trained by
-    `objective` and served at `temperature`; purchases attributed within 6 hours, so a simulated day settles
-    soon after it ends."""
+    `objective`; purchases attributed within 6 hours, so a simulated day settles soon after it ends. How
+    production samples its slates is `loop.serving_*`."""
     from valueloop.demo import loop_settings
 
     settings = loop_settings(settings, directory)
-    return settings.model_copy(update={"loop": settings.loop.model_copy(update={"preset": objective.value,
-                                                                                "serving_temperature": temperature})})
+    return settings.model_copy(update={"loop": settings.loop.model_copy(update={"preset": objective.value})})
 
 
 def drain_s(settings: Settings) -> float:
@@ -70,10 +69,10 @@ def drain_s(settings: Settings) -> float:
     return labeling_lag_ms(settings) / 1000 + settings.join.out_of_orderness_s + 3600
 
 
-def serving_policy(settings: Settings, objective: Objective, temperature: float):
-    """The policy production serves with: the registry's production model ranked by the objective's output with
-    Plackett-Luce exploration, or the world's logging policy before any model is promoted. Returns it with the
-    production version (None for the logging policy)."""
+def serving_policy(settings: Settings, objective: Objective):
+    """The policy production serves with: the registry's production model ranked by the objective's output,
+    sampled as `loop.serving_exploration` says, or the world's logging policy before any model is promoted.
+    Returns it with the production version (None for the logging policy)."""
     from audit.registry import Registry
     from simulator.serving import LoggingPolicy, ModelPolicy
 
@@ -85,7 +84,8 @@ def serving_policy(settings: Settings, objective: Objective, temperature: float)
     model_dir = registry.version(version).model_dir
     return ModelPolicy(model_dir, f"{settings.registry.model_name}/v{version}", objective.output,
                        list(sim.surfaces), list(sim.devices), sim.logging_policy.candidates,
-                       sim.logging_policy.slate_size, temperature=temperature), version
+                       sim.logging_policy.slate_size, settings.loop.serving_exploration,
+                       settings.loop.serving_temperature, settings.loop.serving_epsilon), version
 
 
 def unsettled_from(settings: Settings, start_ms: int) -> int:
@@ -103,8 +103,8 @@ def unsettled_from(settings: Settings, start_ms: int) -> int:
     return start_ms + DAY_MS
 
 
-def run_round(settings: Settings, world, day_index: int, requests: int, objective: Objective, temperature: float,
-              seed: int, gate: GateMode = GateMode.ENFORCE, previous_ranges: list | None = None) -> tuple[dict, list]:
+def run_round(settings: Settings, world, day_index: int, requests: int, objective: Objective, seed: int,
+              gate: GateMode = GateMode.ENFORCE, previous_ranges: list | None = None) -> tuple[dict, list]:
     """One round: serve day `day_index` with production and send its events to Kafka; join them with the
     previous round's (whose last hours only this day's traffic settles); then the retraining tasks for the
     previous day, now complete. Returns the round's truth, the gate's decision and the seconds each step took,
@@ -129,7 +129,7 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
     config = base.model_copy(update={"start": base.start + dt.timedelta(days=day_index), "days": 1.0,
                                      "requests": requests, "seed": seed * 1000 + day_index,
                                      "drain_s": drain_s(settings)})
-    policy, serving = serving_policy(settings, objective, temperature)
+    policy, serving = serving_policy(settings, objective)
     served = ServedLog()
     events = list(Simulation(config, world=world, policy=policy, served=served).events())
     served.serving_log(policy.names[0], world, list(base.surfaces), list(base.devices)).save(
@@ -174,8 +174,7 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
 
 
 def run_closed_loop(settings: Settings, objective: Objective, rounds: int, requests: int, seed: int, out: Path,
-                    temperature: float = 0.5, gate: GateMode = GateMode.ENFORCE,
-                    echo: Callable[[str], None] = print) -> dict:
+                    gate: GateMode = GateMode.ENFORCE, echo: Callable[[str], None] = print) -> dict:
     """`rounds` rounds from a fresh world of `seed` under `objective`, everything under `out/<objective>`
     (examples, registry, models, audits); returns every round's outcome and writes it to `rounds.json` there."""
     from infra.kafka import KafkaBroker
@@ -183,17 +182,19 @@ def run_closed_loop(settings: Settings, objective: Objective, rounds: int, reque
 
     directory = Path(out) / objective.value
     shutil.rmtree(directory, ignore_errors=True)
-    settings = round_settings(settings, directory, objective, temperature)
+    settings = round_settings(settings, directory, objective)
     settings = settings.model_copy(update={"simulator": settings.simulator.model_copy(update={"seed": seed})})
     KafkaBroker(settings.kafka).up()
     world = World.create(settings.simulator)
     outcomes, ranges = [], None
     for r in range(rounds):
-        outcome, ranges = run_round(settings, world, r, requests, objective, temperature, seed, gate, ranges)
+        outcome, ranges = run_round(settings, world, r, requests, objective, seed, gate, ranges)
         outcomes.append(outcome)
         echo(round_line(objective, outcome))
     result = {"objective": objective.value, "seed": seed, "requests_per_round": requests,
-              "temperature": temperature, "gate": gate.value, "rounds": outcomes}
+              "serving": {"exploration": settings.loop.serving_exploration,
+                          "temperature": settings.loop.serving_temperature, "epsilon": settings.loop.serving_epsilon},
+              "gate": gate.value, "rounds": outcomes}
     (directory / "rounds.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

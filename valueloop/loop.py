@@ -39,9 +39,12 @@ class LoopSettings(BaseModel):
                                       "(`audit.counterfactual.ServingLog`); for a day that has one, the gate "
                                       "estimates the candidate's purchases off-policy. By default "
                                       "<work_dir>/<day>/serving_log.npz.")
-    serving_temperature: float = Field(0.5, gt=0, description="The Plackett-Luce temperature production serves "
-                                       "at, over scores standardised per request: the candidate is judged as it "
-                                       "would serve.")
+    serving_exploration: str = Field("plackett-luce", pattern="^(plackett-luce|epsilon-greedy)$",
+                                     description="How production samples its slates; the candidate is judged as "
+                                     "it would serve.")
+    serving_temperature: float = Field(0.5, gt=0, description="The Plackett-Luce temperature, over scores "
+                                       "standardised per request.")
+    serving_epsilon: float = Field(0.1, ge=0, le=1, description="The exploration share of epsilon-greedy.")
 
 
 class ManifestsMissing(RuntimeError):
@@ -123,15 +126,17 @@ def serving_log_path(loop: LoopSettings, day: str) -> Path:
 def offpolicy_check(settings: Settings, loop: LoopSettings, day: str, candidate_dir: Path):
     """The gate's off-policy check of the candidate on the day's serving log (`audit.counterfactual`), or None
     when the day has no serving log."""
-    from audit.counterfactual import ServingLog, candidate_logits, offpolicy_check as check
+    from audit.counterfactual import ServingLog, candidate_scores, offpolicy_check as check, target_probability
 
     path = serving_log_path(loop, day)
     if not path.exists():
         _LOG.info("no serving log for %s at %s: the off-policy check does not run", day, path)
         return None
     log = ServingLog.load(path)
-    return check(log, candidate_logits(log, candidate_dir, loop.serving_temperature), settings.audit.offpolicy_slots,
-                 settings.audit.offpolicy_purchase_drop)
+    scores = candidate_scores(log, candidate_dir)
+    return check(log, lambda order: target_probability(scores, order, loop.serving_exploration,
+                                                       loop.serving_temperature, loop.serving_epsilon),
+                 settings.audit.offpolicy_slots, settings.audit.offpolicy_purchase_drop)
 
 
 def train_candidate(settings: Settings, loop: LoopSettings, day: str) -> Path:

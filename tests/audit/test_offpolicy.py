@@ -91,15 +91,25 @@ def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of
     assert saved.tables.surfaces == ["home_feed"] and np.isnan(saved.tables.item_rating).all()
     assert (saved.order == log.order).all() and saved.policy == log.policy
     log = saved
-    same = offpolicy_check(log, logits, slots=3, drop=0.10)
+    from audit.offpolicy import plackett_luce_probability as pl
+
+    same = offpolicy_check(log, lambda order: pl(logits, order), slots=3, drop=0.10)
     assert same.candidate.value == pytest.approx(same.production.value) and same.passed
     worse = logits.copy()
     worse[:, :2] -= 1.5  # the columns that sell pushed down
-    check = offpolicy_check(log, worse, slots=3, drop=0.10)
+    check = offpolicy_check(log, lambda order: pl(worse, order), slots=3, drop=0.10)
     assert not check.passed and check.candidate.interval[1] < check.production.value
     assert "below" in check.reason and "production/v1" in check.reason
     better = logits.copy()
     better[:, :2] += 1.0
-    assert offpolicy_check(log, better, slots=3, drop=0.10).candidate.value > same.production.value
-    with pytest.raises(ValueError, match="do not match"):
-        offpolicy_check(log, logits[:, :4], slots=3, drop=0.10)
+    assert offpolicy_check(log, lambda order: pl(better, order), slots=3, drop=0.10).candidate.value > \
+        same.production.value
+
+
+def test_epsilon_greedy_probability_is_the_propensity_epsilon_greedy_logs_pure_function():
+    from audit.offpolicy import epsilon_greedy_probability
+    from simulator.serving import epsilon_greedy
+
+    scores = np.random.default_rng(1).normal(size=(500, 7))
+    order, logged = epsilon_greedy(scores, 4, 0.25, np.random.default_rng(2))
+    assert epsilon_greedy_probability(scores, order, 0.25) == pytest.approx(logged)

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from simulator.serving import Exploration
 from valueloop.closed_loop import GateMode, Objective
 from valueloop.cli.common import ConfigOption, broker_up, running_job, settings_from
 
@@ -18,8 +19,11 @@ def loop(config: Optional[Path] = ConfigOption,
                                                    help="What the retrained ranker optimises; give it twice for both."),
          requests: int = typer.Option(20_000, min=100, help="Requests per round."),
          seed: List[int] = typer.Option([7], help="World and traffic seed; give several to repeat the loop."),
-         temperature: float = typer.Option(0.5, min=0.01, help="Plackett-Luce temperature of serving, over the "
-                                                               "model's scores standardised per request."),
+         exploration: Exploration = typer.Option(Exploration.PLACKETT_LUCE, help="How production samples each "
+                                                                                 "slate from its model's scores."),
+         temperature: float = typer.Option(0.5, min=0.01, help="Plackett-Luce temperature, over the model's scores "
+                                                               "standardised per request."),
+         epsilon: float = typer.Option(0.1, min=0.0, max=1.0, help="Epsilon-greedy's share of uniform picks."),
          gate: GateMode = typer.Option(GateMode.ENFORCE, help="enforce: a candidate the audit does not pass stays out "
                                                               "of production; record: its verdict is recorded and it "
                                                               "is promoted anyway (a logged override)."),
@@ -33,13 +37,15 @@ def loop(config: Optional[Path] = ConfigOption,
     from valueloop.closed_loop import ROUND_HEADER, plot_rounds, run_closed_loop, summarise
 
     settings = settings_from(config)
+    settings = settings.model_copy(update={"loop": settings.loop.model_copy(update={
+        "serving_exploration": exploration.value, "serving_temperature": temperature, "serving_epsilon": epsilon})})
     broker_up(settings)
     typer.echo(ROUND_HEADER)
     results = []
     with running_job(settings, "the loop stopped; the rounds so far are under --out"):
         for s in seed:
             for o in objective:
-                results.append(run_closed_loop(settings, o, rounds, requests, s, out / f"seed-{s}", temperature, gate,
+                results.append(run_closed_loop(settings, o, rounds, requests, s, out / f"seed-{s}", gate,
                                                echo=typer.echo))
     summary = summarise(results)
     (out / "rounds.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=2) + "\n")
