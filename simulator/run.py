@@ -15,14 +15,16 @@ class Destination(str, enum.Enum):
     FILES = "files"
 
 
-def simulate(config: SimulatorConfig, to: Destination, out: Path, kafka: KafkaSettings) -> tuple[SimulationSummary, Path]:
+def simulate(config: SimulatorConfig, to: Destination, out: Path, kafka: KafkaSettings,
+             policy=None) -> tuple[SimulationSummary, Path]:
     """Writes the simulation's events to `to` (the topics of `kafka`, or Avro files under `out`) and its hidden
-    truth to `out/ground_truth.npz`, for evaluation only; returns the traffic summary and where the truth is."""
+    truth to `out/ground_truth.npz`, for evaluation only; returns the traffic summary and where the truth is.
+    `policy` (`simulator.serving`) ranks the requests; the world's logging policy by default."""
     from tqdm import tqdm
 
     from simulator.sinks import AvroFileSink, KafkaSink
 
-    simulation = Simulation(config)
+    simulation = Simulation(config, policy=policy)
     truth = simulation.world.save(Path(out) / "ground_truth.npz")
     sink = KafkaSink(kafka) if to is Destination.KAFKA else AvroFileSink(Path(out))
     events = tqdm(simulation.events(), desc=f"simulating to {to.value}", unit=" events", mininterval=1.0,

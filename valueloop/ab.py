@@ -15,20 +15,6 @@ from typing import Callable
 from config import Settings
 
 DAY_MS = 86_400_000
-LOGGING = "logging"
-
-
-def arm_policy(settings: Settings, spec: str, name: str):
-    """`logging` (the world's click-trained policy) or a SavedModel directory ranked by its value score."""
-    from simulator.serving import LoggingPolicy, ModelPolicy
-
-    sim = settings.simulator
-    if spec == LOGGING:
-        return LoggingPolicy(sim.logging_policy.model_copy(update={"name": name}), list(sim.surfaces))
-    return ModelPolicy(Path(spec), name, "value", list(sim.surfaces), list(sim.devices),
-                       sim.logging_policy.candidates, sim.logging_policy.slate_size)
-
-
 def run_split_test(settings: Settings, out: Path, control: str, treatment: str, requests_per_day: int,
                    days: int, treatment_share: float = 0.5, seed: int = 7,
                    echo: Callable[[str], None] = print) -> dict:
@@ -42,15 +28,16 @@ def run_split_test(settings: Settings, out: Path, control: str, treatment: str, 
     from simulator.world import World
     from valueloop.closed_loop import drain_s
     from valueloop.demo import loop_settings
+    from valueloop.policies import policy_from
 
+    names = {"control": f"control:{Path(control).name}", "treatment": f"treatment:{Path(treatment).name}"}
+    split = SplitPolicy([policy_from(settings, control, names["control"]),  # from the settings' own registry
+                         policy_from(settings, treatment, names["treatment"])],
+                        [1 - treatment_share, treatment_share], seed=seed)
     shutil.rmtree(out, ignore_errors=True)
     settings = loop_settings(settings, Path(out))
     base = settings.simulator.model_copy(update={"seed": seed})
     world = World.create(base)
-    names = {"control": f"control:{Path(control).name}", "treatment": f"treatment:{Path(treatment).name}"}
-    split = SplitPolicy([arm_policy(settings, control, names["control"]),
-                         arm_policy(settings, treatment, names["treatment"])],
-                        [1 - treatment_share, treatment_share], seed=seed)
     topics = list(settings.kafka.event_topics.values())
     before = {(r.topic, r.partition): r.stop for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)}
     pre = base.model_copy(update={"days": 1.0, "requests": requests_per_day, "drain_s": drain_s(settings)})

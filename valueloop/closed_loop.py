@@ -74,18 +74,10 @@ def serving_policy(settings: Settings, objective: Objective):
     sampled as `loop.serving_exploration` says, or the world's logging policy before any model is promoted.
     Returns it with the production version (None for the logging policy)."""
     from audit.registry import Registry
-    from simulator.serving import LoggingPolicy, ModelPolicy
+    from valueloop.policies import LOGGING, policy_from
 
-    sim = settings.simulator
-    registry = Registry(settings.registry)
-    version = registry.production()
-    if version is None:
-        return LoggingPolicy(sim.logging_policy, list(sim.surfaces)), None
-    model_dir = registry.version(version).model_dir
-    return ModelPolicy(model_dir, f"{settings.registry.model_name}/v{version}", objective.output,
-                       list(sim.surfaces), list(sim.devices), sim.logging_policy.candidates,
-                       sim.logging_policy.slate_size, settings.loop.serving_exploration,
-                       settings.loop.serving_temperature, settings.loop.serving_epsilon), version
+    version = Registry(settings.registry).production()
+    return policy_from(settings, LOGGING if version is None else "production", output=objective.output), version
 
 
 def unsettled_from(settings: Settings, start_ms: int) -> int:

@@ -30,6 +30,7 @@ def config(kafka_broker, tmp_path_factory):
         "simulator": {"catalogue": {"users": 3_000, "items": 400}},
         "trainer": {"epochs": 2, "learning_rate": 0.01, "shuffle_buffer": 20_000},
         "audit": {"gate_bootstrap_draws": 40},
+        "registry": {"directory": str(root / "registry")},  # empty: the loop keeps a registry per objective
     }))
     return root, path
 
@@ -126,3 +127,23 @@ def test_ab_run_serves_a_split_through_kafka_and_the_join_and_a_wrong_design_is_
                 "--treatment", "treatment:logging", "--from", day(test["test"][0]), "--to", day(test["test"][1]),
                 "--treatment-share", "0.3", check=False)
     assert wrong.returncode == 3 and "INVALID TEST: sample-ratio mismatch" in wrong.stderr
+
+
+def test_simulate_serves_with_a_model_or_says_what_is_missing(looped, config, tmp_path):
+    out, _ = looped
+    _, path = config
+    model = out / "seed-7" / "value" / "work" / "2026-11-02" / "model"
+    run("simulate", "--config", str(path), "--to", "files", "--out", str(tmp_path / "sim"), "--requests", "200",
+        "--days", "0.2", "--policy", str(model))
+    import fastavro
+
+    with open(tmp_path / "sim" / "impression.avro", "rb") as f:
+        impressions = list(fastavro.reader(f))
+    assert impressions and {i["policy"] for i in impressions} == {"model"}
+    assert all(0 < i["propensity"] <= 1 for i in impressions)
+    missing = run("simulate", "--config", str(path), "--to", "files", "--out", str(tmp_path / "x"),
+                  "--policy", "production", check=False)
+    assert missing.returncode == 1 and "has no production version to serve with" in missing.stderr
+    wrong = run("simulate", "--config", str(path), "--to", "files", "--out", str(tmp_path / "y"),
+                "--policy", str(tmp_path), check=False)
+    assert wrong.returncode == 1 and "not a SavedModel directory" in wrong.stderr

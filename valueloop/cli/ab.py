@@ -15,9 +15,9 @@ app = typer.Typer(help="A/B tests: run a split by user on the simulated world; a
 
 @app.command()
 def run(config: Optional[Path] = ConfigOption,
-        control: str = typer.Option("logging", help="`logging` (the world's click-trained policy) or a SavedModel "
-                                                    "directory."),
-        treatment: str = typer.Option(..., help="`logging` or a SavedModel directory, ranked by its value score."),
+        control: str = typer.Option("logging", help="`logging` (the world's click-trained policy), `production` or "
+                                                    "`candidate` (the registry's), or a SavedModel directory."),
+        treatment: str = typer.Option(..., help="As --control; a model ranks by its value score."),
         requests: int = typer.Option(20_000, min=100, help="Requests per simulated day."),
         days: int = typer.Option(1, min=1, help="Test days, after one pre-period day served by the logging policy."),
         treatment_share: float = typer.Option(0.5, min=0.01, max=0.99, help="Share of users in the treatment."),

@@ -19,13 +19,19 @@ def simulate(
     requests: Optional[int] = typer.Option(None, help="Ranking requests to simulate (about 11 events each)."),
     days: Optional[float] = typer.Option(None, help="Simulated days the requests spread over."),
     seed: Optional[int] = typer.Option(None, help="World and traffic seed."),
+    policy: str = typer.Option("logging", help="Who ranks the requests: `logging` (the world's click-trained "
+                                               "policy), `production` or `candidate` (the registry's), or a "
+                                               "SavedModel directory (valueloop.policies)."),
 ):
     """Simulate the clickbait world: events to Kafka or Avro files, hidden ground truth to a separate file."""
     from simulator.run import simulate as run_simulation
+    from valueloop.policies import policy_from
 
     settings = settings_from(config)
     overrides = {k: v for k, v in {"requests": requests, "days": days, "seed": seed}.items() if v is not None}
     with running_job(settings, "the events sent so far stay in the topics"):
-        summary, truth = run_simulation(settings.simulator.model_copy(update=overrides), to, out, settings.kafka)
+        serving = policy_from(settings, policy)
+        summary, truth = run_simulation(settings.simulator.model_copy(update=overrides), to, out, settings.kafka,
+                                        serving)
     typer.echo(f"ground truth (evaluation only): {truth}", err=True)
     typer.echo(json.dumps(summary.as_dict(), indent=2))
