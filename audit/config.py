@@ -78,6 +78,9 @@ class AuditConfig(BaseModel):
     offpolicy_purchase_drop: float = Field(0.10, ge=0, lt=1, description="How far the candidate's off-policy "
                                            "purchases per impression, at its 95% lower bound, may fall below "
                                            "production's logged ones before the check blocks.")
+    offpolicy_min_ess: float = Field(1000.0, ge=0, description="The effective sample size of the off-policy "
+                                     "weights below which the check reports its estimate but does not judge: the "
+                                     "candidate ranks too differently from production for production's log to say.")
     gate: tuple[Threshold, ...] = Field(DEFAULT_GATE, description="The model gate's thresholds; a failed one blocks.")
     gate_bootstrap_draws: int = Field(200, ge=20, description="Poisson bootstrap draws over requests for the "
                                       "intervals of the gate's changes.")

@@ -9,8 +9,13 @@ logged ranking comes from its own scores of the same candidates, sampled as prod
 at the serving temperature, or epsilon-greedy), and
 RIPS (`audit.offpolicy.rips`) over the first `offpolicy_slots` slots estimates its purchases per impression
 there. The log carries the feature tables serving read (`FeatureTables`), so the candidate scores the candidates
-from the same served features production did. The check fails when that estimate's 95% lower bound is more than `offpolicy_purchase_drop` below the
-purchases per impression production's slates actually earned in the same slots.
+from the same served features production did.
+
+The check fails when that estimate's 95% lower bound is more than `offpolicy_purchase_drop` below the purchases
+per impression production's slates actually earned in the same slots. Where the weights' effective sample size
+is below `offpolicy_min_ess` (a candidate whose rankings production's log rarely shows), the estimate is
+reported but not judged: a bootstrap over a handful of huge weights gives intervals that look tight and mean
+nothing.
 """
 from __future__ import annotations
 
@@ -92,11 +97,13 @@ class OffPolicyCheck:
     production: Estimate  # what production's slates earned there (on-policy)
     slots: int
     drop: float
+    judged: bool  # False: too little overlap (effective sample size) to judge; it passes then, and says so
     passed: bool
     reason: str
 
     def as_dict(self) -> dict:
-        return {"slots": self.slots, "drop": self.drop, "passed": self.passed, "reason": self.reason,
+        return {"slots": self.slots, "drop": self.drop, "judged": self.judged, "passed": self.passed,
+                "reason": self.reason,
                 **{name: {"value": e.value, "interval": list(e.interval), "effective_sample_size":
                           e.effective_sample_size, "slates": e.slates}
                    for name, e in (("candidate", self.candidate), ("production", self.production))}}
@@ -109,7 +116,7 @@ def _per_impression(estimate: Estimate, slots: int) -> Estimate:
 
 
 def offpolicy_check(log: ServingLog, target: Callable[[np.ndarray], np.ndarray], slots: int, drop: float,
-                    seed: int = 0) -> OffPolicyCheck:
+                    min_ess: float = 0.0, seed: int = 0) -> OffPolicyCheck:
     """The candidate against production, on purchases per impression in the first `slots` slots of
     production's serving log; `target(order)` gives the candidate's conditional probability of each logged
     slot's choice (e.g. `plackett_luce_probability` of its logits)."""
@@ -123,12 +130,17 @@ def offpolicy_check(log: ServingLog, target: Callable[[np.ndarray], np.ndarray],
     candidate = _per_impression(rips(ids, positions, rewards, propensity.ravel(), target, seed=seed), slots)
     production = _per_impression(ips(ids, rewards, propensity.ravel(), propensity.ravel(), seed=seed), slots)
     floor = production.value * (1 - drop)
+    estimate = (f"off-policy: the candidate's purchases per impression in the top {slots} (RIPS) "
+                f"{candidate.value:.5f} [{candidate.interval[0]:.5f}, {candidate.interval[1]:.5f}] against "
+                f"production's {production.value:.5f} on {log.policy}'s log")
+    if candidate.effective_sample_size < min_ess:
+        return OffPolicyCheck(candidate, production, slots, drop, False, True,
+                              f"{estimate}: not judged, effective sample size {candidate.effective_sample_size:,.0f} "
+                              f"of {len(rewards):,} logged slots is below {min_ess:,.0f} (the candidate ranks too "
+                              "differently from production for its log to tell)")
     passed = candidate.interval[0] >= floor
-    reason = (f"off-policy: the candidate's purchases per impression in the top {slots} (RIPS) "
-              f"{candidate.value:.5f} [{candidate.interval[0]:.5f}, {candidate.interval[1]:.5f}] against "
-              f"production's {production.value:.5f} on {log.policy}'s log: lower bound "
-              f"{'at or above' if passed else 'below'} {floor:.5f} ({drop:.0%} under production)")
-    return OffPolicyCheck(candidate, production, slots, drop, passed, reason)
+    reason = f"{estimate}: lower bound {'at or above' if passed else 'below'} {floor:.5f} ({drop:.0%} under production)"
+    return OffPolicyCheck(candidate, production, slots, drop, True, passed, reason)
 
 
 def candidate_scores(log: ServingLog, model_dir: Path, output: str = "value") -> np.ndarray:

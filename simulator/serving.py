@@ -81,13 +81,15 @@ class LoggingPolicy:
         self.names = [config.name]
         self._surface_weight = {surfaces.index(s): w for s, w in config.headline_weight_by_surface.items()}
 
-    def logits(self, world: World, users: np.ndarray, candidates: np.ndarray, surfaces: np.ndarray) -> np.ndarray:
-        """The Plackett-Luce logits of each request's candidates: the scorer over the temperature."""
+    def logits(self, world: World, users: np.ndarray, candidates: np.ndarray,
+               surfaces: np.ndarray | None) -> np.ndarray:
+        """The Plackett-Luce logits of each request's candidates: the scorer over the temperature (with each
+        surface's own headline weight; the default one where `surfaces` is None)."""
         policy = self.config
         rating = np.nan_to_num(world.item_rating[candidates], nan=3.0)
         affinity = world.user_affinity[users[:, None], world.item_category[candidates]]
         headline_weight = np.full((len(users), 1), policy.headline_weight)
-        for surface, weight in self._surface_weight.items():
+        for surface, weight in self._surface_weight.items() if surfaces is not None else ():
             headline_weight[surfaces == surface] = weight
         return (headline_weight * world.item_headline_score[candidates] + policy.affinity_weight * affinity
                 + policy.rating_weight * (rating - 3.0)) / policy.temperature
@@ -98,6 +100,18 @@ class LoggingPolicy:
         logits = self.logits(world, users, candidates, surfaces)
         order, propensity = plackett_luce(logits, min(policy.slate_size, candidates.shape[1]), rng)
         return np.take_along_axis(candidates, order, axis=1), propensity, np.zeros(len(users), np.int64), candidates
+
+    def rerank_surfaces(self, world, users, surfaces, ranked, request_ms, rng):
+        """`ranked` (from `rank` without surfaces) with the requests on surfaces of their own headline weight
+        ranked again: the order in which the world has always drawn its traffic, so that a seeded world served
+        by its logging policy delivers the same events."""
+        slates, propensity, arm, candidates = ranked
+        for surface in self._surface_weight:
+            on = surfaces == surface
+            if on.any():
+                slates[on], propensity[on], _, candidates[on] = self.rank(world, users[on], surfaces[on],
+                                                                          request_ms[on], rng)
+        return slates, propensity, arm, candidates
 
 
 class Exploration(str, enum.Enum):

@@ -132,8 +132,14 @@ class Simulation:
         world, cfg, rng = self.world, self.config, self._rng
         n = len(request_index)
         users = rng.choice(cfg.catalogue.users, n, p=world.user_activity)
-        surfaces = rng.choice(len(self._surfaces), n, p=self._surface_p)
-        slates, propensities, arm, candidates = self.policy.rank(world, users, surfaces, request_ms, rng)
+        if isinstance(self.policy, LoggingPolicy):  # ranks before the surface is drawn, as the world always has
+            ranked = self.policy.rank(world, users, None, request_ms, rng)
+            surfaces = rng.choice(len(self._surfaces), n, p=self._surface_p)
+            ranked = self.policy.rerank_surfaces(world, users, surfaces, ranked, request_ms, rng)
+        else:  # a model reads the surface among its features
+            surfaces = rng.choice(len(self._surfaces), n, p=self._surface_p)
+            ranked = self.policy.rank(world, users, surfaces, request_ms, rng)
+        slates, propensities, arm, candidates = ranked
         names = self.policy.names
         positions = np.broadcast_to(np.arange(slates.shape[1]), slates.shape)
         flat_users = np.repeat(users, slates.shape[1])

@@ -136,7 +136,8 @@ def offpolicy_check(settings: Settings, loop: LoopSettings, day: str, candidate_
     scores = candidate_scores(log, candidate_dir)
     return check(log, lambda order: target_probability(scores, order, loop.serving_exploration,
                                                        loop.serving_temperature, loop.serving_epsilon),
-                 settings.audit.offpolicy_slots, settings.audit.offpolicy_purchase_drop)
+                 settings.audit.offpolicy_slots, settings.audit.offpolicy_purchase_drop,
+                 settings.audit.offpolicy_min_ess)
 
 
 def train_candidate(settings: Settings, loop: LoopSettings, day: str) -> Path:

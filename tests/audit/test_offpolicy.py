@@ -104,6 +104,11 @@ def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of
     better[:, :2] += 1.0
     assert offpolicy_check(log, lambda order: pl(better, order), slots=3, drop=0.10).candidate.value > \
         same.production.value
+    assert same.judged and check.judged and check.candidate.effective_sample_size > 1000
+    far = logits.copy()
+    far[:, 4:] += 8.0  # two columns production seldom put on top, now always there: a few rows carry the weight
+    unjudged = offpolicy_check(log, lambda order: pl(far, order), slots=3, drop=0.10, min_ess=1000)
+    assert not unjudged.judged and unjudged.passed and "not judged, effective sample size" in unjudged.reason
 
 
 def test_epsilon_greedy_probability_is_the_propensity_epsilon_greedy_logs_pure_function():
