@@ -67,19 +67,34 @@ def kafka_settings_module(kafka_broker) -> KafkaSettings:
     return _own_topics(kafka_broker)
 
 
-def read_dead_letters(settings: KafkaSettings) -> list:
-    """Every message in the settings' dead-letter topic, as kafka-python's consumer reads it."""
+def read_topic(settings: KafkaSettings, topic: str, deadline_s: float = 120.0) -> dict[int, list]:
+    """Every message in `topic`, by partition, as kafka-python's consumer reads it: up to each partition's end
+    offset as the broker reports it now, so that a slow fetch cannot end the read early."""
+    import time
+
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=5000)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
     try:
-        partitions = [TopicPartition(settings.dead_letter_topic, p)
-                      for p in consumer.partitions_for_topic(settings.dead_letter_topic)]
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        return list(consumer)
+        ends = consumer.end_offsets(partitions)
+        by_partition: dict[int, list] = {tp.partition: [] for tp in partitions}
+        give_up = time.monotonic() + deadline_s
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < give_up, \
+                f"{topic}: read {sum(map(len, by_partition.values()))} of {sum(ends.values())} messages in {deadline_s:.0f}s"
+            for tp, batch in consumer.poll(timeout_ms=1_000).items():
+                by_partition[tp.partition].extend(batch)
+        return by_partition
     finally:
         consumer.close()
+
+
+def read_dead_letters(settings: KafkaSettings) -> list:
+    """Every message in the settings' dead-letter topic."""
+    return [m for messages in read_topic(settings, settings.dead_letter_topic).values() for m in messages]
 
 
 class Receiver:

@@ -9,7 +9,7 @@ from kafka.record.util import calc_crc32c
 from kafka_io.fetcher import (CorruptBatchError, FetchError, PartitionFetcher, parse_record_batches,
                               read_record_batches)
 from kafka_io.producer import EventProducer
-from tests.kafka_io.test_producer import read_partitions
+from tests.conftest import read_topic
 
 RECORDS = [(1_700_000_000_000, b"u1", b""), (1_700_000_000_500, b"u2", b"x" * 300),
            (1_699_999_999_000, b"u1", b"late"), (1_700_000_100_000, b"u3", bytes(range(256)) * 40)]
@@ -57,7 +57,7 @@ def test_the_fetcher_reads_what_kafka_pythons_consumer_reads(kafka_settings, com
     other.send(topic, b"v" * 20_000, key=b"k" * 200, partition=1, timestamp_ms=1_700_001_000_000).get(timeout=30)
     other.close()
     expected = {p: [(m.offset, m.timestamp, m.key, m.value) for m in messages]
-                for p, messages in read_partitions(kafka_settings, topic).items()}
+                for p, messages in read_topic(kafka_settings, topic).items()}
     fetcher = PartitionFetcher(kafka_settings.bootstrap_servers, max_bytes=16_384)  # many fetches per partition
     try:
         assert {p: _read_all(fetcher, topic, p) for p in expected} == expected

@@ -7,28 +7,15 @@ import time
 from collections import Counter, defaultdict
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from infra.kafka import KafkaBroker
 from kafka_io.producer import DeliveryError, EventProducer
 from schemas import EventDecoder
 from simulator import Simulation, SimulatorConfig
+from tests.conftest import read_topic
 
 SIM = {"requests": 40_000, "days": 2.0, "seed": 5}
-
-
-def read_partitions(settings, topic) -> dict[int, list]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=5_000)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        by_partition = defaultdict(list)
-        for message in consumer:
-            by_partition[message.partition].append(message)
-        return by_partition
-    finally:
-        consumer.close()
 
 
 def test_keys_land_where_kafka_pythons_producer_puts_them_in_order(kafka_settings):
@@ -42,7 +29,7 @@ def test_keys_land_where_kafka_pythons_producer_puts_them_in_order(kafka_setting
         for n in range(3_000):
             producer.send(topic, f"{n}".encode(), keys[n % len(keys)], 1_700_000_000_000 + n)
     seen = defaultdict(list)
-    for partition, messages in read_partitions(kafka_settings, topic).items():
+    for partition, messages in read_topic(kafka_settings, topic).items():
         for m in messages:
             if m.value != b"ref":
                 assert expected[m.key] == partition
@@ -96,7 +83,7 @@ def test_a_broker_restart_during_simulate_leaves_every_event_in_the_topics_once(
         decoder = EventDecoder()
         stored = Counter()
         for name, topic in kafka.event_topics.items():
-            for messages in read_partitions(kafka, topic).values():
+            for messages in read_topic(kafka, topic).values():
                 stored.update((name, decoder.decode(m.value).datum["event_id"]) for m in messages)
         # The same seeded world again, in this process: every delivery it makes (its own repeats included) is in
         # the topics exactly as often as it made it.

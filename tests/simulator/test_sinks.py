@@ -3,31 +3,19 @@ from collections import Counter, defaultdict
 
 import fastavro
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from schemas import BadEventError, EventDecoder
 from schemas.codec import Reason
 from simulator import Simulation, SimulatorConfig
 from simulator.sinks import AvroFileSink, KafkaSink
+from tests.conftest import read_topic
 
 SMALL = SimulatorConfig.model_validate({"seed": 5, "requests": 600, "days": 0.5, "catalogue": {"users": 200, "items": 100}})
 
 
 def consume_all(settings, topic: str) -> list:
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=5_000,
-                             enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        messages = []
-        while sum(consumer.position(tp) for tp in partitions) < sum(ends.values()):
-            for batch in consumer.poll(timeout_ms=2_000).values():
-                messages.extend(batch)
-        return messages
-    finally:
-        consumer.close()
+    return [m for _, messages in sorted(read_topic(settings, topic).items()) for m in messages]
 
 
 def test_simulated_events_round_trip_through_the_broker(kafka_settings):
