@@ -19,15 +19,39 @@ from typing import Protocol
 
 import numpy as np
 
-from audit.offpolicy import plackett_luce_probability
+from audit.offpolicy import epsilon_greedy_probability, plackett_luce_probability
 from simulator.config import LoggingPolicyConfig
 from simulator.world import World
+
+
+class Surfaces:
+    """Each request's surface (an index into the config's surfaces), drawn when a policy first asks for it.
+
+    A model reads the surface among its features, so it asks first; the logging policy ranks before it looks (and
+    re-ranks the requests on surfaces with a headline weight of their own), the order in which the world has
+    always drawn its traffic, so a seeded world served by its logging policy delivers the same events."""
+
+    def __init__(self, draw=None, drawn: np.ndarray | None = None):
+        self._draw, self._drawn = draw, drawn
+
+    @property
+    def drawn(self) -> bool:
+        return self._drawn is not None
+
+    def __call__(self) -> np.ndarray:
+        if self._drawn is None:
+            self._drawn = self._draw()
+        return self._drawn
+
+    def subset(self, rows: np.ndarray) -> Surfaces:
+        """The surfaces of `rows` (drawn now: a part cannot be drawn apart from the whole)."""
+        return Surfaces(drawn=self()[rows])
 
 
 class Policy(Protocol):
     names: list[str]  # what the Impression's `policy` field says, per arm
 
-    def rank(self, world: World, users: np.ndarray, surfaces: np.ndarray, request_ms: np.ndarray,
+    def rank(self, world: World, users: np.ndarray, surfaces: Surfaces, request_ms: np.ndarray,
              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(slates, propensities, arm, candidates): the shown items and each slot's propensity (requests, slate
         size), each request's arm (an index into `names`) and the candidates it was chosen from."""
@@ -51,25 +75,22 @@ def plackett_luce(logits: np.ndarray, slate_size: int, rng: np.random.Generator)
 def epsilon_greedy(scores: np.ndarray, slate_size: int, epsilon: float,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Fills each slot with the best remaining column, or with probability `epsilon` a uniformly random remaining
-    one; returns the chosen columns and each choice's conditional probability."""
+    one; returns the chosen columns and each choice's conditional probability (the audit's own
+    `epsilon_greedy_probability`, so that what is logged is what the off-policy check recomputes)."""
     n, m = scores.shape
     taken = np.zeros((n, m), bool)
     order = np.empty((n, slate_size), np.int64)
-    propensity = np.empty((n, slate_size))
     rows = np.arange(n)
     for slot in range(slate_size):
-        left = m - slot
         best = np.argmax(np.where(taken, -np.inf, scores), axis=1)
         # a uniform pick among the columns not taken: the j-th free column for a uniform j
-        j = rng.integers(0, left, n)
+        j = rng.integers(0, m - slot, n)
         free_rank = np.cumsum(~taken, axis=1) - 1
         uniform = np.argmax((free_rank == j[:, None]) & ~taken, axis=1)
         explore = rng.random(n) < epsilon
-        pick = np.where(explore, uniform, best)
-        order[:, slot] = pick
-        propensity[:, slot] = epsilon / left + (1 - epsilon) * (pick == best)
-        taken[rows, pick] = True
-    return order, propensity
+        order[:, slot] = np.where(explore, uniform, best)
+        taken[rows, order[:, slot]] = True
+    return order, epsilon_greedy_probability(scores, order, epsilon)
 
 
 class LoggingPolicy:
@@ -95,23 +116,23 @@ class LoggingPolicy:
                 + policy.rating_weight * (rating - 3.0)) / policy.temperature
 
     def rank(self, world, users, surfaces, request_ms, rng):
+        if surfaces.drawn:
+            return self._rank(world, users, surfaces(), request_ms, rng)
+        slates, propensity, arm, candidates = self._rank(world, users, None, request_ms, rng)
+        drawn = surfaces()
+        for surface in self._surface_weight:
+            on = drawn == surface
+            if on.any():
+                slates[on], propensity[on], _, candidates[on] = self._rank(world, users[on], drawn[on],
+                                                                           request_ms[on], rng)
+        return slates, propensity, arm, candidates
+
+    def _rank(self, world, users, surfaces, request_ms, rng):
         policy = self.config
         candidates = retrieve(world, users, policy.candidates, rng)
         logits = self.logits(world, users, candidates, surfaces)
         order, propensity = plackett_luce(logits, min(policy.slate_size, candidates.shape[1]), rng)
         return np.take_along_axis(candidates, order, axis=1), propensity, np.zeros(len(users), np.int64), candidates
-
-    def rerank_surfaces(self, world, users, surfaces, ranked, request_ms, rng):
-        """`ranked` (from `rank` without surfaces) with the requests on surfaces of their own headline weight
-        ranked again: the order in which the world has always drawn its traffic, so that a seeded world served
-        by its logging policy delivers the same events."""
-        slates, propensity, arm, candidates = ranked
-        for surface in self._surface_weight:
-            on = surfaces == surface
-            if on.any():
-                slates[on], propensity[on], _, candidates[on] = self.rank(world, users[on], surfaces[on],
-                                                                          request_ms[on], rng)
-        return slates, propensity, arm, candidates
 
 
 class Exploration(str, enum.Enum):
@@ -179,6 +200,7 @@ class ModelPolicy:
         return standardised_logits(scores, self.temperature)
 
     def rank(self, world, users, surfaces, request_ms, rng):
+        surfaces = surfaces()
         candidates = retrieve(world, users, self.candidates, rng)
         scores = self.scores(world, users, candidates, surfaces, request_ms)
         k = min(self.slate_size, candidates.shape[1])
@@ -215,7 +237,7 @@ class SplitPolicy:
 
     def rank(self, world, users, surfaces, request_ms, rng):
         arm = arm_of(users, self.shares, self.seed)
-        ranked = {a: policy.rank(world, users[arm == a], surfaces[arm == a], request_ms[arm == a], rng)
+        ranked = {a: policy.rank(world, users[arm == a], surfaces.subset(arm == a), request_ms[arm == a], rng)
                   for a, policy in enumerate(self.arms) if np.any(arm == a)}
         slate_size = min(r[0].shape[1] for r in ranked.values())
         width = min(r[3].shape[1] for r in ranked.values())

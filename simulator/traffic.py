@@ -13,7 +13,7 @@ import numpy as np
 
 from simulator.config import LogNormalDelay, SimulatorConfig
 from simulator.served import ServedLog
-from simulator.serving import LoggingPolicy, Policy
+from simulator.serving import LoggingPolicy, Policy, Surfaces
 from simulator.world import World
 
 EVENT_NAMES = ("Impression", "Click", "Dwell", "AddToCart", "Purchase")
@@ -132,13 +132,9 @@ class Simulation:
         world, cfg, rng = self.world, self.config, self._rng
         n = len(request_index)
         users = rng.choice(cfg.catalogue.users, n, p=world.user_activity)
-        if isinstance(self.policy, LoggingPolicy):  # ranks before the surface is drawn, as the world always has
-            ranked = self.policy.rank(world, users, None, request_ms, rng)
-            surfaces = rng.choice(len(self._surfaces), n, p=self._surface_p)
-            ranked = self.policy.rerank_surfaces(world, users, surfaces, ranked, request_ms, rng)
-        else:  # a model reads the surface among its features
-            surfaces = rng.choice(len(self._surfaces), n, p=self._surface_p)
-            ranked = self.policy.rank(world, users, surfaces, request_ms, rng)
+        surfaces = Surfaces(lambda: rng.choice(len(self._surfaces), n, p=self._surface_p))
+        ranked = self.policy.rank(world, users, surfaces, request_ms, rng)
+        surfaces = surfaces()
         slates, propensities, arm, candidates = ranked
         names = self.policy.names
         positions = np.broadcast_to(np.arange(slates.shape[1]), slates.shape)

@@ -111,10 +111,11 @@ def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of
     assert not unjudged.judged and unjudged.passed and "not judged, effective sample size" in unjudged.reason
 
 
-def test_epsilon_greedy_probability_is_the_propensity_epsilon_greedy_logs_pure_function():
+def test_epsilon_greedy_probability_by_hand_pure_function():
     from audit.offpolicy import epsilon_greedy_probability
-    from simulator.serving import epsilon_greedy
 
-    scores = np.random.default_rng(1).normal(size=(500, 7))
-    order, logged = epsilon_greedy(scores, 4, 0.25, np.random.default_rng(2))
-    assert epsilon_greedy_probability(scores, order, 0.25) == pytest.approx(logged)
+    scores = np.array([[0.9, 0.5, 0.1, 0.3]])
+    # best first (0.75 + 0.25/4), then a column that is not the best of the three left (0.25/3), then the best of
+    # the two left (0.75 + 0.25/2)
+    order = np.array([[0, 2, 1]])
+    assert epsilon_greedy_probability(scores, order, 0.25) == pytest.approx(np.array([[0.8125, 0.25 / 3, 0.875]]))
