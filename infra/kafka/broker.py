@@ -257,11 +257,6 @@ class KafkaBroker:
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
                     "auto.create.topics.enable=false",
-                    # A controlled shutdown moves leadership off the node before it stops. With no other node to
-                    # move it to, it only fences the partitions: produce requests already appended are answered
-                    # "not leader", and the producer's retry after the restart can be written a second time. Off,
-                    # the connection just closes, and the retry is recognised by its sequence number.
-                    "controlled.shutdown.enable=false",
                     # Simulated event times lie in the past; keep every message until the run directory goes.
                     "log.retention.ms=-1",
                     "message.max.bytes=10485760",
