@@ -1,5 +1,5 @@
 """valueloop's producer (librdkafka) against the real broker: where keys land, failures named, and a broker restart
-in the middle of `valueloop simulate` losing nothing.
+in the middle of `valueloop simulate` losing nothing."""
 import json
 import subprocess
 import sys
