@@ -2,8 +2,9 @@
  * every message, in C.
  *
  * A record is: length, attributes (int8), timestamp delta, offset delta, key length and key, value length and
- * value, header count and headers; lengths and deltas are zigzag varints, a length of -1 a null. Headers are
- * not read: the record's length skips them.
+ * value, header count and headers (each a key string and a nullable value); lengths and deltas are zigzag
+ * varints, a length of -1 a null. Headers are read only when asked for: valueloop's events carry none, and the
+ * hot path skips them by the record's length.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -49,13 +50,45 @@ static PyObject *read_blob(Cursor *c, Py_ssize_t end, int64_t offset) {
     return blob;
 }
 
+/* A record's headers as a list of (key str, value bytes or None); a new reference, NULL on error. */
+static PyObject *read_headers(Cursor *c, Py_ssize_t end, int64_t offset) {
+    int64_t count;
+    if (read_zigzag(c, &count) < 0) return NULL;
+    if (count < 0 || count > end - c->i) {
+        PyErr_Format(RecordFormatError, "record at offset %lld counts %lld headers", (long long)offset,
+                     (long long)count);
+        return NULL;
+    }
+    PyObject *headers = PyList_New(0);
+    for (int64_t h = 0; headers != NULL && h < count; h++) {
+        int64_t length;
+        if (read_zigzag(c, &length) < 0 || length < 0 || length > end - c->i) {
+            if (!PyErr_Occurred())
+                PyErr_Format(RecordFormatError, "a header key of record at offset %lld runs past its length",
+                             (long long)offset);
+            Py_CLEAR(headers);
+            break;
+        }
+        PyObject *key = PyUnicode_DecodeUTF8((const char *)c->b + c->i, (Py_ssize_t)length, "replace");
+        c->i += (Py_ssize_t)length;
+        PyObject *value = key ? read_blob(c, end, offset) : NULL;
+        PyObject *pair = value ? PyTuple_Pack(2, key, value) : NULL;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (pair == NULL || PyList_Append(headers, pair) < 0) Py_CLEAR(headers);
+        Py_XDECREF(pair);
+    }
+    return headers;
+}
+
 static PyObject *append_records(PyObject *self, PyObject *args) {
     Py_buffer payload;
     Py_ssize_t count;
     long long base_offset, base_ts, first;
     PyObject *fixed_ts, *out;
-    if (!PyArg_ParseTuple(args, "y*nLLOLO!", &payload, &count, &base_offset, &base_ts, &fixed_ts, &first,
-                          &PyList_Type, &out))
+    int with_headers = 0;
+    if (!PyArg_ParseTuple(args, "y*nLLOLO!|p", &payload, &count, &base_offset, &base_ts, &fixed_ts, &first,
+                          &PyList_Type, &out, &with_headers))
         return NULL;
     long long fixed = 0;
     int has_fixed = fixed_ts != Py_None;
@@ -84,16 +117,24 @@ static PyObject *append_records(PyObject *self, PyObject *args) {
             Py_DECREF(key);
             goto fail;
         }
+        PyObject *headers = NULL;
+        if (with_headers && offset >= first && (headers = read_headers(&c, end, offset)) == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(value);
+            goto fail;
+        }
         if (c.i > end) {
             Py_DECREF(key);
             Py_DECREF(value);
+            Py_XDECREF(headers);
             PyErr_Format(RecordFormatError, "record at offset %lld runs past its length", offset);
             goto fail;
         }
-        c.i = end;  /* headers: unused */
+        c.i = end;
         if (offset >= first) {
-            PyObject *record = Py_BuildValue("(LLNN)", offset, has_fixed ? fixed : base_ts + timestamp_delta,
-                                             key, value);
+            long long timestamp = has_fixed ? fixed : base_ts + timestamp_delta;
+            PyObject *record = headers ? Py_BuildValue("(LLNNN)", offset, timestamp, key, value, headers)
+                                       : Py_BuildValue("(LLNN)", offset, timestamp, key, value);
             if (record == NULL || PyList_Append(out, record) < 0) {
                 Py_XDECREF(record);
                 goto fail;
@@ -249,10 +290,11 @@ static PyMethodDef methods[] = {
     {"unpack_records", unpack_records, METH_O,
      PyDoc_STR("unpack_records(packed): the list of records that pack_records packed.")},
     {"append_records", append_records, METH_VARARGS,
-     PyDoc_STR("append_records(payload, count, base_offset, base_timestamp, fixed_timestamp, first, out): appends "
-               "to the list `out` the (offset, timestamp_ms, key, value) of the batch payload's `count` records at "
-               "offset `first` or later; `fixed_timestamp` (not None) replaces every record's timestamp. Raises "
-               "RecordFormatError when the payload is not `count` whole records.")},
+     PyDoc_STR("append_records(payload, count, base_offset, base_timestamp, fixed_timestamp, first, out, "
+               "with_headers=False): appends to the list `out` the (offset, timestamp_ms, key, value) of the batch "
+               "payload's `count` records at offset `first` or later, with a fifth item, the headers as a list of "
+               "(key, value) pairs, when `with_headers`; `fixed_timestamp` (not None) replaces every record's "
+               "timestamp. Raises RecordFormatError when the payload is not `count` whole records.")},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,22 +10,32 @@ letter; the scheduler runs one at a time.
 A value too large for the topic (its max.message.bytes, read from the broker) keeps its first 64 KiB, marked
 truncated, with its size and SHA-256: a message that the broker keeps whole on an event topic would otherwise be
 a poison pill, failing every run over its offset. A record with neither key nor value is a letter like any other.
+
+A letter keeps its original record's headers (a trace id, say), each under `original.` beside valueloop's own, and
+its original record time. The join's hot path carries neither (valueloop's events have no headers, and a replay's
+records are restamped with event time), so the writer reads them back from the letter's origin
+(`OriginReader`), a fetch per batch of origins: letters are few.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from kafka_io.fetcher import FetchError, PartitionFetcher
+from kafka_io.metadata import TopicMetadataError, topic_configs
 from pipelines.records import DeadLetter
 
-PREFIX_BYTES = 64 << 10  # what a truncated value, or key, keeps
+_LOG = logging.getLogger("valueloop.join")
+PREFIX_BYTES = 64 << 10  # what a truncated value, or key, keeps; what the original headers may take
 HEADROOM_BYTES = 16 << 10  # the batch framing and the headers beside key and value
 DETAIL_BYTES = 4096
 ID_HEADER = "dead_letter.id"
+ORIGINAL_PREFIX = "original."  # before each of the original record's headers: valueloop's own never start so
 
 
 class DeadLetterError(RuntimeError):
@@ -42,41 +52,67 @@ def _fit(data: bytes | None, budget: int) -> tuple[bytes | None, list[tuple[str,
     return data[:PREFIX_BYTES], [("truncated", b"true"), ("sha256", hashlib.sha256(data).hexdigest().encode())]
 
 
-def dead_letter_message(letter: DeadLetter, max_bytes: int) -> tuple[bytes | None, bytes | None, list]:
+def dead_letter_message(letter: DeadLetter, max_bytes: int, original_headers: list | None = None
+                        ) -> tuple[bytes | None, bytes | None, list]:
     """The (key, value, headers) written for `letter` to a topic that takes messages of up to `max_bytes`.
 
     The origin (`source.*`), the reason and its detail, the identity and the original sizes (-1 for null) are
     always there. Key and value go whole when they fit; otherwise the value, and a key over 64 KiB, keep their
-    first 64 KiB, with `value.truncated` (`key.truncated`) and the SHA-256 of the whole.
+    first 64 KiB, with `value.truncated` (`key.truncated`) and the SHA-256 of the whole. The original record's
+    headers (None: they could not be read back) follow under `original.`, in order, as many as fit in 64 KiB;
+    `source.header_count` says how many it had (-1: unread), `source.headers_truncated` that some are left out.
     """
     headers = [("source.topic", letter.topic.encode()), ("source.partition", str(letter.partition).encode()),
                ("source.offset", str(letter.offset).encode()), ("source.timestamp", str(letter.timestamp_ms).encode()),
                ("reason", letter.reason.encode()), ("detail", letter.detail.encode()[:DETAIL_BYTES]),
                (ID_HEADER, dead_letter_id(letter.topic, letter.partition, letter.offset).encode()),
                ("key.size", str(-1 if letter.key is None else len(letter.key)).encode()),
-               ("value.size", str(-1 if letter.value is None else len(letter.value)).encode())]
+               ("value.size", str(-1 if letter.value is None else len(letter.value)).encode()),
+               ("source.header_count", str(-1 if original_headers is None else len(original_headers)).encode())]
+    kept, kept_bytes = [], 0
+    for name, header in original_headers or ():
+        size = len(ORIGINAL_PREFIX) + len(name.encode()) + len(header or b"")
+        if kept_bytes + size > PREFIX_BYTES:
+            headers.append(("source.headers_truncated", b"true"))
+            break
+        kept.append((ORIGINAL_PREFIX + name, header))
+        kept_bytes += size
     key, key_marks = _fit(letter.key, PREFIX_BYTES)
-    value, value_marks = _fit(letter.value, max_bytes - HEADROOM_BYTES - len(key or b""))
+    value, value_marks = _fit(letter.value, max_bytes - HEADROOM_BYTES - len(key or b"") - kept_bytes)
     headers += [(f"key.{name}", mark) for name, mark in key_marks]
     headers += [(f"value.{name}", mark) for name, mark in value_marks]
-    return key, value, headers
+    return key, value, headers + kept
+
+
+class Origin(NamedTuple):
+    timestamp_ms: int  # the record's own timestamp, as the broker keeps it
+    headers: list  # (key, value) pairs
+
+
+class OriginReader:
+    """Reads back the timestamp and headers of the records that letters come from, one fetch per batch: the
+    records of the last fetch of each partition are kept until a letter asks for an offset they lack."""
+
+    def __init__(self, fetcher: PartitionFetcher):
+        self._fetcher = fetcher
+        self._read: dict[tuple[str, int], dict[int, Origin]] = {}
+
+    def origin(self, topic: str, partition: int, offset: int) -> Origin | None:
+        """The record's Origin; None when the broker no longer holds it (retention, compaction)."""
+        read = self._read.get((topic, partition), {})
+        if offset not in read:
+            fetched = self._fetcher.fetch(topic, partition, offset, headers=True)
+            read = self._read[(topic, partition)] = {r[0]: Origin(r[1], r[4]) for r in fetched.records}
+        return read.get(offset)
 
 
 def topic_limit(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> int:
     """The dead-letter topic's max.message.bytes on the broker; DeadLetterError when the topic is missing."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, ConfigResource
-
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "client.id": "valueloop-dead-letters"})
-    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     try:
-        configs = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout=timeout_s)
-    except KafkaException as error:
-        if error.args[0].code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
-            raise DeadLetterError(f"the dead-letter topic {topic} does not exist on {bootstrap_servers}: "
-                                  "`valueloop kafka topics` creates it with its limits") from None
-        raise
-    return int(configs["max.message.bytes"].value)
+        return topic_configs(bootstrap_servers, [topic], timeout_s)[topic].max_message_bytes
+    except TopicMetadataError:
+        raise DeadLetterError(f"the dead-letter topic {topic} does not exist on {bootstrap_servers}: "
+                              "`valueloop kafka topics` creates it with its limits") from None
 
 
 def already_written(bootstrap_servers: str, topic: str, origins: Iterable[tuple[str, int, int, int]],
@@ -118,12 +154,15 @@ def already_written(bootstrap_servers: str, topic: str, origins: Iterable[tuple[
 
 
 class _SendDeadLetters(beam.DoFn):
-    def __init__(self, bootstrap_servers: str, topic: str, max_bytes: int, skip: frozenset[str]):
+    def __init__(self, bootstrap_servers: str, topic: str, max_bytes: int, skip: frozenset[str],
+                 max_batch_bytes: int):
         self._bootstrap = bootstrap_servers
         self._topic = topic
         self._max_bytes = max_bytes
         self._skip = skip
+        self._max_batch_bytes = max_batch_bytes
         self._producer = None
+        self._fetcher = None
 
     def setup(self):
         from confluent_kafka import Producer
@@ -133,6 +172,10 @@ class _SendDeadLetters(beam.DoFn):
             "enable.idempotence": True, "compression.type": "zstd", "linger.ms": 20,
             "message.max.bytes": self._max_bytes, "message.timeout.ms": 60_000,
             "log_level": 4})  # warnings and worse: not the idle connections the broker closes
+        self._fetcher = PartitionFetcher(self._bootstrap, client_id="valueloop-dead-letters",
+                                         max_batch_bytes=self._max_batch_bytes)
+        self._origins = OriginReader(self._fetcher)
+        self._unread = Metrics.counter("dead_letters", "origin_unread")
         self._written = Metrics.counter("dead_letters", "written")
         self._skipped = Metrics.counter("dead_letters", "already_written")
         self._failures: list = []
@@ -147,7 +190,17 @@ class _SendDeadLetters(beam.DoFn):
         if dead_letter_id(letter.topic, letter.partition, letter.offset) in self._skip:
             self._skipped.inc()
             return
-        key, value, headers = dead_letter_message(letter, self._max_bytes)
+        try:
+            origin = self._origins.origin(letter.topic, letter.partition, letter.offset)
+        except FetchError as error:
+            _LOG.warning("the origin of the dead letter %s cannot be read back: %s",
+                         dead_letter_id(letter.topic, letter.partition, letter.offset), error)
+            origin = None
+        if origin is None:
+            self._unread.inc()
+        else:
+            letter = letter._replace(timestamp_ms=origin.timestamp_ms)
+        key, value, headers = dead_letter_message(letter, self._max_bytes, origin and origin.headers)
         while True:
             try:
                 self._producer.produce(self._topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
@@ -170,6 +223,9 @@ class _SendDeadLetters(beam.DoFn):
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None  # librdkafka's client goes with its last reference
+        if self._fetcher is not None:
+            self._fetcher.close()
+            self._fetcher = None
 
 
 def _describe_failures(topic: str, bootstrap: str, failures: list, left: int) -> str:
@@ -185,12 +241,14 @@ def _describe_failures(topic: str, bootstrap: str, failures: list, left: int) ->
 
 
 class WriteDeadLetters(beam.PTransform):
-    """Each dead letter to the dead-letter topic (`dead_letter_message`), except those in `skip`, identities of
-    letters the topic already holds (`already_written`)."""
+    """Each dead letter to the dead-letter topic (`dead_letter_message`) with its origin's record time and
+    headers, except those in `skip`, identities of letters the topic already holds (`already_written`).
+    `max_batch_bytes` is the largest batch the origins' topics may hold (`kafka_source.largest_batch_bytes`)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, max_bytes: int, skip: frozenset[str] = frozenset()):
+    def __init__(self, bootstrap_servers: str, topic: str, max_bytes: int, skip: frozenset[str] = frozenset(),
+                 max_batch_bytes: int = 0):
         super().__init__()
-        self._fn = _SendDeadLetters(bootstrap_servers, topic, max_bytes, skip)
+        self._fn = _SendDeadLetters(bootstrap_servers, topic, max_bytes, skip, max_batch_bytes)
 
     def expand(self, letters):
         return letters | "Send to the dead-letter topic" >> beam.ParDo(self._fn)

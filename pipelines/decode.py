@@ -45,8 +45,10 @@ class EventTimeStamps:
     time): an event is then late by how far its time lies behind events read before it.
 
     A plausible event time is one a valid event could carry: no later than the record's timestamp, or the
-    reader's clock, plus the decoder's skew. Records before the first plausible one keep their timestamps,
-    bounded by the clock. One instance serves one partition range, from its start.
+    reader's clock, plus the decoder's skew. Records before the first plausible one keep their timestamps. A
+    record stamped past the clock keeps its own timestamp: the decoder sends it to the dead letters for that
+    (`record_time_ahead`), as it does when lateness is measured against record time. One instance serves one
+    partition range, from its start.
     """
 
     def __init__(self, clock: RecordClock, skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS):
@@ -60,9 +62,12 @@ class EventTimeStamps:
         stamped = []
         for (offset, timestamp_ms, key, value), event_ms in zip(
                 records, self._peek([record[3] for record in records], "event_time_ms")):
-            if type(event_ms) is int and frontier < event_ms <= min(timestamp_ms, latest) + skew:
+            if timestamp_ms > latest:
+                stamped.append((offset, timestamp_ms, key, value))
+                continue
+            if type(event_ms) is int and frontier < event_ms <= timestamp_ms + skew:
                 frontier = event_ms
-            stamped.append((offset, frontier if frontier > 0 else min(timestamp_ms, latest), key, value))
+            stamped.append((offset, frontier if frontier > 0 else timestamp_ms, key, value))
         self._frontier = frontier
         return stamped
 

@@ -22,7 +22,13 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from kafka_io.fetcher import FRAME_MARGIN_BYTES, BatchTooLargeError, CorruptBatchError, FetchError, PartitionFetcher
+from kafka_io.metadata import topic_configs
 from pipelines.records import KafkaChunk, KafkaRecord
+from pipelines.worker import collect_garbage_less_often
+
+
+_CONSUMER_FRAME_BYTES = 100_000_000  # kafka-python's consumer's own frame limit
 
 
 class PartitionRange(NamedTuple):
@@ -115,6 +121,13 @@ def ranges_for_times(bootstrap_servers: str, topics: Iterable[str], from_ms: int
         consumer.close()
 
 
+def largest_batch_bytes(bootstrap_servers: str, topics: Iterable[str], at_least: int | None = None) -> int:
+    """The largest record batch a reader of `topics` must take: their largest max.message.bytes as the broker
+    applies it now, or `at_least` (join.max_batch_bytes) where that is larger."""
+    limits = [config.max_message_bytes for config in topic_configs(bootstrap_servers, topics).values()]
+    return max([*limits, at_least or 0])
+
+
 class _RunTracker(OffsetRestrictionTracker):
     """Offsets claimed a run at a time: a claim of offset n claims every unclaimed offset up to n as well.
 
@@ -135,8 +148,9 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
     offsets."""
 
     def __init__(self, bootstrap_servers: str, split_size: int, chunk_size: int, idle_timeout_s: float,
-                 restamp=None):
+                 restamp=None, max_batch_bytes: int = 0):
         self._bootstrap = bootstrap_servers
+        self._max_batch_bytes = max_batch_bytes
         self._split_size = split_size
         self._chunk_size = chunk_size
         self._idle_timeout_s = idle_timeout_s
@@ -163,19 +177,15 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
     # -- reading ------------------------------------------------------------------------------------
 
     def setup(self):
-        from kafka_io.fetcher import PartitionFetcher
-        from pipelines.worker import collect_garbage_less_often
-
         collect_garbage_less_often()
-        self._fetcher = PartitionFetcher(self._bootstrap, client_id="valueloop-join")
+        self._fetcher = PartitionFetcher(self._bootstrap, client_id="valueloop-join",
+                                         max_batch_bytes=self._max_batch_bytes)
 
     def teardown(self):
         if self._fetcher is not None:
             self._fetcher.close()
 
     def process(self, element: PartitionRange, tracker=beam.DoFn.RestrictionParam()):
-        from kafka_io.fetcher import CorruptBatchError, FetchError
-
         position = tracker.current_restriction().start
         claimed = position - 1
         idle_since = time.monotonic()
@@ -183,6 +193,11 @@ class _ReadRange(beam.DoFn, RestrictionProvider):
         while position < tracker.current_restriction().stop:
             try:
                 fetched = self._fetcher.fetch(element.topic, element.partition, position)
+            except BatchTooLargeError as error:
+                raise SourceError(f"{error} (its fetch size, or the largest max.message.bytes of the topics read "
+                                  f"when the job was planned). A batch written before its topic's limit was lowered "
+                                  f"can be larger: set join.max_batch_bytes to at least {error.response_bytes}") \
+                    from None
             except (FetchError, CorruptBatchError) as error:
                 raise SourceError(str(error)) from error
             stop = tracker.current_restriction().stop
@@ -231,11 +246,16 @@ class ReadKafkaRanges(beam.PTransform):
 
     With `restamp`, a factory of functions from a chunk's records to records with other timestamps: each range
     gets one, and passes it its chunks in offset order (`decode.EventTimeStamps`); such ranges are read whole.
+
+    `max_batch_bytes` is the largest record batch the reader takes (`largest_batch_bytes`): a broker sends a batch
+    whole, however large, so a smaller limit would make a large batch unreadable.
     """
 
     def __init__(self, bootstrap_servers: str, ranges: list[PartitionRange], split_size: int = 50_000,
-                 chunk_size: int = 5_000, idle_timeout_s: float = 60.0, spread: bool = True, restamp=None):
+                 chunk_size: int = 5_000, idle_timeout_s: float = 60.0, spread: bool = True, restamp=None,
+                 max_batch_bytes: int = 0):
         super().__init__()
+        self._max_batch_bytes = max_batch_bytes
         self._restamp = restamp
         self._spread = spread
         self._bootstrap = bootstrap_servers
@@ -249,7 +269,7 @@ class ReadKafkaRanges(beam.PTransform):
                 | "Offset ranges" >> beam.Create(self._ranges, reshuffle=self._spread)
                 | "Read offset ranges" >> beam.ParDo(
                     _ReadRange(self._bootstrap, self._split_size, self._chunk_size, self._idle_timeout_s,
-                               self._restamp))
+                               self._restamp, self._max_batch_bytes))
                 .with_output_types(KafkaChunk))
 
 
@@ -313,8 +333,9 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
     """
 
     def __init__(self, bootstrap_servers: str, out_of_orderness_ms: int, event_time_of, poll_s: float = 1.0,
-                 stamp_event_time: bool = False):
+                 stamp_event_time: bool = False, max_batch_bytes: int = 0):
         self._bootstrap = bootstrap_servers
+        self._max_batch_bytes = max_batch_bytes
         self._bound = out_of_orderness_ms
         self._event_time_of = event_time_of
         self._poll_s = poll_s
@@ -334,7 +355,9 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
         yield restriction
 
     def setup(self):
-        self._consumer = kafka_consumer(self._bootstrap)
+        # A broker sends a batch whole past the fetch limits: the consumer's frames must hold the largest one.
+        self._consumer = kafka_consumer(self._bootstrap, receive_message_max_bytes=max(
+            _CONSUMER_FRAME_BYTES, self._max_batch_bytes + FRAME_MARGIN_BYTES))
 
     def teardown(self):
         if self._consumer is not None:
@@ -365,7 +388,10 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
                     frontier = newest.get((r.topic, r.partition), -1)
                     if event_ms is not None and event_ms > frontier:
                         frontier = newest[(r.topic, r.partition)] = event_ms
-                    delivered_ms = frontier if self._stamp_event_time and frontier >= 0 else r.timestamp
+                    # No valid event (event_ms None) keeps its own record time, by which the decode step judges
+                    # it: a record stamped past the clock is a dead letter for that, whatever the lateness mode.
+                    delivered_ms = frontier if self._stamp_event_time and frontier >= 0 and event_ms is not None \
+                        else r.timestamp
                     # A dead letter goes out at its partition's event time: it has none of its own to tell.
                     yield TimestampedValue(KafkaRecord(r.topic, r.partition, r.offset, delivered_ms, r.key, r.value),
                                            (event_ms if event_ms is not None else max(frontier, 0)) / 1000.0)
@@ -392,13 +418,14 @@ def start_positions(bootstrap_servers: str, topics: Iterable[str], from_ms: int 
 
 
 class FollowKafkaTopics(beam.PTransform):
-    """Follows the topics from `start` for as long as the job runs: KafkaRecords stamped with event time."""
+    """Follows the topics from `start` for as long as the job runs: KafkaRecords stamped with event time; batches
+    of up to `max_batch_bytes` (`largest_batch_bytes`)."""
 
     def __init__(self, bootstrap_servers: str, start: FollowState, out_of_orderness_ms: int, event_time_of,
-                 stamp_event_time: bool = False):
+                 stamp_event_time: bool = False, max_batch_bytes: int = 0):
         super().__init__()
         self._fn = _FollowTopics(bootstrap_servers, out_of_orderness_ms, event_time_of,
-                                 stamp_event_time=stamp_event_time)
+                                 stamp_event_time=stamp_event_time, max_batch_bytes=max_batch_bytes)
         self._start = start
 
     def expand(self, pbegin):

@@ -19,12 +19,14 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from infra.kafka import KafkaSettings
+from kafka_io.metadata import topic_configs
 from pipelines.dead_letters import WriteDeadLetters, already_written, topic_limit
 from pipelines.decode import DecodeEventGroups, DecodeEvents, EventTimeStamps, GroupByUserShard, RecordClock
 from pipelines.examples import RecordLateEvents, WriteExamples
 from pipelines.partitions import describe_partition
 from pipelines.join import EstimateWatermark, LabelImpressions
-from pipelines.kafka_source import PartitionRange, ReadKafkaRanges, ranges_for_times, snapshot_ranges
+from pipelines.kafka_source import (PartitionRange, ReadKafkaRanges, largest_batch_bytes, ranges_for_times,
+                                    snapshot_ranges)
 from pipelines.settings import JoinSettings, LatenessReference
 
 
@@ -46,14 +48,20 @@ class MostlyLateError(ValueError):
     """A bounded run found a larger share of its events late than `max_late_share` allows; its partitions are
     written, but what they lack is likely a setting's fault, not the data's."""
 
-    def __init__(self, result: JoinResult, settings: JoinSettings):
+    def __init__(self, result: JoinResult, settings: JoinSettings, log_append_topics: list[str] = ()):
         self.result = result
         late = result.counters.get("join.late_events", 0)
         lines = [f"{late} events ({result.late_share:.0%} of those read) came more than "
                  f"{settings.allowed_lateness_s:.0f}s after their event time, measured against "
                  f"{settings.lateness_reference.value.replace('_', ' ')}: they went to the late output, not into "
                  f"labels ({len(result.manifests)} partitions written)."]
-        if settings.lateness_reference is LatenessReference.RECORD_TIME:
+        if settings.lateness_reference is LatenessReference.RECORD_TIME and log_append_topics:
+            lines.append(f"The topics {', '.join(log_append_topics)} have message.timestamp.type=LogAppendTime: "
+                         "the broker stamps each record with the time it appended it, not the time the event was "
+                         "produced, so events appended long after they happened (a replay, a backfill) all look "
+                         "late. Measure lateness against event time: --lateness event_time "
+                         "(join.lateness_reference), or set the topics to CreateTime.")
+        elif settings.lateness_reference is LatenessReference.RECORD_TIME:
             lines.append("If the topics were replayed by a tool that stamps each record with the time it sent it, "
                          "measure lateness against event time: --lateness event_time (join.lateness_reference).")
         lines.append("To accept the late output as it is: --accept-late (join.max_late_share: 1).")
@@ -125,11 +133,12 @@ def plan_ranges(kafka: KafkaSettings, settings: JoinSettings, from_ms: int | Non
                             settings.stable_offsets_wait_s)
 
 
-def _dead_letter_sink(kafka: KafkaSettings, ranges) -> WriteDeadLetters:
-    """The dead-letter writer, within the topic's own size limit, skipping letters it holds for `ranges` already."""
+def _dead_letter_sink(kafka: KafkaSettings, ranges, max_batch_bytes: int) -> WriteDeadLetters:
+    """The dead-letter writer, within the topic's own size limit, skipping letters it holds for `ranges` already;
+    it reads its letters' origins back in batches of up to `max_batch_bytes`."""
     max_bytes = min(kafka.dead_letter_max_bytes, topic_limit(kafka.bootstrap_servers, kafka.dead_letter_topic))
     skip = already_written(kafka.bootstrap_servers, kafka.dead_letter_topic, ranges)
-    return WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, max_bytes, skip)
+    return WriteDeadLetters(kafka.bootstrap_servers, kafka.dead_letter_topic, max_bytes, skip, max_batch_bytes)
 
 
 def _runner(name: str, settings: JoinSettings):
@@ -205,11 +214,14 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
     start = start_positions(kafka.bootstrap_servers, kafka.event_topics.values(), context_from_ms)
     bound_ms = int(settings.out_of_orderness_s * 1000)
     clock = RecordClock(int(settings.max_record_time_ahead_s * 1000))  # read as records come
-    dead_letters = _dead_letter_sink(kafka, [(t, p, o, 2**62) for t, p, o in start.positions])
+    max_batch_bytes = largest_batch_bytes(kafka.bootstrap_servers, kafka.event_topics.values(),
+                                          settings.max_batch_bytes)
+    dead_letters = _dead_letter_sink(kafka, [(t, p, o, 2**62) for t, p, o in start.positions], max_batch_bytes)
     with beam.Pipeline(options=options) as pipeline:
         records = pipeline | "Follow Kafka" >> FollowKafkaTopics(
             kafka.bootstrap_servers, start, bound_ms, _event_time_of(clock),
-            stamp_event_time=settings.lateness_reference is LatenessReference.EVENT_TIME)
+            stamp_event_time=settings.lateness_reference is LatenessReference.EVENT_TIME,
+            max_batch_bytes=max_batch_bytes)
         decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics, clock)
         decoded.dead_letters | "Dead letters" >> dead_letters
         labeled = decoded.events | "Label impressions" >> LabelImpressionsStreaming(
@@ -240,14 +252,17 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
     ranges = ranges if ranges is not None else plan_ranges(kafka, settings, from_ms, to_ms)
     source = {"ranges": [r._asdict() for r in ranges],
               "ranges_digest": hashlib.sha256(json.dumps([list(r) for r in ranges]).encode()).hexdigest()[:16]}
-    dead_letters = _dead_letter_sink(kafka, ranges)
+    max_batch_bytes = largest_batch_bytes(kafka.bootstrap_servers, kafka.event_topics.values(),
+                                          settings.max_batch_bytes)
+    dead_letters = _dead_letter_sink(kafka, ranges, max_batch_bytes)
     runner_impl, options = _runner(runner, settings)
     pipeline = beam.Pipeline(runner=runner_impl, options=options)
     spread = runner == "direct" and settings.direct_num_workers > 1  # the Flink job runs at parallelism 1
     restamp = functools.partial(EventTimeStamps, clock) \
         if settings.lateness_reference is LatenessReference.EVENT_TIME else None
     chunks = pipeline | "Read Kafka offset ranges" >> ReadKafkaRanges(
-        kafka.bootstrap_servers, ranges, settings.split_size, spread=spread, restamp=restamp)
+        kafka.bootstrap_servers, ranges, settings.split_size, spread=spread, restamp=restamp,
+        max_batch_bytes=max_batch_bytes)
     groups = chunks | "Group by user" >> GroupByUserShard(settings.user_shards)
     decoded = groups | "Decode events" >> DecodeEventGroups(kafka.event_topics, clock)
     decoded.dead_letters | "Dead letters" >> dead_letters
@@ -270,5 +285,7 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
             collected.append(manifest)
     joined = JoinResult(collected, counters, ranges)
     if joined.late_share > settings.max_late_share:
-        raise MostlyLateError(joined, settings)
+        configs = topic_configs(kafka.bootstrap_servers, kafka.event_topics.values())
+        raise MostlyLateError(joined, settings, [topic for topic, config in configs.items()
+                                                 if config.timestamp_type == "LogAppendTime"])
     return joined

@@ -50,6 +50,10 @@ class JoinSettings(BaseModel):
                                   "is late fails (exit 1) after writing; 1 accepts any share.")
     max_record_time_ahead_s: float = Field(3600.0, ge=0, description="A record stamped later than the join's clock "
                                            "plus this is a dead letter (record_time_ahead) and moves no watermark.")
+    max_batch_bytes: int | None = Field(None, ge=1 << 20, description="The largest record batch the reader takes. "
+                                        "By default the largest max.message.bytes of the topics read, asked of the "
+                                        "broker when the job is planned; raise it to read a batch written before "
+                                        "its topic's limit was lowered.")
     stable_offsets_wait_s: float = Field(10.0, ge=0, description="How long a snapshot of end offsets waits for "
                                          "transactions already ended to become readable (read_committed).")
     output_dir: Path = Path("out/examples")

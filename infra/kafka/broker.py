@@ -42,6 +42,9 @@ class KafkaSettings(BaseModel):
     start_timeout_s: float = Field(90.0, gt=0)
     event_topics: dict[str, str] = Field(default_factory=lambda: dict(EVENT_TOPICS))
     dead_letter_topic: str = DEAD_LETTER_TOPIC
+    event_max_bytes: int = Field(10_485_760, ge=65_536, description="The event topics' max.message.bytes: the "
+                                 "largest record batch the broker appends to them, and so the largest the join "
+                                 "must read. A larger batch is refused at produce time.")
     dead_letter_max_bytes: int = Field(1_048_576, ge=65_536, description="The dead-letter topic's max.message.bytes: "
                                        "a dead letter larger than this keeps a prefix of its value, marked truncated.")
     dead_letter_retention_days: float = Field(30.0, gt=0, description="How long the dead-letter topic keeps a letter, "
@@ -56,9 +59,10 @@ class KafkaSettings(BaseModel):
         return [*self.event_topics.values(), self.dead_letter_topic]
 
     def topic_configs(self, topic: str) -> dict[str, str]:
-        """The configs valueloop sets on a topic it creates: the dead-letter topic's own limits; none for events."""
+        """The configs valueloop sets on a topic it creates: each with its size limit, the dead-letter topic with
+        its own retention and the producer's record time."""
         if topic != self.dead_letter_topic:
-            return {}
+            return {"max.message.bytes": str(self.event_max_bytes)}
         return {"max.message.bytes": str(self.dead_letter_max_bytes), "cleanup.policy": "delete",
                 "retention.ms": str(int(self.dead_letter_retention_days * 86_400_000)),
                 "message.timestamp.type": "CreateTime"}

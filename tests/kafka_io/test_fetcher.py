@@ -237,3 +237,22 @@ def test_damaged_batch_payloads_give_records_or_a_format_error_pure_function():
         assert len(out) == len(RECORDS)
         assert sum(len(key or b"") + len(value or b"") for _, _, key, value in out) <= len(damaged)
     assert refused > 1000
+
+
+def test_headers_are_read_when_asked_for_as_kafka_pythons_builder_wrote_them_pure_function():
+    from kafka_io._records import RecordFormatError, append_records
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 22)
+    written = [[("traceparent", b"00-abc-01"), ("empty", b""), ("null", None), ("ünïcode", b"\xff")], [],
+               [("k", b"v" * 5000)]]
+    for offset, headers in enumerate(written):
+        builder.append(offset, timestamp=1_700_000_000_000 + offset, key=b"u", value=b"x", headers=headers)
+    batch = bytes(builder.build())
+    records, _ = read_record_batches(batch, 0, headers=True)
+    assert [r[4] for r in records] == written
+    assert [r[:4] for r in records] == parse_record_batches(batch)  # the same records, headers or not
+    assert [r[4] for r in read_record_batches(batch, 1, headers=True)[0]] == written[1:]
+    payload = batch[61:]
+    with pytest.raises(RecordFormatError):  # a header cut off inside its record
+        append_records(payload[:40], 1, 0, 0, None, 0, [], True)

@@ -50,3 +50,21 @@ def test_a_refused_delivery_names_the_topic_not_the_broker_pure_function():
     unreachable = _describe_failures("valueloop.dead_letter", "127.0.0.1:9092",
                                      [KafkaError(KafkaError._MSG_TIMED_OUT)], 0)
     assert "the broker at 127.0.0.1:9092 did not take them" in unreachable
+
+
+def test_the_original_headers_follow_valueloops_own_under_a_prefix_pure_function():
+    original = [("traceparent", b"00-abc-01"), ("reason", b"theirs"), ("null", None)]
+    _, _, headers = dead_letter_message(letter(b"u1", b"junk"), 1 << 20, original)
+    assert headers[-3:] == [("original.traceparent", b"00-abc-01"), ("original.reason", b"theirs"),
+                            ("original.null", None)]
+    as_dict = dict(headers)
+    assert as_dict["reason"] == b"not_single_object" and as_dict["source.header_count"] == b"3"
+    assert "source.headers_truncated" not in as_dict
+    # Headers that could not be read back are said to be unread; too many bytes of them are cut, and said so.
+    assert dict(dead_letter_message(letter(b"u1", b"junk"), 1 << 20)[2])["source.header_count"] == b"-1"
+    many = [(f"h{n}", b"x" * 1000) for n in range(100)]
+    _, value, headers = dead_letter_message(letter(b"u1", b"v" * 1_000_000), 1 << 20, many)
+    kept = [name for name, _ in headers if name.startswith("original.")]
+    assert kept == [f"original.h{n}" for n in range(len(kept))] and 50 < len(kept) < 66
+    assert dict(headers)["source.headers_truncated"] == b"true" and dict(headers)["source.header_count"] == b"100"
+    assert len(value) + sum(len(n) + len(v or b"") for n, v in headers) < (1 << 20) - (8 << 10)

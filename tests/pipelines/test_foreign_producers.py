@@ -30,14 +30,16 @@ def events():
 
 
 def produce(settings, messages, **config):
-    """(topic, key, value, timestamp or None[, partition]) through librdkafka, partitioned as Kafka's Java client
-    does where no partition is given."""
+    """(topic, key, value, timestamp or None[, partition or None[, headers]]) through librdkafka, partitioned as
+    Kafka's Java client does where no partition is given."""
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all",
                          "partitioner": "murmur2_random", "message.max.bytes": 4 << 20, "linger.ms": 50, **config})
     failures = []
-    for topic, key, value, timestamp, *partition in messages:
+    for topic, key, value, timestamp, *rest in messages:
         extra = {} if timestamp is None else {"timestamp": timestamp}
-        extra.update({"partition": p for p in partition})
+        partition, headers = (rest + [None, None])[:2]
+        extra.update({"partition": partition} if partition is not None else {})
+        extra.update({"headers": headers} if headers is not None else {})
         while True:
             try:
                 producer.produce(topic, value=value, key=key, on_delivery=lambda e, m: e and failures.append(e),
@@ -220,3 +222,179 @@ def test_a_missing_dead_letter_topic_is_named_as_the_cause(kafka_broker, tmp_pat
     settings = _own_topics(kafka_broker).model_copy(update={"dead_letter_topic": "no.such.dead_letter"})
     with pytest.raises(DeadLetterError, match="the dead-letter topic no.such.dead_letter does not exist"):
         join(settings, tmp_path)
+
+
+# -- what the broker accepts, the join reads ---------------------------------------------------------------------
+
+BIG = {"message.max.bytes": 16 << 20, "compression.type": "none"}  # librdkafka leaves the refusing to the broker
+TRACE = [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("origin", b"kcat")]
+
+
+def test_a_record_just_under_the_topics_limit_is_a_dead_letter_with_its_headers_and_costs_no_event(
+        kafka_broker, events, own_producer_join, tmp_path):
+    settings = _own_topics(kafka_broker)
+    messages = event_messages(settings, events)
+    limit = settings.event_max_bytes
+    pill = os.urandom(limit - 512)  # with the batch's framing, just under the topic's max.message.bytes
+    topic = settings.event_topics["Impression"]
+    half = len(messages) // 2
+    produce(settings, messages[:half] + [(topic, b"u-pill", pill, SIM.start_ms + 60_000, 0, TRACE)] +
+            messages[half:], **BIG)
+    result = join(settings, tmp_path)
+    assert example_files(result, tmp_path) == own_producer_join[2]  # every valid event labeled, as without it
+    (letter,) = read_dead_letters(settings)
+    headers = dict(letter.headers)
+    assert (headers["source.topic"].decode(), headers["source.partition"]) == (topic, b"0")
+    assert headers["reason"] == b"not_single_object" and headers["source.timestamp"] == str(SIM.start_ms + 60_000).encode()
+    assert letter.value == pill[:64 << 10] and headers["value.size"] == str(len(pill)).encode()
+    assert headers["value.truncated"] == b"true"
+    assert [(n, v) for n, v in letter.headers if n.startswith("original.")] == \
+        [("original." + n, v) for n, v in TRACE]
+    assert result.counters["dead_letters.not_single_object"] == 1 == result.counters["dead_letters.written"]
+
+
+BATCH_SIM = SimulatorConfig.model_validate({"seed": 22, "requests": 6_500, "days": 1.0,
+                                            "catalogue": {"users": 500, "items": 200}})
+
+
+def largest_batch(kafka_broker, topic: str, partition: int) -> int:
+    """The largest record batch in the partition's log, as the broker stored it: each batch starts with its base
+    offset (int64) and the length (int32) of what follows."""
+    import struct
+
+    largest = 0
+    for segment in sorted((kafka_broker.data_dir / f"{topic}-{partition}").glob("*.log")):
+        data, at = segment.read_bytes(), 0
+        while at + 12 <= len(data):
+            length = struct.unpack_from(">i", data, at + 8)[0]
+            largest, at = max(largest, 12 + length), at + 12 + length
+    return largest
+
+
+@pytest.fixture(scope="module")
+def batched_joins(kafka_broker, tmp_path_factory):
+    """The same 85,000 events from librdkafka twice, every impression to partition 0: once in batches of about
+    10 MB (over the 9 MiB a fetcher's frames once held), once in its default batches."""
+    batch_events = list(Simulation(BATCH_SIM).events())
+    joins = {}
+    for name, config in {"large": {"batch.size": 10_000_000, "batch.num.messages": 1_000_000, "linger.ms": 3_000},
+                         "small": {"batch.size": 16_384}}.items():
+        settings = _own_topics(kafka_broker)
+        impressions = settings.event_topics["Impression"]
+        produce(settings, [(topic, key, value, ts, 0 if topic == impressions else None)
+                           for topic, key, value, ts in event_messages(settings, batch_events)], **BIG, **config)
+        out = tmp_path_factory.mktemp(name)
+        joins[name] = (settings, join(settings, out, user_shards=8), out)
+    return joins
+
+
+def test_a_batch_of_10_mb_of_valid_events_is_labeled_as_the_same_events_in_small_batches(kafka_broker,
+                                                                                         batched_joins):
+    (large_settings, large, large_out), (small_settings, small, small_out) = batched_joins["large"], batched_joins["small"]
+    impressions = large_settings.event_topics["Impression"]
+    assert largest_batch(kafka_broker, impressions, 0) > 9_500_000
+    assert largest_batch(kafka_broker, small_settings.event_topics["Impression"], 0) < 100_000
+    assert large.counters["decode.events"] == small.counters["decode.events"] > 80_000
+    assert example_files(large, large_out) == example_files(small, small_out)
+    assert sum(m["examples"] for m in large.manifests) > 50_000
+
+
+def test_a_batch_larger_than_the_reader_takes_names_where_it_is_and_the_setting_that_lets_it_through(
+        kafka_broker, batched_joins, tmp_path):
+    """The topics' limits lowered after a large batch was written: the join names the batch, then reads it when
+    told to take batches that large."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from pipelines.kafka_source import SourceError
+
+    settings, large, large_out = batched_joins["large"]
+    impressions = settings.event_topics["Impression"]
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+
+    def limit_topics(max_bytes: int) -> None:
+        for topic in settings.event_topics.values():
+            resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[ConfigEntry(
+                "max.message.bytes", str(max_bytes), incremental_operation=AlterConfigOpType.SET)])
+            admin.incremental_alter_configs([resource])[resource].result(30)
+
+    limit_topics(1 << 20)
+    try:
+        with pytest.raises(SourceError, match=rf"{impressions}\[0\]@0: the broker answered with a record batch of "
+                                            r"about \d+ bytes.*join.max_batch_bytes to at least \d+"):
+            join(settings, tmp_path / "refused", user_shards=8)
+        result = join(settings, tmp_path / "allowed", user_shards=8, max_batch_bytes=12 << 20)
+        assert example_files(result, tmp_path / "allowed") == example_files(large, large_out)
+    finally:
+        limit_topics(settings.event_max_bytes)
+
+
+def test_a_record_over_the_topics_limit_is_refused_by_the_broker_when_it_is_produced(kafka_broker):
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
+
+    settings = _own_topics(kafka_broker)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    for topic in settings.event_topics.values():  # set on each topic valueloop creates, not inherited
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        limit = admin.describe_configs([resource])[resource].result(30)["max.message.bytes"]
+        assert (int(limit.value), limit.source) == (settings.event_max_bytes, ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all", **BIG})
+    failures = []
+    producer.produce(settings.event_topics["Click"], key=b"u-over", value=os.urandom(settings.event_max_bytes + 1),
+                     on_delivery=lambda error, message: failures.append(error))
+    assert producer.flush(60) == 0
+    assert [f.code() for f in failures] == [KafkaError.MSG_SIZE_TOO_LARGE]  # the broker's error code (10)
+
+
+# -- each dead letter named by its real fault ----------------------------------------------------------------------
+
+
+def test_under_event_time_lateness_a_record_stamped_a_year_ahead_is_a_dead_letter_for_its_record_time(
+        kafka_broker, events, tmp_path):
+    """The same records as the year-ahead test, joined with lateness measured against event time: the letters say
+    record_time_ahead with the record's own time, and each counter equals the letters of its reason."""
+    from collections import Counter
+
+    settings = _own_topics(kafka_broker)
+    encode = EventEncoder().encode
+    extra = []
+    for name, topic in settings.event_topics.items():
+        allow_any_timestamp(settings, topic)
+        model = next(e for e in events if e.name == name)
+        ahead = {**model.datum, "event_id": f"ahead-{name}", "event_time_ms": model.datum["event_time_ms"] + YEAR_MS}
+        extra += [(topic, model.key, encode(name, ahead), model.delivery_ms + YEAR_MS, 0, [("trace", name.encode())]),
+                  (topic, b"u-junk", b"junk", model.delivery_ms, 1)]
+    produce(settings, event_messages(settings, events) + extra)
+    result = join(settings, tmp_path, lateness_reference=LatenessReference.EVENT_TIME)
+    letters = [dict(m.headers) for m in read_dead_letters(settings)]
+    by_reason = Counter(h["reason"].decode() for h in letters)
+    assert by_reason == {"record_time_ahead": 5, "not_single_object": 5}
+    assert {reason: result.counters[f"dead_letters.{reason}"] for reason in by_reason} == by_reason
+    for headers in letters:
+        if headers["reason"] == b"record_time_ahead":
+            name = headers["original.trace"].decode()
+            model = next(e for e in events if e.name == name)
+            assert headers["source.timestamp"] == str(model.delivery_ms + YEAR_MS).encode()
+            assert b"past the latest the reader allows" in headers["detail"]
+        else:  # its own record time, not the partition's event-time frontier
+            assert int(headers["source.timestamp"]) in {e.delivery_ms for e in events}
+
+
+def test_on_log_append_time_topics_the_mostly_late_error_names_the_topics_timestamp_type(kafka_broker, events,
+                                                                                        tmp_path):
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    settings = _own_topics(kafka_broker)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    for topic in settings.event_topics.values():
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[ConfigEntry(
+            "message.timestamp.type", "LogAppendTime", incremental_operation=AlterConfigOpType.SET)])
+        admin.incremental_alter_configs([resource])[resource].result(30)
+    produce(settings, event_messages(settings, events))  # their own record times, replaced by the broker's
+    with pytest.raises(MostlyLateError) as late:
+        join(settings, tmp_path / "default")
+    text = str(late.value)
+    assert "message.timestamp.type=LogAppendTime" in text and settings.event_topics["Click"] in text
+    assert "--lateness event_time" in text and "a tool that stamps" not in text
+    result = join(settings, tmp_path / "replay", lateness_reference=LatenessReference.EVENT_TIME)
+    assert result.counters.get("join.late_events", 0) == 0 and result.manifests
