@@ -250,3 +250,16 @@ def test_models_promote_and_rollback_as_a_user_runs_them(tmp_path):
         ("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
     table = run("models", "-c", str(config)).stdout
     assert "production" in table and "rollback 2 -> 1  committed" in table
+
+
+def test_audit_keeps_its_open_alerts_where_the_settings_file_says(tmp_path):
+    sim, examples = tmp_path / "sim", tmp_path / "examples"
+    run("simulate", "--to", "files", "--out", str(sim), "--requests", "150", "--days", "0.5", "--seed", "4")
+    run("label", "--events", str(sim), "--out", str(examples), "--purchase-window-s", "3600")
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"kafka:\n  run_dir: {tmp_path / 'run' / 'kafka'}\nloop:\n  alerts_file: {tmp_path / 'on-call.json'}\n")
+    result = run("audit", "--config", str(config), "--examples", str(examples), "--out", str(tmp_path / "audit"),
+                 check=False)
+    assert result.returncode == 2, result.stderr
+    assert list(json.loads((tmp_path / "on-call.json").read_text())) == ["valueloop/drift_audit/open..open"]
+    assert not (tmp_path / "run" / "alerts.json").exists()

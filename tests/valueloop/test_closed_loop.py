@@ -147,3 +147,19 @@ def test_simulate_serves_with_a_model_or_says_what_is_missing(looped, config, tm
     wrong = run("simulate", "--config", str(path), "--to", "files", "--out", str(tmp_path / "y"),
                 "--policy", str(tmp_path), check=False)
     assert wrong.returncode == 1 and "not a SavedModel directory" in wrong.stderr
+
+
+def test_the_settings_files_serving_holds_where_no_option_overrides_it(kafka_broker, tmp_path):
+    """loop.serving_* from the file, but for the one option given: a default on the command line overrode them."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({
+        "kafka": json.loads(_own_topics(kafka_broker).model_dump_json()),
+        "simulator": {"catalogue": {"users": 500, "items": 100}},
+        "trainer": {"epochs": 1},
+        "registry": {"directory": str(tmp_path / "registry")},
+        "loop": {"serving_exploration": "epsilon-greedy", "serving_epsilon": 0.3, "serving_temperature": 0.9},
+    }))
+    run("loop", "--config", str(path), "--rounds", "2", "--requests", "500", "--objective", "value",
+        "--temperature", "0.7", "--out", str(tmp_path / "out"))
+    (looped_run,) = json.loads((tmp_path / "out" / "rounds.json").read_text())["runs"]
+    assert looped_run["serving"] == {"exploration": "epsilon-greedy", "temperature": 0.7, "epsilon": 0.3}

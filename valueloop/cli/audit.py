@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from valueloop.cli.common import ConfigOption, fail, hour_option, parse_hour, settings_from
+from valueloop.loop import alert_book
 
 
 def audit(
@@ -23,7 +24,8 @@ def audit(
     production: Optional[Path] = typer.Option(None, help="Production's SavedModel; without it the candidate is "
                                                          "the first model, judged on the gate's absolute bounds."),
     out: Path = typer.Option(Path("out/audit"), help="Directory for verdict.json and report.html."),
-    alerts: bool = typer.Option(True, help="Alert the sinks the environment names (and the log) when blocked."),
+    alerts: bool = typer.Option(True, help="Alert the sinks the environment names (and the log) when blocked; "
+                                           "open alerts are kept in loop.alerts_file."),
 ):
     """Compare a window's engagement and conversion with a reference's (and, given models, the candidate's
     predictions and metrics with production's on that window); exit 0 when promotion may go ahead,
@@ -34,12 +36,12 @@ def audit(
     settings = settings_from(config)
     if production is not None and candidate is None:
         fail("--production needs --candidate: the gate compares a candidate with it", code=2)
-    alert_book = Path(settings.kafka.run_dir).parent / "alerts.json" if alerts else None
+    book = alert_book(settings) if alerts else None
     try:
         verdict = run_audit(examples, (parse_hour(reference_from, "--reference-from"),
                                        parse_hour(reference_to, "--reference-to")),
                             (parse_hour(start, "--from"), parse_hour(end, "--to")), parse_hour(now, "--now"),
-                            settings.audit, out, alert_book, candidate, production)
+                            settings.audit, out, book, candidate, production)
     except (WindowError, ValueError, FileNotFoundError) as error:
         fail(str(error))
     for reason in verdict.reasons:

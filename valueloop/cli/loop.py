@@ -12,6 +12,15 @@ from valueloop.closed_loop import GateMode, Objective
 from valueloop.cli.common import ConfigOption, broker_up, running_job, settings_from
 
 
+def with_serving(settings, exploration: Optional[Exploration], temperature: Optional[float],
+                 epsilon: Optional[float]):
+    """The settings with the serving options given on the command line; those not given keep the file's."""
+    given = {"serving_exploration": exploration and exploration.value, "serving_temperature": temperature,
+             "serving_epsilon": epsilon}
+    given = {name: value for name, value in given.items() if value is not None}
+    return settings.model_copy(update={"loop": settings.loop.model_copy(update=given)})
+
+
 def loop(config: Optional[Path] = ConfigOption,
          rounds: int = typer.Option(10, min=2, help="Rounds (simulated days); the first is served by the logging "
                                                     "policy, retraining starts on the second."),
@@ -19,11 +28,14 @@ def loop(config: Optional[Path] = ConfigOption,
                                                    help="What the retrained ranker optimises; give it twice for both."),
          requests: int = typer.Option(20_000, min=100, help="Requests per round."),
          seed: List[int] = typer.Option([7], help="World and traffic seed; give several to repeat the loop."),
-         exploration: Exploration = typer.Option(Exploration.PLACKETT_LUCE, help="How production samples each "
-                                                                                 "slate from its model's scores."),
-         temperature: float = typer.Option(0.5, min=0.01, help="Plackett-Luce temperature, over the model's scores "
-                                                               "standardised per request."),
-         epsilon: float = typer.Option(0.1, min=0.0, max=1.0, help="Epsilon-greedy's share of uniform picks."),
+         exploration: Optional[Exploration] = typer.Option(None, help="How production samples each slate from "
+                                                                      "its model's scores [default: "
+                                                                      "loop.serving_exploration, plackett-luce]."),
+         temperature: Optional[float] = typer.Option(None, min=0.01, help="Plackett-Luce temperature, over the "
+                                                     "model's scores standardised per request [default: "
+                                                     "loop.serving_temperature, 0.5]."),
+         epsilon: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Epsilon-greedy's share of uniform "
+                                                 "picks [default: loop.serving_epsilon, 0.1]."),
          gate: GateMode = typer.Option(GateMode.ENFORCE, help="enforce: a candidate the audit does not pass stays out "
                                                               "of production; record: its verdict is recorded and it "
                                                               "is promoted anyway (a logged override)."),
@@ -36,9 +48,7 @@ def loop(config: Optional[Path] = ConfigOption,
     """
     from valueloop.closed_loop import ROUND_HEADER, plot_rounds, run_closed_loop, summarise
 
-    settings = settings_from(config)
-    settings = settings.model_copy(update={"loop": settings.loop.model_copy(update={
-        "serving_exploration": exploration.value, "serving_temperature": temperature, "serving_epsilon": epsilon})})
+    settings = with_serving(settings_from(config), exploration, temperature, epsilon)
     broker_up(settings)
     typer.echo(ROUND_HEADER)
     results = []
