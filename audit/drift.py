@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 
-from audit.config import AuditConfig
+from config.audit import AuditConfig
 from audit.stattests import TestResult, adjust, run_test
 from audit.windows import MIX, Window, dwell_of_clicks, mix, rates, slices
 

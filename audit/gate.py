@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.config import AuditConfig, Better, Threshold
+from config.audit import AuditConfig, Better, Threshold
 
 BOOTSTRAP_DRAWS = 200
 __all__ = ["Better", "Threshold", "MetricCheck", "gate", "model_metrics", "clickbait_model_signature"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.config import AuditConfig
+from config.audit import AuditConfig
 from audit.drift import Check
 from audit.gate import MetricCheck, clickbait_model_signature, gate
 from audit.stattests import run_test
@@ -35,7 +35,7 @@ def labels_of(window: Window, long_dwell_s: float) -> dict[str, np.ndarray]:
 
 def score(model_dir: Path, window: Window) -> dict[str, np.ndarray]:
     """A SavedModel's predictions on the window: each task it was trained for, and its ranking score `value`."""
-    from trainer.config import ModelConfig
+    from config.trainer import ModelConfig
     from trainer.train import ExportedModel
 
     model = ExportedModel(model_dir)

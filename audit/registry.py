@@ -31,26 +31,12 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
+from config.registry import RegistrySettings
 
 PRODUCTION, CANDIDATE = "production", "candidate"
 PROMOTABLE = ("pass", "warn")  # the audit statuses that let promotion go ahead (`audit.drift.Status`)
-DEFAULT_DIRECTORY = Path(__file__).resolve().parents[1] / ".run" / "registry"
 TAG_WINDOW, TAG_DIGEST, TAG_VERDICT, TAG_REASONS = ("valueloop.window", "valueloop.digest", "valueloop.verdict",
                                                     "valueloop.verdict_reasons")
-
-
-class RegistrySettings(BaseModel):
-    """The `registry` section of the settings file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    directory: Path = Field(DEFAULT_DIRECTORY, description="The local store (mlflow.db, artifacts), the "
-                            "promotion log and its lock.")
-    uri: str | None = Field(None, description="An MLflow tracking and registry URI (a server, or a database); "
-                            "by default sqlite:///<directory>/mlflow.db.")
-    model_name: str = Field("valueloop-ranker", min_length=1, description="The registered model's name.")
-    lock_timeout_s: float = Field(60.0, gt=0, description="How long a promotion waits for another to finish.")
 
 
 class RegistryError(RuntimeError):

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from audit.config import AuditConfig
+from config.audit import AuditConfig
 from audit.stattests import binned, quantile_bins
 from audit.windows import MIX, Window, dwell_of_clicks, mix, rates, slices
 

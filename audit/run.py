@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from audit.alerts import Alert, AlertBook, Severity, sinks_from_environment
-from audit.config import AuditConfig
+from config.audit import AuditConfig
 from audit.drift import Status, Verdict, audit_windows
 from audit.maturity import learn_curve, project_final_rate
 from audit.stattests import Rate

@@ -18,7 +18,7 @@ GOAL_SHARE_OF_READING = 0.5
 
 def _write_windows(scratch: Path, requests: int) -> tuple[Path, tuple, tuple]:
     from pipelines.label_files import label_events, write_examples
-    from pipelines.labeling import LabelConfig
+    from config.join import LabelConfig
     from simulator import Simulation, SimulatorConfig
 
     labels = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=2 * 86400)
@@ -32,7 +32,7 @@ def _write_windows(scratch: Path, requests: int) -> tuple[Path, tuple, tuple]:
 
 
 def run_audit_benchmark(requests: int, repeats: int = 3) -> dict:
-    from audit.config import AuditConfig
+    from config.audit import AuditConfig
     from audit.run import run_audit
     from audit.windows import load_window
 

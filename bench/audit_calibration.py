@@ -19,7 +19,7 @@ GOAL_BLOCK_SHARE = 0.05
 def no_drift_window(world, seed: int, name: str):
     from audit.windows import window_of_examples
     from pipelines.label_files import label_events
-    from pipelines.labeling import LabelConfig
+    from config.join import LabelConfig
     from simulator import Simulation, SimulatorConfig
 
     config = SimulatorConfig.model_validate({**BASE, "seed": seed})

@@ -13,7 +13,7 @@ def run_census(seed: int, epochs: int, experts: int, ensemble: int, batch_size: 
     choosing settings) and scores it; returns the AUC table by model and, for a recorded run (not `inner`),
     the result to write, with gradient boosting re-measured on the same split."""
     from trainer import census as run
-    from trainer.config import ModelConfig
+    from config.trainer import ModelConfig
 
     rows = run.read_rows()
     if inner:

@@ -48,7 +48,7 @@ print(json.dumps({s.file: s.duration.total_seconds() for s in DagBag().dagbag_st
 
 def _write_days(root: Path, requests: int) -> tuple[Path, str]:
     from pipelines.label_files import label_events, write_examples
-    from pipelines.labeling import LabelConfig
+    from config.join import LabelConfig
     from simulator import Simulation, SimulatorConfig
 
     labels = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=6 * 3600)
@@ -94,7 +94,8 @@ def _scheduler_run(api: str, day: str) -> float:
 
 def run_dags_benchmark(requests: int, repeats: int = 3, scheduler: bool = True) -> dict:
     from valueloop.scheduling import dag_test
-    from valueloop.scheduling.local import AirflowSettings, LocalAirflow
+    from valueloop.scheduling.local import LocalAirflow
+    from config.airflow import AirflowSettings
 
     root = Path(tempfile.mkdtemp(prefix="valueloop-bench-dags-"))
     root.chmod(0o755)  # PostgreSQL, as the postgres user, keeps its data under it

@@ -15,7 +15,9 @@ import multiprocessing
 import time
 from typing import Callable
 
-from infra.kafka import KafkaBroker, KafkaSettings
+from infra.kafka import KafkaBroker
+
+from config.kafka import KafkaSettings
 from kafka_io.producer import EventProducer
 from schemas import EventEncoder
 from simulator import Simulation, SimulatorConfig

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import uuid
 
-from infra.kafka import KafkaBroker, KafkaSettings
+from infra.kafka import KafkaBroker
+
+from config.kafka import KafkaSettings
 
 
 def fresh_topics(settings: KafkaSettings, label: str) -> KafkaSettings:

@@ -20,7 +20,7 @@ GOAL_TFRECORD_SHARE = 0.9
 
 def _examples(directory: Path, requests: int, seed: int) -> None:
     from pipelines.label_files import label_events, write_examples
-    from pipelines.labeling import LabelConfig
+    from config.join import LabelConfig
     from simulator import Simulation, SimulatorConfig
 
     config = SimulatorConfig(seed=seed, requests=requests, days=3.0)

@@ -1,5 +1,6 @@
 """The one settings file: each section is the typed config of the package it drives (kafka, simulator, join,
-trainer, audit, registry, loop, airflow).
+trainer, audit, registry, loop, airflow), each in a module here. This package is the ground the rest stands on:
+it imports no logic of valueloop's, only the event contract's topic names.
 
 Defaults are embedded, so nothing needs a file to run locally; `--config FILE` (YAML or JSON) overrides any part.
 """
@@ -11,14 +12,14 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from audit.config import AuditConfig
-from audit.registry import RegistrySettings
-from infra.kafka import KafkaSettings
-from pipelines.settings import JoinSettings
-from simulator.config import SimulatorConfig
-from trainer.config import TrainConfig
-from valueloop.loop import LoopSettings
-from valueloop.scheduling.local import AirflowSettings
+from config.airflow import AirflowSettings
+from config.audit import AuditConfig
+from config.join import JoinSettings
+from config.kafka import KafkaSettings
+from config.loop import LoopSettings
+from config.registry import RegistrySettings
+from config.simulator import SimulatorConfig
+from config.trainer import TrainConfig
 
 
 class Settings(BaseModel):

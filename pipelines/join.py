@@ -14,7 +14,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines.partitions import partition_of, serialized
-from pipelines.labeling import Example, LabelConfig, label_user_events
+from pipelines.labeling import Example, label_user_events
+from config.join import LabelConfig
 from pipelines.records import DecodedEvent, LateEvent
 
 EXAMPLES = "examples"

@@ -13,7 +13,8 @@ from typing import Iterator
 from fastavro import reader
 
 from pipelines.partitions import partition_of, write_partition
-from pipelines.labeling import Example, LabelConfig, label_user_events
+from pipelines.labeling import Example, label_user_events
+from config.join import LabelConfig
 from schemas.registry import default_registry
 
 EVENT_NAMES = ("Impression", "Click", "Dwell", "AddToCart", "Purchase")

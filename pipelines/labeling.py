@@ -18,26 +18,7 @@ from __future__ import annotations
 import enum
 from typing import Iterable, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class LabelStrategy(str, enum.Enum):
-    WAIT_FOR_WINDOW = "wait_for_window"
-    FAKE_NEGATIVE = "fake_negative"
-
-
-class LabelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    click_window_s: float = Field(1800.0, gt=0, description="A click counts if it comes this soon after the impression.")
-    cart_window_s: float = Field(3600.0, gt=0, description="Add-to-cart attribution window after the click.")
-    purchase_window_s: float = Field(7 * 86400.0, gt=0, description="Purchase attribution window after the click.")
-    strategy: LabelStrategy = LabelStrategy.WAIT_FOR_WINDOW
-
-    @property
-    def horizon_ms(self) -> int:
-        """How long after an impression its labels can still change."""
-        return int((self.click_window_s + max(self.cart_window_s, self.purchase_window_s)) * 1000)
+from config.join import LabelConfig, LabelStrategy
 
 
 class Example(NamedTuple):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from infra.kafka import KafkaSettings
+from config.kafka import KafkaSettings
 from kafka_io.metadata import topic_configs
 from pipelines.dead_letters import WriteDeadLetters, already_written, topic_limit
 from pipelines.decode import DecodeEventGroups, DecodeEvents, EventTimeStamps, GroupByUserShard, RecordClock
@@ -27,7 +27,7 @@ from pipelines.partitions import describe_partition
 from pipelines.join import EstimateWatermark, LabelImpressions
 from pipelines.kafka_source import (PartitionRange, ReadKafkaRanges, largest_batch_bytes, ranges_for_times,
                                     snapshot_ranges)
-from pipelines.settings import JoinSettings, LatenessReference
+from config.join import JoinSettings, LatenessReference
 
 
 @dataclasses.dataclass

@@ -26,7 +26,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.partitions import kind_of, summary_of
 from pipelines.join import EXAMPLES, LATE, LabeledStreams
-from pipelines.labeling import Example, LabelConfig, LabelStrategy, label_user_events
+from pipelines.labeling import Example, label_user_events
+from config.join import LabelConfig, LabelStrategy
 from pipelines.records import DecodedEvent, LateEvent, Revision
 
 _NEVER = 2**62

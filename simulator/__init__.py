@@ -1,5 +1,5 @@
 """A seeded world with hidden ground truth (item bait and quality) whose traffic looks like production."""
-from simulator.config import SimulatorConfig
+from config.simulator import SimulatorConfig
 from simulator.traffic import SimEvent, Simulation, SimulationSummary
 from simulator.world import World
 

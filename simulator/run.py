@@ -5,8 +5,8 @@ import enum
 import sys
 from pathlib import Path
 
-from infra.kafka import KafkaSettings
-from simulator.config import SimulatorConfig
+from config.kafka import KafkaSettings
+from config.simulator import SimulatorConfig
 from simulator.traffic import Simulation, SimulationSummary
 
 

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from audit.offpolicy import epsilon_greedy_probability, plackett_luce_probability
-from simulator.config import LoggingPolicyConfig
+from config.simulator import LoggingPolicyConfig
 from simulator.world import World
 
 

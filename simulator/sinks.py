@@ -8,7 +8,7 @@ from typing import Iterable
 
 from fastavro.write import Writer
 
-from infra.kafka import KafkaSettings
+from config.kafka import KafkaSettings
 from kafka_io.producer import EventProducer
 from schemas import EventEncoder, default_registry
 from simulator.traffic import SimEvent

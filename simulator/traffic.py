@@ -11,7 +11,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from simulator.config import LogNormalDelay, SimulatorConfig
+from config.simulator import LogNormalDelay, SimulatorConfig
 from simulator.served import ServedLog
 from simulator.serving import LoggingPolicy, Policy, Surfaces
 from simulator.world import World

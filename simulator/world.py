@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.config import SimulatorConfig
+from config.simulator import SimulatorConfig
 
 _ARRAYS = (
     "item_category", "item_bait", "item_is_bait", "item_quality", "item_price", "item_published_ms",

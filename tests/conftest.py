@@ -14,7 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from infra.kafka import KafkaBroker, KafkaSettings
+from infra.kafka import KafkaBroker
+
+from config.kafka import KafkaSettings
 
 
 def free_ports(count: int) -> list[int]:

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from trainer.config import ModelConfig  # noqa: E402
+from config.trainer import ModelConfig  # noqa: E402
 from trainer.metrics import auc  # noqa: E402
 
 _RELATIVE = Path("shared") / "data" / "census-income" / "census-income.test.gz"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import metrics
-from trainer.config import TASKS, ModelConfig
+from config.trainer import TASKS, ModelConfig
 
 RELEVANCE = {"purchase": 3, "add_to_cart": 2, "long_dwell": 1}  # graded gain of a logged outcome for NDCG
 LOGGED = "logged policy"
@@ -108,7 +108,7 @@ def evaluate_range(model_paths: list[Path], examples: Path, from_ms: int | None,
     """`evaluate` of the SavedModels at `model_paths` on the join's partitions in [from_ms, to_ms), with the
     world's truth from `ground_truth`; with `baseline` (a model's name), the trap verdict of the first model
     against it (`compare`). Raises ValueError for a range without final labels or a baseline it cannot judge."""
-    from pipelines.labeling import LabelStrategy
+    from config.join import LabelStrategy
     from trainer.data import find_partitions, label_strategy, load_columns
     from trainer.train import ExportedModel
 

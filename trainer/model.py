@@ -17,7 +17,7 @@ from trainer.tf_runtime import tfrs  # noqa: E402
 from tf_keras import layers  # noqa: E402
 
 import tf_keras as keras  # noqa: E402
-from trainer.config import TASKS, ModelConfig  # noqa: E402
+from config.trainer import TASKS, ModelConfig  # noqa: E402
 from trainer.features import CATEGORICAL, HASHED, MISSING, NUMERIC, labels as task_labels  # noqa: E402
 
 CONDITIONAL = {"long_dwell": "long_dwell_given_click", "add_to_cart": "add_to_cart_given_click",

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from trainer.config import TrainConfig
+from config.trainer import TrainConfig
 from trainer.data import Partition, dataset, find_partitions, label_strategy, naming_corrupt_files
 from trainer.features import TRAINING_COLUMNS, serving_spec
 from trainer.model import ValueRanker, adapt_statistics

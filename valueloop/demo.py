@@ -89,7 +89,7 @@ def _join(settings: Settings, ranges, purchase_window_days: float, echo) -> Path
 
 
 def _train(settings: Settings, preset: str, examples: Path, split_ms: int, echo) -> Path:
-    from trainer.config import preset as choose
+    from config.trainer import preset as choose
     from trainer.train import train as run_training
 
     out = DEMO_DIR / "models" / preset

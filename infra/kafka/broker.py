@@ -16,56 +16,10 @@ import time
 import uuid
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from config.kafka import KafkaSettings
 
-from schemas.topics import DEAD_LETTER_TOPIC, EVENT_TOPICS
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_INFRA = Path(__file__).resolve().parent
-DEFAULT_JAR_DIR = KAFKA_INFRA / "target" / "lib"
-DEFAULT_RUN_DIR = PROJECT_ROOT / ".run" / "kafka"
 
-
-
-class KafkaSettings(BaseModel):
-    """Where the local node listens, keeps its files and which topics it carries."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = "127.0.0.1"
-    port: int = Field(19092, ge=1024, le=65535)
-    controller_port: int = Field(19093, ge=1024, le=65535)
-    run_dir: Path = DEFAULT_RUN_DIR
-    jar_dir: Path = DEFAULT_JAR_DIR
-    partitions: int = Field(4, ge=1, le=64)
-    heap_mb: int = Field(1024, ge=256)
-    start_timeout_s: float = Field(90.0, gt=0)
-    event_topics: dict[str, str] = Field(default_factory=lambda: dict(EVENT_TOPICS))
-    dead_letter_topic: str = DEAD_LETTER_TOPIC
-    event_max_bytes: int = Field(10_485_760, ge=65_536, description="The event topics' max.message.bytes: the "
-                                 "largest record batch the broker appends to them, and so the largest the join "
-                                 "must read. A larger batch is refused at produce time.")
-    dead_letter_max_bytes: int = Field(1_048_576, ge=65_536, description="The dead-letter topic's max.message.bytes: "
-                                       "a dead letter larger than this keeps a prefix of its value, marked truncated.")
-    dead_letter_retention_days: float = Field(30.0, gt=0, description="How long the dead-letter topic keeps a letter, "
-                                              "from when it was written.")
-
-    @property
-    def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def topics(self) -> list[str]:
-        return [*self.event_topics.values(), self.dead_letter_topic]
-
-    def topic_configs(self, topic: str) -> dict[str, str]:
-        """The configs valueloop sets on a topic it creates: each with its size limit, the dead-letter topic with
-        its own retention and the producer's record time."""
-        if topic != self.dead_letter_topic:
-            return {"max.message.bytes": str(self.event_max_bytes)}
-        return {"max.message.bytes": str(self.dead_letter_max_bytes), "cleanup.policy": "delete",
-                "retention.ms": str(int(self.dead_letter_retention_days * 86_400_000)),
-                "message.timestamp.type": "CreateTime"}
 
 
 def new_cluster_id(draw=uuid.uuid4) -> str:

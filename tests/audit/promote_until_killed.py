@@ -8,7 +8,9 @@ import sys
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from audit.registry import Registry, RegistrySettings
+from audit.registry import Registry
+
+from config.registry import RegistrySettings
 
 directory, kill_at, version, expected = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 registry = Registry(RegistrySettings(directory=directory))

@@ -8,7 +8,7 @@ from audit.drift import Status, audit_windows
 from audit.stattests import Rate, run_test
 from audit.windows import Window, WindowError, load_window
 from pipelines.label_files import label_events, write_examples
-from pipelines.labeling import LabelConfig
+from config.join import LabelConfig
 from simulator import Simulation, SimulatorConfig, World
 
 LABELS = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=2 * 86400)
@@ -103,7 +103,7 @@ def test_a_small_seeded_calibration_blocks_no_pair_without_drift():
 def joined_window(kafka_broker, tmp_path_factory, name: str, seed: int, **changes) -> Window:
     """The first simulated day of a seeded traffic sent through the real broker and joined by the bounded join."""
     from pipelines.run import run_bounded_join
-    from pipelines.settings import JoinSettings
+    from config.join import JoinSettings
     from simulator.sinks import KafkaSink
     from tests.conftest import _own_topics
 

@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from audit.config import AuditConfig
+from config.audit import AuditConfig
 from audit.drift import Status
-from audit.registry import PromotionRefused, Registry, RegistrySettings
+from audit.registry import PromotionRefused, Registry
+from config.registry import RegistrySettings
 from audit.run import run_audit
 
 

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from audit.config import AuditConfig, Better, Threshold
+from config.audit import AuditConfig, Better, Threshold
 from audit.drift import Status
 from audit.run import run_audit
 from pipelines.label_files import label_events, write_examples
-from pipelines.labeling import LabelConfig
+from config.join import LabelConfig
 from simulator import Simulation, SimulatorConfig
-from trainer.config import TrainConfig, preset
+from config.trainer import TrainConfig, preset
 
 LABELS = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=6 * 3600)
 DAY_MS = 86_400_000

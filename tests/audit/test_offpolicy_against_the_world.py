@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from audit.offpolicy import (direct, doubly_robust, ips, plackett_luce_marginals, plackett_luce_probability, rips,
                              snips)
-from simulator.config import LoggingPolicyConfig, SimulatorConfig
+from config.simulator import LoggingPolicyConfig, SimulatorConfig
 from simulator.serving import LoggingPolicy, plackett_luce, retrieve
 from simulator.world import World
 

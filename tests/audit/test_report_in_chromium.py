@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from audit.config import AuditConfig
+from config.audit import AuditConfig
 from audit.report import figures
 from audit.run import run_audit
 from audit.windows import load_window

@@ -9,7 +9,9 @@ import psutil
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from infra.kafka import BrokerError, KafkaBroker, KafkaSettings
+from infra.kafka import BrokerError, KafkaBroker
+
+from config.kafka import KafkaSettings
 from infra.kafka.broker import new_cluster_id
 from tests.conftest import free_port, free_ports
 

@@ -5,10 +5,10 @@ import pytest
 from kafka import KafkaProducer
 
 from pipelines.partitions import EXAMPLES_FILE
-from pipelines.labeling import LabelConfig
+from config.join import LabelConfig
 from pipelines.reference_labeler import reference_labels
 from pipelines.run import run_bounded_join
-from pipelines.settings import JoinSettings
+from config.join import JoinSettings
 from schemas import EventEncoder
 from simulator import Simulation, SimulatorConfig
 from simulator.sinks import KafkaSink

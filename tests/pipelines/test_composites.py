@@ -12,7 +12,7 @@ from kafka_io._records import pack_records, unpack_records
 from pipelines.decode import DecodeEventGroups, GroupByUserShard, RecordClock, user_shard
 from pipelines.examples import WriteExamples
 from pipelines.join import LabelImpressions
-from pipelines.labeling import LabelConfig
+from config.join import LabelConfig
 from pipelines.partitions import partition_of, serialized
 from pipelines.records import DecodedEvent, KafkaChunk, PackedChunk
 from pipelines.tf_example import parse_example_fields, read_records

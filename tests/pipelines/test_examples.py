@@ -2,7 +2,8 @@
 import pytest
 
 from pipelines.tf_example import _framed, _serialize_any, example_fields, serialize_example
-from pipelines.labeling import LabelConfig, label_user_events
+from pipelines.labeling import label_user_events
+from config.join import LabelConfig
 from tests.pipelines.events import D, S, T0, click, impression, purchase
 
 

@@ -9,10 +9,10 @@ from confluent_kafka import Producer
 from pipelines.dead_letters import DeadLetterError
 from pipelines.partitions import EXAMPLES_FILE
 from pipelines.kafka_source import snapshot_ranges
-from pipelines.labeling import LabelConfig
+from config.join import LabelConfig
 from pipelines.reference_labeler import reference_labels
 from pipelines.run import MostlyLateError, run_bounded_join
-from pipelines.settings import JoinSettings, LatenessReference
+from config.join import JoinSettings, LatenessReference
 from schemas import EventEncoder
 from simulator import Simulation, SimulatorConfig
 from simulator.sinks import KafkaSink

@@ -5,10 +5,10 @@ import pytest
 
 from pipelines.partitions import MANIFEST_FILE, partition_of
 from pipelines.label_files import BadEventFileError, label_events, label_files, read_events
-from pipelines.labeling import LabelConfig
+from config.join import LabelConfig
 from pipelines.reference_labeler import reference_labels
 from simulator import Simulation, SimulatorConfig
-from simulator.config import CatalogueConfig
+from config.simulator import CatalogueConfig
 from simulator.sinks import AvroFileSink
 
 CONFIG = SimulatorConfig(seed=5, requests=600, days=1.0, catalogue=CatalogueConfig(users=200, items=80))

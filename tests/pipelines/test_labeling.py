@@ -3,7 +3,9 @@ from collections import defaultdict
 
 import pytest
 
-from pipelines.labeling import LabelConfig, LabelStrategy, label_user_events
+from pipelines.labeling import label_user_events
+
+from config.join import LabelConfig, LabelStrategy
 from pipelines.reference_labeler import reference_labels
 from simulator import Simulation, SimulatorConfig
 from tests.pipelines.events import D, H, S, T0, cart, click, dwell, impression, purchase

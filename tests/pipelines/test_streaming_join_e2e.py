@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from pipelines.run import run_bounded_join
-from pipelines.settings import JoinSettings
+from config.join import JoinSettings
 from simulator import Simulation, SimulatorConfig
 from simulator.sinks import KafkaSink
 

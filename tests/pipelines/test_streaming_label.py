@@ -10,7 +10,7 @@ from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.labeling import LabelConfig, LabelStrategy
+from config.join import LabelConfig, LabelStrategy
 from pipelines.records import DecodedEvent
 from pipelines.streaming import LabelImpressionsStreaming
 from tests.pipelines.events import D, H, S, T0, cart, click, dwell, impression, purchase

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from trainer import census
-from trainer.config import ModelConfig
+from config.trainer import ModelConfig
 
 
 @pytest.fixture(scope="module")

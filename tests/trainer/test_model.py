@@ -9,10 +9,10 @@ import pytest
 from trainer.tf_runtime import tf
 
 from pipelines.label_files import label_events, write_examples
-from pipelines.labeling import LabelConfig, LabelStrategy
+from config.join import LabelConfig, LabelStrategy
 from simulator import Simulation, SimulatorConfig
-from simulator.config import CatalogueConfig
-from trainer.config import TASKS, TrainConfig, preset
+from config.simulator import CatalogueConfig
+from config.trainer import TASKS, TrainConfig, preset
 from trainer.data import dataset, find_partitions, load_columns
 from trainer.evaluate import observed_labels
 from trainer.metrics import auc

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipelines.settings import Runner
+from config.join import Runner
 from valueloop.cli.common import ConfigOption, broker_up, record, settings_from
 
 app = typer.Typer(help="Benchmarks; each writes JSON under bench/results/ (bench/README.md).", no_args_is_help=True)

@@ -10,8 +10,8 @@ from typing import Optional
 
 import typer
 
-from pipelines.labeling import LabelStrategy
-from pipelines.settings import JoinMode, JoinSettings, LatenessReference, Runner
+from config.join import LabelStrategy
+from config.join import JoinMode, JoinSettings, LatenessReference, Runner
 from valueloop.cli.common import ConfigOption, fail, log_to_stderr, parse_hour, running_job, settings_from
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from trainer.config import Preset
+from config.trainer import Preset
 from valueloop.cli.common import ConfigOption, fail, hour_option, parse_hour, settings_from
 
 
@@ -24,7 +24,7 @@ def train(
     out: Path = typer.Option(Path("out/models/value"), help="SavedModel directory to write."),
 ):
     """Train the multi-task ranker (or the CTR-only baseline) on a range of the join's output and export it."""
-    from trainer.config import preset as choose
+    from config.trainer import preset as choose
     from trainer.train import train as run_training
 
     train_config = choose(settings_from(config).trainer, preset.value)
