@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["valueloop*", "config*", "schemas*", "simulator*", "kafka_io*", "pipelines*", "audit*",
-                                    "trainer*", "infra*", "bench*"]),
+                                    "trainer*", "serving*", "infra*", "bench*"]),
     # The join's work on every message, in C: Kafka's record format and Avro record bodies read into Python objects,
     # labeled examples written as tf.Example bytes. A C compiler and Python's headers build them at install.
     ext_modules=[Extension(name, [source], extra_compile_args=["-O2", "-Wall", "-Werror"])
@@ -43,5 +43,6 @@ setup(
         "scikit-learn>=1.5",  # `valueloop census` re-measures the published gradient-boosting reference
     ],
     extras_require={"test": ["pytest>=8"]},
-    entry_points={"console_scripts": ["valueloop=valueloop.cli:main"]},
+    entry_points={"console_scripts": ["valueloop=valueloop.cli:main"],
+                  "valueloop.commands": ["bench = bench.cli:app", "census = bench.cli:census"]},
 )

@@ -36,7 +36,7 @@ def labels_of(window: Window, long_dwell_s: float) -> dict[str, np.ndarray]:
 def score(model_dir: Path, window: Window) -> dict[str, np.ndarray]:
     """A SavedModel's predictions on the window: each task it was trained for, and its ranking score `value`."""
     from config.trainer import ModelConfig
-    from trainer.train import ExportedModel
+    from trainer.exported import ExportedModel
 
     model = ExportedModel(model_dir)
     config = ModelConfig.model_validate(model.metadata["config"]["model"])

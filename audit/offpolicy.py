@@ -15,10 +15,8 @@ effective sample size of its weights:
 - `rips`: reward-interaction IPS for a cascade, where the reward at position k may depend on what was shown
   above it: position k's weight is the product of the (conditional) probability ratios of positions 1..k.
 
-The slate forms follow Li et al. (2018) for position-wise IPS and McInerney et al. (2020) for RIPS. For
-Plackett-Luce rankers, `plackett_luce_probability` gives a ranking's slot-by-slot conditional probabilities
-(what RIPS weighs by) and `plackett_luce_marginals` each item's probability at each slot (what position-wise
-IPS weighs by).
+The slate forms follow Li et al. (2018) for position-wise IPS and McInerney et al. (2020) for RIPS. The
+probabilities they weigh by, for the rankers valueloop serves, are `serving.propensities`'.
 """
 from __future__ import annotations
 
@@ -143,51 +141,3 @@ def rips(slate_ids, positions, rewards, logging_conditional, target_conditional,
     weights = np.empty(len(r))
     weights[order] = cumulative
     return _estimate("rips", np.bincount(index, weights * r, slates), weights, seed, draws)
-
-
-def plackett_luce_probability(logits: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Each slot's conditional probability of the columns `order` chose under Plackett-Luce with `logits`
-    (rows of candidates): what a target policy would have had of showing the logged slate, slot by slot."""
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    chosen = np.take_along_axis(weights, order, axis=1)
-    remaining = weights.sum(axis=1, keepdims=True) - np.cumsum(chosen, axis=1) + chosen
-    return chosen / remaining
-
-
-def plackett_luce_marginals(logits: np.ndarray, slate_size: int, most_prefixes: int = 100_000) -> np.ndarray:
-    """P(column c at slot k) under Plackett-Luce, exactly, (rows, columns, slate_size): the marginals
-    position-wise IPS weighs by. Sums over every ordered prefix above slot k, so it is for small candidate sets
-    (refused beyond `most_prefixes` prefixes)."""
-    import itertools
-    import math
-
-    n, m = logits.shape
-    if sum(math.perm(m, k) for k in range(slate_size)) > most_prefixes:
-        raise ValueError(f"{m} candidates and {slate_size} slots have too many prefixes to sum exactly")
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    total = weights.sum(axis=1)
-    marginals = np.zeros((n, m, slate_size))
-    for k in range(slate_size):
-        for prefix in itertools.permutations(range(m), k):
-            probability, left = np.ones(n), total.copy()
-            for c in prefix:
-                probability *= weights[:, c] / left
-                left -= weights[:, c]
-            share = probability[:, None] * weights / left[:, None]
-            share[:, list(prefix)] = 0.0
-            marginals[:, :, k] += share
-    return marginals
-
-
-def epsilon_greedy_probability(scores: np.ndarray, order: np.ndarray, epsilon: float) -> np.ndarray:
-    """Each slot's conditional probability of the columns `order` chose under epsilon-greedy on `scores`: the
-    best remaining column with probability 1 - epsilon, any remaining one uniformly with probability epsilon."""
-    n, m = scores.shape
-    taken = np.zeros((n, m), bool)
-    rows = np.arange(n)
-    probability = np.empty(order.shape)
-    for slot in range(order.shape[1]):
-        best = np.argmax(np.where(taken, -np.inf, scores), axis=1)
-        probability[:, slot] = epsilon / (m - slot) + (1 - epsilon) * (order[:, slot] == best)
-        taken[rows, order[:, slot]] = True
-    return probability

@@ -65,7 +65,7 @@ with DAG(
 
         BeamHook(runner=planned["runner"]).start_python_pipeline(
             variables={"runner": planned["runner"], "hour": planned["hour"], "config": planned["config"]},
-            py_file=str(PROJECT_ROOT / "pipelines" / "label_hour.py"), py_options=[], py_interpreter=PYTHON)
+            py_file=str(PROJECT_ROOT / "valueloop" / "label_hour.py"), py_options=[], py_interpreter=PYTHON)
 
     @task(outlets=[LABELED_HOURS], execution_timeout=dt.timedelta(minutes=2))
     def publish(planned: dict, outlet_events=None) -> dict:

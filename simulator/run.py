@@ -19,7 +19,7 @@ def simulate(config: SimulatorConfig, to: Destination, out: Path, kafka: KafkaSe
              policy=None) -> tuple[SimulationSummary, Path]:
     """Writes the simulation's events to `to` (the topics of `kafka`, or Avro files under `out`) and its hidden
     truth to `out/ground_truth.npz`, for evaluation only; returns the traffic summary and where the truth is.
-    `policy` (`simulator.serving`) ranks the requests; the world's logging policy by default."""
+    `policy` (`serving.policies`) ranks the requests; the world's logging policy by default."""
     from tqdm import tqdm
 
     from simulator.sinks import AvroFileSink, KafkaSink

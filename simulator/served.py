@@ -46,7 +46,7 @@ class ServedLog:
     def serving_log(self, policy: str, world: World, surfaces: list[str], devices: list[str]):
         """What the serving system logged, with the candidate sets and the feature tables it read:
         `audit.counterfactual.ServingLog`."""
-        from audit.counterfactual import FeatureTables, ServingLog
+        from serving.log import FeatureTables, ServingLog
 
         a = self.arrays()
         return ServingLog(policy, FeatureTables.of(world, surfaces, devices), a["users"], a["surfaces"],

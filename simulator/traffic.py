@@ -1,4 +1,4 @@
-"""Simulated traffic: requests ranked by a policy (`simulator.serving`), what users do, and how producers deliver it.
+"""Simulated traffic: requests ranked by a policy (`serving.policies`), what users do, and how producers deliver it.
 
 Simulated time runs as fast as the machine allows. Events come out in delivery order, the order in which
 at-least-once producers would hand them to Kafka, so event time is out of order across and within topics.
@@ -13,7 +13,7 @@ import numpy as np
 
 from config.simulator import LogNormalDelay, SimulatorConfig
 from simulator.served import ServedLog
-from simulator.serving import LoggingPolicy, Policy, Surfaces
+from serving.policies import LoggingPolicy, Policy, Surfaces
 from simulator.world import World
 
 EVENT_NAMES = ("Impression", "Click", "Dwell", "AddToCart", "Purchase")

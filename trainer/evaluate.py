@@ -103,24 +103,19 @@ def evaluate(models: list, columns: dict, k: int = 3, world=None) -> dict:
 
 
 def evaluate_range(model_paths: list[Path], examples: Path, from_ms: int | None, to_ms: int | None,
-                   ground_truth: Path | None = None, k: int = 3, baseline: str | None = None,
-                   min_purchase_lift: float = 0.25) -> dict:
+                   world=None, k: int = 3, baseline: str | None = None, min_purchase_lift: float = 0.25) -> dict:
     """`evaluate` of the SavedModels at `model_paths` on the join's partitions in [from_ms, to_ms), with the
-    world's truth from `ground_truth`; with `baseline` (a model's name), the trap verdict of the first model
-    against it (`compare`). Raises ValueError for a range without final labels or a baseline it cannot judge."""
+    `world`'s truth (the simulator's World, loaded by the caller: the trainer knows it only by what it answers);
+    with `baseline` (a model's name), the trap verdict of the first model against it (`compare`). Raises
+    ValueError for a range without final labels or a baseline it cannot judge."""
     from config.join import LabelStrategy
     from trainer.data import find_partitions, label_strategy, load_columns
-    from trainer.train import ExportedModel
+    from trainer.exported import ExportedModel
 
     partitions = find_partitions(examples, from_ms, to_ms)
     if label_strategy(partitions) != LabelStrategy.WAIT_FOR_WINDOW.value:
         raise ValueError("evaluation needs final labels: label the evaluation range with --strategy wait_for_window")
     loaded = [ExportedModel(path) for path in model_paths]
-    world = None
-    if ground_truth is not None:
-        from simulator.world import World
-
-        world = World.load(ground_truth)
     report = evaluate(loaded, load_columns(partitions), k=k, world=world)
     report["data"] = {"examples_dir": str(examples), "partitions": [p.manifest["partition"] for p in partitions]}
     if baseline is not None:

@@ -7,12 +7,10 @@ import time
 from pathlib import Path
 
 from config.trainer import TrainConfig
+from trainer.exported import METADATA_FILE, OUTPUTS
 from trainer.data import Partition, dataset, find_partitions, label_strategy, naming_corrupt_files
 from trainer.features import TRAINING_COLUMNS, serving_spec
 from trainer.model import ValueRanker, adapt_statistics
-
-METADATA_FILE = "valueloop_model.json"
-OUTPUTS = ("click", "long_dwell", "add_to_cart", "purchase", "bounce", "value")
 
 
 def build_model(config: TrainConfig, partitions: list[Partition]) -> ValueRanker:
@@ -74,36 +72,6 @@ def export(model: ValueRanker, out_dir: Path, metadata: dict) -> Path:
                 "preprocessing": {"vocabularies": model.vocabularies, "numeric_stats": model.numeric_stats}}
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return out_dir
-
-
-class ExportedModel:
-    """A reloaded SavedModel: predictions from raw feature columns, in batches."""
-
-    def __init__(self, path: Path):
-        import tensorflow as tf
-
-        self.path = Path(path)
-        if not (self.path / "saved_model.pb").exists():
-            raise FileNotFoundError(f"{self.path}: not a SavedModel directory (no saved_model.pb); "
-                                    "train one with `valueloop train`")
-        self._loaded = tf.saved_model.load(str(self.path))
-        self._serve = self._loaded.signatures["serving_default"]
-        self.metadata = json.loads((self.path / METADATA_FILE).read_text())
-        self.name = self.path.name
-
-    def predict(self, columns: dict, batch_size: int = 65_536) -> dict:
-        import numpy as np
-        import tensorflow as tf
-
-        spec = serving_spec()
-        n = len(next(iter(columns.values())))
-        chunks: dict[str, list] = {name: [] for name in self.metadata["signature"]["outputs"]}
-        for start in range(0, n, batch_size):
-            batch = {name: tf.constant(columns[name][start:start + batch_size], dtype=spec[name].dtype)
-                     for name in spec}
-            for name, value in self._serve(**batch).items():
-                chunks[name].append(value.numpy())
-        return {name: np.concatenate(parts) if parts else np.zeros(0, np.float32) for name, parts in chunks.items()}
 
 
 def code_version() -> str:

@@ -1,7 +1,7 @@
 """A split test on the simulated world, through Kafka and the join, and its analysis from the logged examples.
 
 `run_split_test` serves a pre-period day with the logging policy (every user), then the test days with users
-split between two policies by a seeded hash (`simulator.serving.SplitPolicy`); every event goes through the
+split between two policies by a seeded hash (`serving.policies.SplitPolicy`); every event goes through the
 topics and the bounded join, so the analysis reads the same labeled examples training reads, with each
 impression's `policy` naming its arm. `analyse_logs` turns them into `audit.ab.analyse`'s inputs.
 """
@@ -23,7 +23,7 @@ def run_split_test(settings: Settings, out: Path, control: str, treatment: str, 
     from pipelines.kafka_source import PartitionRange, snapshot_ranges
     from pipelines.run import run_bounded_join
     from simulator import Simulation
-    from simulator.serving import SplitPolicy
+    from serving.policies import SplitPolicy
     from simulator.sinks import KafkaSink
     from simulator.world import World
     from valueloop.closed_loop import drain_s

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from config import Settings
+from simulator.world import World
 
 DEMO_DIR = Path("out/demo")
 
@@ -53,7 +54,8 @@ def run_demo(settings: Settings, requests: int, days: float, train_days: float, 
     echo(f"\nre-ranking the requests from {_hour_text(split_ms)} on with each model, scored by the hidden truth:\n")
     from trainer.evaluate import evaluate_range
 
-    return evaluate_range(models, examples, split_ms, None, DEMO_DIR / "ground_truth.npz", 3, models[1].name, 0.25)
+    return evaluate_range(models, examples, split_ms, None, World.load(DEMO_DIR / "ground_truth.npz"), 3,
+                          models[1].name, 0.25)
 
 
 def _echo_traffic(echo, topics: list[str], before: dict, after: dict, summary) -> None:

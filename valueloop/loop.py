@@ -100,7 +100,9 @@ def serving_log_path(loop: LoopSettings, day: str) -> Path:
 def offpolicy_check(settings: Settings, loop: LoopSettings, day: str, candidate_dir: Path):
     """The gate's off-policy check of the candidate on the day's serving log (`audit.counterfactual`), or None
     when the day has no serving log."""
-    from audit.counterfactual import ServingLog, candidate_scores, offpolicy_check as check, target_probability
+    from audit.counterfactual import offpolicy_check as check
+    from serving.log import ServingLog, candidate_scores
+    from serving.propensities import target_probability
 
     path = serving_log_path(loop, day)
     if not path.exists():
@@ -118,7 +120,8 @@ def train_candidate(settings: Settings, loop: LoopSettings, day: str) -> Path:
     """The candidate for `day`, trained on the days before it; a model already trained for the same window and
     settings is kept as it is."""
     from config.trainer import preset
-    from trainer.train import METADATA_FILE, train
+    from trainer.exported import METADATA_FILE
+    from trainer.train import train
 
     config = preset(settings.trainer, loop.preset)
     if loop.epochs is not None:

@@ -1,7 +1,7 @@
 """Which policy serves the simulated world, by name: what `valueloop simulate --policy`, `valueloop ab run` and
 the closed loop accept.
 
-- `logging`: the world's click-trained logging policy (`simulator.serving.LoggingPolicy`);
+- `logging`: the world's click-trained logging policy (`serving.policies.LoggingPolicy`);
 - `production` or `candidate`: the registry version that alias names, its SavedModel ranked by its value score
   (p(click) for a CTR-only model), logged as `<model>/v<N>`;
 - anything else: a SavedModel directory, logged under its directory's name.
@@ -20,7 +20,7 @@ ALIASES = ("production", "candidate")
 
 def policy_from(settings: Settings, spec: str, name: str | None = None, output: str = "value"):
     """The policy `spec` names, logged as `name` when given; raises ValueError naming what is missing."""
-    from simulator.serving import LoggingPolicy, ModelPolicy
+    from serving.policies import LoggingPolicy, ModelPolicy
 
     sim, loop = settings.simulator, settings.loop
     if spec == LOGGING:

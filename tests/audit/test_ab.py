@@ -9,7 +9,7 @@ from scipy import stats
 from audit.ab import SRM_P, Arm, analyse, ratio_lift, sample_ratio
 from simulator import Simulation, SimulatorConfig
 from simulator.served import ServedLog
-from simulator.serving import LoggingPolicy, SplitPolicy, arm_of
+from serving.policies import LoggingPolicy, SplitPolicy, arm_of
 
 
 def test_with_one_impression_per_user_the_delta_method_is_welchs_test_pure_function():

@@ -68,8 +68,8 @@ def test_intervals_cover_the_truth_and_doubly_robust_beats_ips_on_a_known_bandit
 
 
 def _serving_log(rng, n=4000, m=6, k=3):
-    from audit.counterfactual import FeatureTables, ServingLog
-    from audit.offpolicy import plackett_luce_probability
+    from serving.log import FeatureTables, ServingLog
+    from serving.propensities import plackett_luce_probability
 
     logits = rng.normal(size=(n, m))
     order = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1)[:, :k]
@@ -84,14 +84,15 @@ def _serving_log(rng, n=4000, m=6, k=3):
 
 def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of_what_never_sells_pure_function(
         tmp_path):
-    from audit.counterfactual import ServingLog, offpolicy_check
+    from audit.counterfactual import offpolicy_check
+    from serving.log import ServingLog
 
     logits, log = _serving_log(np.random.default_rng(3))
     saved = ServingLog.load(log.save(tmp_path / "serving_log.npz"))  # as the gate reads it
     assert saved.tables.surfaces == ["home_feed"] and np.isnan(saved.tables.item_rating).all()
     assert (saved.order == log.order).all() and saved.policy == log.policy
     log = saved
-    from audit.offpolicy import plackett_luce_probability as pl
+    from serving.propensities import plackett_luce_probability as pl
 
     same = offpolicy_check(log, lambda order: pl(logits, order), slots=3, drop=0.10)
     assert same.candidate.value == pytest.approx(same.production.value) and same.passed
@@ -112,7 +113,7 @@ def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of
 
 
 def test_epsilon_greedy_probability_by_hand_pure_function():
-    from audit.offpolicy import epsilon_greedy_probability
+    from serving.propensities import epsilon_greedy_probability
 
     scores = np.array([[0.9, 0.5, 0.1, 0.3]])
     # best first (0.75 + 0.25/4), then a column that is not the best of the three left (0.25/3), then the best of

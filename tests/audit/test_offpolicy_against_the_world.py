@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from audit.offpolicy import (direct, doubly_robust, ips, plackett_luce_marginals, plackett_luce_probability, rips,
-                             snips)
+from audit.offpolicy import direct, doubly_robust, ips, rips, snips
 from config.simulator import LoggingPolicyConfig, SimulatorConfig
-from simulator.serving import LoggingPolicy, plackett_luce, retrieve
+from serving.policies import LoggingPolicy, plackett_luce, retrieve
+from serving.propensities import plackett_luce_marginals, plackett_luce_probability
 from simulator.world import World
 
 WORLD = World.create(SimulatorConfig.model_validate({"seed": 5, "catalogue": {"users": 4_000, "items": 400}}))

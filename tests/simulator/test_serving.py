@@ -5,7 +5,7 @@ import pytest
 
 from simulator import Simulation, SimulatorConfig
 from simulator.served import ServedLog
-from simulator.serving import LoggingPolicy, SplitPolicy, arm_of, candidate_features, epsilon_greedy, retrieve
+from serving.policies import LoggingPolicy, SplitPolicy, arm_of, candidate_features, epsilon_greedy, retrieve
 
 CONFIG = SimulatorConfig.model_validate({"seed": 4, "requests": 600, "days": 0.25,
                                          "catalogue": {"users": 500, "items": 120}})

@@ -17,7 +17,8 @@ from trainer.data import dataset, find_partitions, load_columns
 from trainer.evaluate import observed_labels
 from trainer.metrics import auc
 from trainer.model import ValueRanker
-from trainer.train import ExportedModel, build_model, export, train
+from trainer.exported import ExportedModel
+from trainer.train import build_model, export, train
 
 LABELS = LabelConfig(purchase_window_s=6 * 3600.0)
 WORLD = SimulatorConfig(seed=11, requests=5000, days=2.0, catalogue=CatalogueConfig(users=1500, items=300))

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from simulator.serving import Exploration
+from serving.propensities import Exploration
 from valueloop.closed_loop import GateMode, Objective
 from valueloop.cli.common import ConfigOption, broker_up, running_job, settings_from
 

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from config.trainer import Preset
+from simulator.world import World
 from valueloop.cli.common import ConfigOption, fail, hour_option, parse_hour, settings_from
 
 
@@ -61,8 +62,9 @@ def evaluate(
     if baseline is not None and ground_truth is None:
         fail(f"--baseline {baseline!r} needs --ground-truth: the trap is judged by the world's truth")
     try:
+        world = World.load(ground_truth) if ground_truth is not None else None
         report = evaluate_range(models, examples, parse_hour(start, "--from"), parse_hour(end, "--to"),
-                                ground_truth, k, baseline, min_purchase_lift)
+                                world, k, baseline, min_purchase_lift)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
     report_evaluation(report, out)

@@ -1,4 +1,4 @@
-"""Who ranks the simulated requests: the click-trained logging policy, a model from the registry, or a split test.
+"""Who ranks the requests: the click-trained logging policy, a model from the registry, or a split test.
 
 Every policy ranks the same way production does: retrieve candidates, score them, sample a slate with
 exploration, and log what it showed with each slot's propensity (the probability of choosing that item for that
@@ -13,15 +13,30 @@ slot given the items above it) and the policy's name, so that the logs support o
 """
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from audit.offpolicy import epsilon_greedy_probability, plackett_luce_probability
 from config.simulator import LoggingPolicyConfig
-from simulator.world import World
+from serving.propensities import (Exploration, epsilon_greedy_probability, plackett_luce_probability,
+                                  standardised_logits)
+from trainer.exported import ExportedModel
+
+
+class Catalogue(Protocol):
+    """What serving reads of items and users: their observed tables (a simulated world, or a serving log's
+    `FeatureTables`), never a world's hidden truth."""
+
+    item_category: np.ndarray
+    item_popularity: np.ndarray
+    item_headline_score: np.ndarray
+    item_price: np.ndarray
+    item_published_ms: np.ndarray
+    item_rating: np.ndarray
+    user_affinity: np.ndarray
+    user_device: np.ndarray
+    user_tenure_days: np.ndarray
 
 
 class Surfaces:
@@ -51,13 +66,13 @@ class Surfaces:
 class Policy(Protocol):
     names: list[str]  # what the Impression's `policy` field says, per arm
 
-    def rank(self, world: World, users: np.ndarray, surfaces: Surfaces, request_ms: np.ndarray,
+    def rank(self, world: Catalogue, users: np.ndarray, surfaces: Surfaces, request_ms: np.ndarray,
              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(slates, propensities, arm, candidates): the shown items and each slot's propensity (requests, slate
         size), each request's arm (an index into `names`) and the candidates it was chosen from."""
 
 
-def retrieve(world: World, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def retrieve(world: Catalogue, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k candidates per request, drawn without replacement by item popularity (Gumbel top-k)."""
     n_items = len(world.item_category)
     k = min(k, n_items)
@@ -102,7 +117,7 @@ class LoggingPolicy:
         self.names = [config.name]
         self._surface_weight = {surfaces.index(s): w for s, w in config.headline_weight_by_surface.items()}
 
-    def logits(self, world: World, users: np.ndarray, candidates: np.ndarray,
+    def logits(self, world: Catalogue, users: np.ndarray, candidates: np.ndarray,
                surfaces: np.ndarray | None) -> np.ndarray:
         """The Plackett-Luce logits of each request's candidates: the scorer over the temperature (with each
         surface's own headline weight; the default one where `surfaces` is None)."""
@@ -135,11 +150,6 @@ class LoggingPolicy:
         return np.take_along_axis(candidates, order, axis=1), propensity, np.zeros(len(users), np.int64), candidates
 
 
-class Exploration(str, enum.Enum):
-    PLACKETT_LUCE = "plackett-luce"
-    EPSILON_GREEDY = "epsilon-greedy"
-
-
 def candidate_features(world, users: np.ndarray, candidates: np.ndarray, surfaces: list[str],
                        surface: np.ndarray, devices: list[str], request_ms: np.ndarray) -> dict[str, np.ndarray]:
     """The served features of every (request, candidate), flattened row-major: what the Impression would carry if
@@ -165,13 +175,6 @@ def candidate_features(world, users: np.ndarray, candidates: np.ndarray, surface
     }
 
 
-def standardised_logits(scores: np.ndarray, temperature: float) -> np.ndarray:
-    """Plackett-Luce logits of a model's scores: standardised within each request (row), over the temperature,
-    so one temperature explores alike whatever the score's scale."""
-    spread = scores.std(axis=1, keepdims=True)
-    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0) / temperature
-
-
 class ModelPolicy:
     """Ranks by a SavedModel's `output` (its value score, or p(click)) with exploration; logs `name`."""
 
@@ -179,8 +182,6 @@ class ModelPolicy:
                  devices: list[str] | None = None, candidates: int = 50, slate_size: int = 10,
                  exploration: Exploration = Exploration.PLACKETT_LUCE, temperature: float = 0.5,
                  epsilon: float = 0.1):
-        from trainer.train import ExportedModel
-
         self.model = ExportedModel(model_dir)
         outputs = self.model.metadata["signature"]["outputs"]
         if output not in outputs:

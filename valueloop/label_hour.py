@@ -1,7 +1,7 @@
 """The bounded join of one event hour, as Airflow's BeamRunPythonPipelineOperator runs it with the project's own
 interpreter:
 
-    .venv/bin/python pipelines/label_hour.py --runner=DirectRunner --hour=2026-11-02T05:00:00 [--config=FILE]
+    .venv/bin/python valueloop/label_hour.py --runner=DirectRunner --hour=2026-11-02T05:00:00 [--config=FILE]
 
 Reads the Kafka offsets that hold the hour, labels its impressions and writes its partition (the same files a
 second run writes again); prints the partition's manifest summary as JSON. `--runner` takes Beam's names
@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import sys
 
-if sys.path and sys.path[0].endswith("pipelines"):  # run as a script: its folder must not shadow top-level modules
+if sys.path and sys.path[0].endswith("valueloop"):  # run as a script: its folder must not shadow top-level modules
     sys.path.pop(0)
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from config import load_settings  # noqa: E402
+from valueloop.loop import label_hour  # noqa: E402
 
 RUNNERS = {"directrunner": "direct", "direct": "direct", "fnapirunner": "direct", "flinkrunner": "flink",
            "flink": "flink"}
@@ -40,9 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     hour = hour.replace(tzinfo=hour.tzinfo or dt.timezone.utc)
     if hour.minute or hour.second or hour.microsecond:
         parser.error(f"--hour {options.hour!r} is not on the hour")
-
-    from config import load_settings
-    from valueloop.loop import label_hour
 
     settings = load_settings(Path(options.config) if options.config else None)
     print(json.dumps(label_hour(settings, int(hour.timestamp() * 1000), runner)))
