@@ -73,8 +73,8 @@ def run_checks(reference: Window, current: Window, config: AuditConfig) -> list[
         ref_mask = ref_slices.get(name)
         if ref_mask is None or min(ref_mask.sum(), cur_mask.sum()) < config.min_slice_impressions:
             continue
-        ref_rates = rates(reference, ref_mask, ages, config.bounce_s * 1000, config.long_dwell_s * 1000)
-        cur_rates = rates(current, cur_mask, ages, config.bounce_s * 1000, config.long_dwell_s * 1000)
+        ref_rates = rates(reference, ref_mask, ages, config.bounce_ms, config.long_dwell_ms)
+        cur_rates = rates(current, cur_mask, ages, config.bounce_ms, config.long_dwell_ms)
         for metric, cur_rate in cur_rates.items():
             if metric in ref_rates:
                 checks.append(Check(name, metric, run_test("two_proportion", ref_rates[metric], cur_rate,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit.stattests import Rate
+from schemas.units import HOUR_MS
 
-HOUR_MS = 3_600_000
 DEFAULT_AGES_MS = (HOUR_MS, 6 * HOUR_MS, 24 * HOUR_MS)
 
 

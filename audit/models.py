@@ -17,18 +17,19 @@ from audit.drift import Check
 from audit.gate import MetricCheck, clickbait_model_signature, gate
 from audit.stattests import run_test
 from audit.windows import Window, WindowError, slices
+from pipelines.labeling import long_dwell
 
 LABELS = ("click", "long_dwell", "add_to_cart", "purchase")
 
 
-def labels_of(window: Window, long_dwell_s: float) -> dict[str, np.ndarray]:
+def labels_of(window: Window, long_dwell_ms: int) -> dict[str, np.ndarray]:
     """The window's labels by task, conversions counted where they have arrived, and each row's request."""
     if "request_id" not in window.columns:
         raise WindowError(f"{window.name}: no column request_id: the model gate re-ranks requests")
     clicked = np.asarray(window.columns["clicked"]) > 0
     return {"request_id": np.asarray(window.columns["request_id"]).astype(str),
             "click": clicked.astype(np.float64),
-            "long_dwell": (clicked & (np.asarray(window.columns["dwell_ms"]) >= long_dwell_s * 1000)).astype(float),
+            "long_dwell": long_dwell(clicked, np.asarray(window.columns["dwell_ms"]), long_dwell_ms).astype(float),
             "add_to_cart": (window.arrived("cart_time_ms") >= 0).astype(np.float64),
             "purchase": (window.arrived("purchase_time_ms") >= 0).astype(np.float64)}
 
@@ -70,7 +71,7 @@ def audit_models(window: Window, candidate: dict[str, np.ndarray], production: d
                  config: AuditConfig) -> ModelAudit:
     """The candidate against production (None: the first model, judged on the gate's absolute bounds) on one
     window: prediction drift (PSI per task), the model-side clickbait signature, and the gate's thresholds."""
-    labels = labels_of(window, config.long_dwell_s)
+    labels = labels_of(window, config.long_dwell_ms)
     checks, signature = [], None
     if production is not None:
         for task in sorted(candidate.keys() & production.keys()):

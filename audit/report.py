@@ -16,6 +16,7 @@ import numpy as np
 from config.audit import AuditConfig
 from audit.stattests import binned, quantile_bins
 from audit.windows import MIX, Window, dwell_of_clicks, mix, rates, slices
+from schemas.units import HOUR_MS, seconds
 
 COLOURS = {"reference": "#7f7f7f", "current": "#d62728", "production": "#7f7f7f", "candidate": "#1f77b4"}
 
@@ -45,8 +46,8 @@ def figures(reference: Window, current: Window, verdict: dict, config: AuditConf
     ref_slices, cur_slices = slices(reference), slices(current)
     checked = [c["slice"] for c in verdict.get("checks", []) if c["metric"] == "dwell"]
     for name in checked:
-        hist = _histogram({"reference": dwell_of_clicks(reference, ref_slices[name]) / 1000,
-                           "current": dwell_of_clicks(current, cur_slices[name]) / 1000})
+        hist = _histogram({"reference": seconds(dwell_of_clicks(reference, ref_slices[name])),
+                           "current": seconds(dwell_of_clicks(current, cur_slices[name]))})
         if hist:
             out.append({"id": f"dwell.{name}", "title": f"dwell per click (s), {name}", **hist})
     for dimension in MIX:
@@ -59,17 +60,17 @@ def figures(reference: Window, current: Window, verdict: dict, config: AuditConf
     if reference.size and current.size:
         ages = config.ages_ms
         everything = (np.ones(reference.size, bool), np.ones(current.size, bool))
-        by_side = {side: rates(w, m, ages, config.bounce_s * 1000, config.long_dwell_s * 1000)
+        by_side = {side: rates(w, m, ages, config.bounce_ms, config.long_dwell_ms)
                    for side, w, m in (("reference", reference, everything[0]), ("current", current, everything[1]))}
         for label in ("cart", "purchase"):
             out.append({"id": f"maturity.{label}", "title": f"{label}s per click by label age (all)", "kind": "lines",
-                        "x": [f"{a / 3_600_000:g} h" for a in ages],
-                        "series": {side: [r[f"{label}_per_click@{a / 3_600_000:g}h"].value for a in ages]
+                        "x": [f"{a / HOUR_MS:g} h" for a in ages],
+                        "series": {side: [r[f"{label}_per_click@{a / HOUR_MS:g}h"].value for a in ages]
                                    for side, r in by_side.items()}})
     curve = verdict.get("maturity", {}).get("curve")
     if curve:
         out.append({"id": "maturity.curve", "title": "maturity curve: share of final purchases arrived by age "
-                    "(reference)", "kind": "lines", "x": [f"{a / 3_600_000:g} h" for a in curve["ages_ms"]],
+                    "(reference)", "kind": "lines", "x": [f"{a / HOUR_MS:g} h" for a in curve["ages_ms"]],
                     "series": {"reference": curve["shares"]}})
     for task in sorted(set().union(*[p.keys() for p in (predictions or {}).values()]) if predictions else []):
         sides = {side: p[task] for side, p in predictions.items() if task in p}
@@ -167,7 +168,7 @@ def render(report: dict, plots: list[dict]) -> str:
     if maturity.get("projection"):
         p = maturity["projection"]
         parts.append(f"<section id='projection'><h2>Conversion still arriving</h2><p>purchases per click at "
-                     f"{p['age_ms'] / 3_600_000:g} h: {p['observed']:.4f}; the reference's curve has "
+                     f"{p['age_ms'] / HOUR_MS:g} h: {p['observed']:.4f}; the reference's curve has "
                      f"{p['share']:.0%} of final purchases by then, so the final rate is projected at "
                      f"{p['projected']:.4f} (95% interval {p['interval'][0]:.4f} to {p['interval'][1]:.4f}).</p>"
                      "</section>")

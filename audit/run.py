@@ -14,12 +14,13 @@ from audit.drift import Status, Verdict, audit_windows
 from audit.maturity import learn_curve, project_final_rate
 from audit.stattests import Rate
 from audit.windows import Window, load_window
+from schemas.units import hour_text
 
 CHECK = "drift_audit"
 
 
 def _hour(ms: int | None) -> str:
-    return "open" if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:00Z")
+    return "open" if ms is None else hour_text(ms)
 
 
 def with_models(verdict: Verdict, model) -> Verdict:

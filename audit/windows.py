@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from audit.stattests import Rate
+from pipelines.labeling import bounced, long_dwell
+from schemas.units import HOUR_MS
 
 REQUIRED = ("clicked", "click_time_ms", "dwell_ms", "added_to_cart", "purchased", "cart_time_ms", "purchase_time_ms",
             "purchase_value", "surface", "device", "position", "item_age_hours", "headline_score", "item_category",
@@ -120,13 +122,13 @@ def rates(window: Window, mask: np.ndarray, ages_ms: tuple[int, ...], bounce_ms:
     event_ms = np.asarray(window.columns["event_time_ms"], np.int64)[mask]
     dwell = np.asarray(window.columns["dwell_ms"], np.int64)[mask]
     out = {"ctr": Rate(int(clicked.sum()), int(mask.sum())),
-           "bounce_per_click": Rate(int((clicked & (dwell < bounce_ms)).sum()), int(clicked.sum())),
-           "long_dwell_per_click": Rate(int((clicked & (dwell >= long_dwell_ms)).sum()), int(clicked.sum()))}
+           "bounce_per_click": Rate(int(bounced(clicked, dwell, bounce_ms).sum()), int(clicked.sum())),
+           "long_dwell_per_click": Rate(int(long_dwell(clicked, dwell, long_dwell_ms).sum()), int(clicked.sum()))}
     for label, column in (("cart", "cart_time_ms"), ("purchase", "purchase_time_ms")):
         converted_ms = window.arrived(column)[mask]
         delay = np.where(clicked & (converted_ms >= 0), converted_ms - click_ms, -1)
         for age in ages_ms:
-            tag = f"{age / 3_600_000:g}h"
+            tag = f"{age / HOUR_MS:g}h"
             if window.now_ms is None:
                 impressions_old, clicks_old = np.ones(len(clicked), bool), clicked
             else:

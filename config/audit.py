@@ -10,6 +10,8 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.units import HOUR_MS, ms
+
 
 class Better(str, enum.Enum):
     HIGHER = "higher"
@@ -87,4 +89,12 @@ class AuditConfig(BaseModel):
 
     @property
     def ages_ms(self) -> tuple[int, ...]:
-        return tuple(int(h * 3_600_000) for h in self.ages_h)
+        return tuple(int(h * HOUR_MS) for h in self.ages_h)
+
+    @property
+    def bounce_ms(self) -> int:
+        return ms(self.bounce_s)
+
+    @property
+    def long_dwell_ms(self) -> int:
+        return ms(self.long_dwell_s)

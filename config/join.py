@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.units import ms
 
 
 class LabelStrategy(str, enum.Enum):
@@ -22,9 +23,21 @@ class LabelConfig(BaseModel):
     strategy: LabelStrategy = LabelStrategy.WAIT_FOR_WINDOW
 
     @property
+    def click_window_ms(self) -> int:
+        return ms(self.click_window_s)
+
+    @property
+    def cart_window_ms(self) -> int:
+        return ms(self.cart_window_s)
+
+    @property
+    def purchase_window_ms(self) -> int:
+        return ms(self.purchase_window_s)
+
+    @property
     def horizon_ms(self) -> int:
         """How long after an impression its labels can still change."""
-        return int((self.click_window_s + max(self.cart_window_s, self.purchase_window_s)) * 1000)
+        return ms(self.click_window_s + max(self.cart_window_s, self.purchase_window_s))
 
 
 class Runner(str, enum.Enum):
@@ -80,3 +93,15 @@ class JoinSettings(BaseModel):
     direct_num_workers: int = Field(1, ge=1)
     prism_location: Path = Field(Path(__file__).resolve().parents[1] / "infra" / "prism" / "bin" / "prism",
                                  description="The Prism binary that streaming runs use (built by make prism).")
+
+    @property
+    def out_of_orderness_ms(self) -> int:
+        return ms(self.out_of_orderness_s)
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        return ms(self.allowed_lateness_s)
+
+    @property
+    def max_record_time_ahead_ms(self) -> int:
+        return ms(self.max_record_time_ahead_s)

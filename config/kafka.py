@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.units import DAY_MS
 from schemas.topics import DEAD_LETTER_TOPIC, EVENT_TOPICS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -50,5 +51,5 @@ class KafkaSettings(BaseModel):
         if topic != self.dead_letter_topic:
             return {"max.message.bytes": str(self.event_max_bytes)}
         return {"max.message.bytes": str(self.dead_letter_max_bytes), "cleanup.policy": "delete",
-                "retention.ms": str(int(self.dead_letter_retention_days * 86_400_000)),
+                "retention.ms": str(int(self.dead_letter_retention_days * DAY_MS)),
                 "message.timestamp.type": "CreateTime"}

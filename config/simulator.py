@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.units import DAY_MS, SECOND_MS, epoch_ms, ms
 
 
 class _Strict(BaseModel):
@@ -45,6 +48,11 @@ class LogNormalDelay(_Strict):
     median_s: float = Field(gt=0)
     sigma: float = Field(ge=0)
 
+    @property
+    def log_median_ms(self) -> float:
+        """The log of the median in milliseconds: a draw exp(N(log_median_ms, sigma)) is a delay in ms."""
+        return math.log(self.median_s) + math.log(SECOND_MS)
+
 
 class DelayConfig(_Strict):
     """Heavy-tailed conversion delays: most land within minutes or hours, some after any sensible window."""
@@ -61,6 +69,14 @@ class DeliveryConfig(_Strict):
     disorder_max_s: float = Field(900.0, ge=0.0, description="A late event is delayed by up to this much.")
     duplicate_rate: float = Field(0.01, ge=0.0, le=1.0, description="Share of events delivered a second time.")
     duplicate_max_s: float = Field(60.0, ge=0.0, description="A duplicate follows its original by up to this much.")
+
+    @property
+    def disorder_max_ms(self) -> int:
+        return ms(self.disorder_max_s)
+
+    @property
+    def duplicate_max_ms(self) -> int:
+        return ms(self.duplicate_max_s)
 
 
 class LoggingPolicyConfig(_Strict):
@@ -105,8 +121,16 @@ class SimulatorConfig(_Strict):
 
     @property
     def start_ms(self) -> int:
-        return int(self.start.timestamp() * 1000)
+        return epoch_ms(self.start)
 
     @property
     def end_ms(self) -> int:
-        return self.start_ms + int(self.days * 86_400_000)
+        return self.start_ms + int(self.days * DAY_MS)
+
+    @property
+    def chunk_ms(self) -> int:
+        return ms(self.chunk_s)
+
+    @property
+    def drain_ms(self) -> int:
+        return ms(self.drain_s)

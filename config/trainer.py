@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.units import ms
+
 TASKS = ("click", "long_dwell", "add_to_cart", "purchase")
 
 
@@ -33,6 +35,10 @@ class ModelConfig(_Strict):
     fake_negative_weighting: bool = Field(
         True, description="When examples come from the fake_negative label strategy, weight conversion losses as "
                           "Ktena et al. (RecSys 2019) derive, so the model learns the true conversion rate.")
+
+    @property
+    def long_dwell_ms(self) -> int:
+        return ms(self.long_dwell_s)
 
     @model_validator(mode="after")
     def _known_tasks(self) -> ModelConfig:

@@ -44,16 +44,16 @@ with DAG(
     @task(execution_timeout=dt.timedelta(minutes=2))
     def plan(params=None, dag_run=None, data_interval_end=None) -> dict:
         """The hour to label and the settings file to label it with."""
-        from valueloop.loop import HOUR_MS, hour_to_label
+        from schemas.units import HOUR_MS, epoch_ms, utc
+        from valueloop.loop import hour_to_label
         from valueloop.scheduling.assets import config_path, settings
 
         if params.get("hour"):
-            hour = dt.datetime.fromisoformat(params["hour"].replace("Z", "+00:00"))
-            hour_ms = int(hour.replace(tzinfo=hour.tzinfo or dt.timezone.utc).timestamp() * 1000)
+            hour_ms = epoch_ms(dt.datetime.fromisoformat(params["hour"].replace("Z", "+00:00")))
         else:
             now = getattr(dag_run, "partition_date", None) or data_interval_end or getattr(dag_run, "run_after")
-            hour_ms = hour_to_label(settings(), int(now.timestamp() * 1000))
-        hour = dt.datetime.fromtimestamp(hour_ms / 1000, dt.timezone.utc)
+            hour_ms = hour_to_label(settings(), epoch_ms(now))
+        hour = utc(hour_ms)
         return {"hour": hour.strftime(HOUR_KEY), "hour_ms": hour_ms // HOUR_MS * HOUR_MS,
                 "runner": {"direct": "DirectRunner", "flink": "FlinkRunner"}[params.get("runner", "direct")],
                 "config": config_path() or ""}

@@ -27,6 +27,7 @@ from kafka.protocol.consumer.fetch import FetchRequest
 
 from kafka_io._records import RecordFormatError, append_records
 from kafka_io.metadata import partition_leaders
+from schemas.units import seconds
 
 _DECOMPRESSORS = {1: kafka_codec.gzip_decode, 2: kafka_codec.snappy_decode, 3: kafka_codec.lz4_decode,
                   4: kafka_codec.zstd_decode}
@@ -171,7 +172,7 @@ class PartitionFetcher:
         Retries a moved or restarting leader until the timeout; raises BatchTooLargeError for a batch past
         `max_batch_bytes` and FetchError for anything else.
         """
-        deadline = time.monotonic() + self._timeout_ms / 1000
+        deadline = time.monotonic() + seconds(self._timeout_ms)
         while True:
             try:
                 return self._fetch_once(topic, partition, offset, headers)
@@ -183,7 +184,7 @@ class PartitionFetcher:
             except _RETRIABLE as error:
                 if time.monotonic() > deadline:
                     raise FetchError(f"{topic}[{partition}]@{offset}: {type(error).__name__} for "
-                                     f"{self._timeout_ms / 1000:.0f}s: {error}") from error
+                                     f"{seconds(self._timeout_ms):.0f}s: {error}") from error
                 self._leaders.pop(topic, None)
                 time.sleep(0.2)
 

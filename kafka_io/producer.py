@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from confluent_kafka import KafkaException, Producer
+from schemas.units import ms
 
 
 class DeliveryError(RuntimeError):
@@ -29,7 +30,7 @@ class EventProducer:
             "enable.idempotence": True, "compression.type": compression, "linger.ms": 50,
             "batch.size": 1 << 20, "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1 << 20, "partitioner": "murmur2_random",
-            "message.timeout.ms": int(delivery_timeout_s * 1000), "log_level": 3,
+            "message.timeout.ms": ms(delivery_timeout_s), "log_level": 3,
             "on_delivery": self._delivered, **config})
         self._unpolled = 0
 

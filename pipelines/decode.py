@@ -2,7 +2,6 @@
 (written by `dead_letters`)."""
 from __future__ import annotations
 
-import time
 import zlib
 from typing import List, NamedTuple, Tuple
 
@@ -15,6 +14,7 @@ from pipelines.records import DeadLetter, DecodedEvent, KafkaChunk, KafkaRecord,
 from pipelines.worker import collect_garbage_less_often
 from schemas import BadEventError, EventDecoder
 from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS
+from schemas.units import now_ms, seconds
 
 EVENTS = "events"
 DEAD_LETTERS = "dead_letters"
@@ -34,8 +34,8 @@ class RecordClock(NamedTuple):
     fixed_ms: int | None = None  # the moment the bounded job planned its offsets; None: now
 
     def latest_ms(self) -> int:
-        now_ms = self.fixed_ms if self.fixed_ms is not None else int(time.time() * 1000)
-        return now_ms + self.ahead_ms
+        moment_ms = self.fixed_ms if self.fixed_ms is not None else now_ms()
+        return moment_ms + self.ahead_ms
 
 
 class EventTimeStamps:
@@ -105,7 +105,7 @@ class _Decode(beam.DoFn):
             return
         self._decoded.inc()
         yield TimestampedValue(DecodedEvent(event.name, event.datum, record.timestamp_ms),
-                               event.datum["event_time_ms"] / 1000.0)
+                               seconds(event.datum["event_time_ms"]))
 
 
 class DecodeEvents(beam.PTransform):

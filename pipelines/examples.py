@@ -15,6 +15,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.partitions import kind_of, partition_of, serialized, summary_of, write_serialized_partition
 from pipelines.records import Revision
+from schemas.units import HOUR_MS, from_micros, micros
 
 
 class _WritePartition(beam.DoFn):
@@ -89,23 +90,23 @@ class _WriteSettledHour(beam.DoFn):
                 hour=beam.DoFn.TimerParam(HOUR)):
         partition, change = hour_revision
         revisions.add(change)
-        settle_ms = (change.example.event_time_ms // 3_600_000 + 1) * 3_600_000 + self._horizon_ms
+        settle_ms = (change.example.event_time_ms // HOUR_MS + 1) * HOUR_MS + self._horizon_ms
         if writes.read():  # written already: this came after, so the partition is rewritten now
             yield self._write(partition, settle_ms, revisions, writes)
             return
-        hour.set(Timestamp(micros=settle_ms * 1000))
+        hour.set(Timestamp(micros=micros(settle_ms)))
 
     @on_timer(HOUR)
     def settle_or_expire(self, key=beam.DoFn.KeyParam, fire=beam.DoFn.TimestampParam,
                          revisions=beam.DoFn.StateParam(REVISIONS), writes=beam.DoFn.StateParam(WRITES),
                          hour=beam.DoFn.TimerParam(HOUR)):
-        fire_ms = fire.micros // 1000
+        fire_ms = from_micros(fire.micros)
         if writes.read():  # the second firing: the allowed lateness has passed
             revisions.clear()
             writes.clear()
             return
         yield self._write(key, fire_ms, revisions, writes)
-        hour.set(Timestamp(micros=(fire_ms + self._allowed_lateness_ms) * 1000))
+        hour.set(Timestamp(micros=micros(fire_ms + self._allowed_lateness_ms)))
 
     def _write(self, partition: str, watermark_ms: int, revisions, writes) -> dict:
         written = writes.read() or 0

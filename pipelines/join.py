@@ -17,6 +17,7 @@ from pipelines.partitions import partition_of, serialized
 from pipelines.labeling import Example, label_user_events
 from config.join import LabelConfig
 from pipelines.records import DecodedEvent, LateEvent
+from schemas.units import DAY_MS, HOUR_MS
 
 EXAMPLES = "examples"
 LATE = "late"
@@ -27,7 +28,6 @@ class LabeledStreams(NamedTuple):
     late: beam.PCollection  # LateEvent
 
 
-HOUR_MS = 3_600_000
 NO_WATERMARK = -(2**62)  # an input without records settles nothing
 
 
@@ -100,7 +100,7 @@ class LabelImpressions(beam.PTransform):
     """
 
     def __init__(self, config: LabelConfig, watermark, from_ms: int | None = None, to_ms: int | None = None,
-                 allowed_lateness_ms: int = 86_400_000):
+                 allowed_lateness_ms: int = DAY_MS):
         super().__init__()
         self._fn = _LabelShard(config, from_ms, to_ms, allowed_lateness_ms)
         self._watermark = watermark

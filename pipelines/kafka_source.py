@@ -26,6 +26,7 @@ from kafka_io.fetcher import FRAME_MARGIN_BYTES, BatchTooLargeError, CorruptBatc
 from kafka_io.metadata import topic_configs
 from pipelines.records import KafkaChunk, KafkaRecord
 from pipelines.worker import collect_garbage_less_often
+from schemas.units import micros, seconds
 
 
 _CONSUMER_FRAME_BYTES = 100_000_000  # kafka-python's consumer's own frame limit
@@ -394,7 +395,7 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
                         else r.timestamp
                     # A dead letter goes out at its partition's event time: it has none of its own to tell.
                     yield TimestampedValue(KafkaRecord(r.topic, r.partition, r.offset, delivered_ms, r.key, r.value),
-                                           (event_ms if event_ms is not None else max(frontier, 0)) / 1000.0)
+                                           seconds(event_ms if event_ms is not None else max(frontier, 0)))
         claimed = tracker.current_restriction()
         ends = consumer.end_offsets(list(partitions.values()))
         next_offset = {(t, p): o for t, p, o in claimed.positions}
@@ -404,7 +405,7 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
         # quiet one (a sparse purchases partition, say) does not: all there is has been read.
         candidate = min(behind) if behind else max(newest.values(), default=-1)
         if candidate >= 0:
-            estimate = Timestamp(micros=(candidate - self._bound) * 1000)
+            estimate = Timestamp(micros=micros(candidate - self._bound))
             if watermark.current_watermark() is None or estimate > watermark.current_watermark():
                 watermark.set_watermark(estimate)
         tracker.defer_remainder(Duration(seconds=0 if read else 0.5))

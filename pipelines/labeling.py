@@ -6,6 +6,8 @@ Definitions, all in event time:
 - an AddToCart or Purchase is attributed to the last counted click on the same (user, item) at or before it,
   if the conversion lies within that label's window of the click (cart 1 hour, purchase 7 days by default);
   otherwise to nothing;
+- a click is a long dwell when its dwell reaches a threshold, and a bounce when its dwell stays under another
+  (`long_dwell`, `bounced`);
 - an impression is settled when the watermark passes its horizon: impression time + click window + the
   longest conversion window. Then `wait_for_window` emits it once, with final labels;
 - `fake_negative` (Ktena et al., RecSys 2019) emits every impression as soon as its click is known (at the
@@ -19,6 +21,18 @@ import enum
 from typing import Iterable, NamedTuple
 
 from config.join import LabelConfig, LabelStrategy
+
+
+def long_dwell(clicked, dwell_ms, long_dwell_ms: int):
+    """The long-dwell label: a click whose dwell reaches `long_dwell_ms`, the engagement the long-dwell task
+    learns. Booleans in and out, on numpy arrays and TensorFlow tensors alike: training, evaluation and the audit
+    all take it from here."""
+    return clicked & (dwell_ms >= long_dwell_ms)
+
+
+def bounced(clicked, dwell_ms, bounce_ms: int):
+    """A bounce, as the drift audit counts it: a click whose dwell stays under `bounce_ms`."""
+    return clicked & (dwell_ms < bounce_ms)
 
 
 class Example(NamedTuple):
@@ -85,7 +99,7 @@ def label_user_events(events: Iterable[tuple[str, dict]], config: LabelConfig, w
         elif name in conversions:
             conversions[name].setdefault(datum["event_id"], datum)
 
-    click_window_ms = int(config.click_window_s * 1000)
+    click_window_ms = config.click_window_ms
     first_click: dict[str, int] = {}
     for click in clicks.values():
         impression = impressions.get(click["impression_id"])
@@ -109,7 +123,7 @@ def label_user_events(events: Iterable[tuple[str, dict]], config: LabelConfig, w
         timeline.sort()
 
     attributed = {name: {} for name in conversions}  # name -> impression id -> (first time, value sum)
-    windows_ms = {"AddToCart": int(config.cart_window_s * 1000), "Purchase": int(config.purchase_window_s * 1000)}
+    windows_ms = {"AddToCart": config.cart_window_ms, "Purchase": config.purchase_window_ms}
     for name, by_id in conversions.items():
         for conversion in by_id.values():
             owner = _last_click_within(clicks_on_item.get(conversion["item_id"], ()), conversion["event_time_ms"],

@@ -17,13 +17,14 @@ from pathlib import Path
 from pipelines._tf_example import frame
 from pipelines.labeling import Example
 from pipelines.tf_example import parse_example_fields, read_records, serialize_example
+from schemas.units import HOUR_MS, epoch_ms, utc
 
 EXAMPLES_FILE = "examples.tfrecord"
 MANIFEST_FILE = "_manifest.json"
 
 
 def partition_of(event_time_ms: int) -> str:
-    hour = dt.datetime.fromtimestamp(event_time_ms // 1000, tz=dt.timezone.utc)
+    hour = utc(event_time_ms)
     return f"dt={hour:%Y-%m-%d}/hour={hour:%H}"
 
 
@@ -31,7 +32,7 @@ def hour_of(partition: str) -> int:
     """The start, in ms since the epoch, of the event hour a partition (`partition_of`) holds."""
     day, hour = partition.split("/")
     moment = dt.datetime.strptime(f"{day[3:]} {hour[5:]}", "%Y-%m-%d %H").replace(tzinfo=dt.timezone.utc)
-    return int(moment.timestamp()) * 1000
+    return epoch_ms(moment)
 
 
 def resume_hour_ms(output_dir: str | Path) -> int | None:
@@ -47,7 +48,7 @@ def resume_hour_ms(output_dir: str | Path) -> int | None:
         return None
     hour = min(written)
     while hour in written:
-        hour += 3_600_000
+        hour += HOUR_MS
     return hour
 
 

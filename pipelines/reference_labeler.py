@@ -6,6 +6,7 @@ all events into memory at once; it is not a pipeline.
 from __future__ import annotations
 
 from collections import defaultdict
+from schemas.units import ms
 
 
 def reference_labels(events, click_window_s: float, cart_window_s: float, purchase_window_s: float,
@@ -27,7 +28,7 @@ def reference_labels(events, click_window_s: float, cart_window_s: float, purcha
         shown = impressions.get(click["impression_id"])
         if shown is None or shown["user_id"] != click["user_id"]:
             continue
-        if shown["event_time_ms"] <= click["event_time_ms"] <= shown["event_time_ms"] + click_window_s * 1000:
+        if shown["event_time_ms"] <= click["event_time_ms"] <= shown["event_time_ms"] + ms(click_window_s):
             if click["impression_id"] not in click_of or click["event_time_ms"] < click_of[click["impression_id"]]:
                 click_of[click["impression_id"]] = click["event_time_ms"]
 
@@ -41,7 +42,7 @@ def reference_labels(events, click_window_s: float, cart_window_s: float, purcha
         if not candidates:
             return None
         t, imp = max(candidates)
-        return imp if conversion["event_time_ms"] - t <= window_s * 1000 else None
+        return imp if conversion["event_time_ms"] - t <= ms(window_s) else None
 
     carted, bought = set(), defaultdict(float)
     for cart in by_kind["AddToCart"]:
@@ -58,7 +59,7 @@ def reference_labels(events, click_window_s: float, cart_window_s: float, purcha
         if d["impression_id"] in click_of:
             dwell[d["impression_id"]] += d["dwell_ms"]
 
-    horizon_ms = (click_window_s + max(cart_window_s, purchase_window_s)) * 1000
+    horizon_ms = ms(click_window_s + max(cart_window_s, purchase_window_s))
     return {
         imp: {"clicked": imp in click_of, "click_time_ms": click_of.get(imp),
               "dwell_ms": dwell[imp] if imp in dwell else None, "added_to_cart": imp in carted,

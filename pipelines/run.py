@@ -13,11 +13,12 @@ import logging
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from config.join import JoinSettings, LatenessReference
 from config.kafka import KafkaSettings
 from kafka_io.metadata import topic_configs
 from pipelines.dead_letters import WriteDeadLetters, already_written, topic_limit
@@ -27,7 +28,7 @@ from pipelines.partitions import describe_partition
 from pipelines.join import EstimateWatermark, LabelImpressions
 from pipelines.kafka_source import (PartitionRange, ReadKafkaRanges, largest_batch_bytes, ranges_for_times,
                                     snapshot_ranges)
-from config.join import JoinSettings, LatenessReference
+from schemas.units import HOUR_MS, now_ms
 
 
 @dataclasses.dataclass
@@ -127,9 +128,8 @@ def plan_ranges(kafka: KafkaSettings, settings: JoinSettings, from_ms: int | Non
     if from_ms is None and to_ms is None:
         return snapshot_ranges(kafka.bootstrap_servers, topics, settings.stable_offsets_wait_s)
     horizon_ms = settings.labels.horizon_ms
-    lateness_ms = int(settings.allowed_lateness_s * 1000)
     return ranges_for_times(kafka.bootstrap_servers, topics, (from_ms or 0) - horizon_ms,
-                            (to_ms if to_ms is not None else 2**62) + horizon_ms + lateness_ms,
+                            (to_ms if to_ms is not None else 2**62) + horizon_ms + settings.allowed_lateness_ms,
                             settings.stable_offsets_wait_s)
 
 
@@ -212,8 +212,8 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
         raise ValueError(f"runner is direct or flink, not {runner!r}")
     context_from_ms = None if from_ms is None else from_ms - settings.labels.horizon_ms
     start = start_positions(kafka.bootstrap_servers, kafka.event_topics.values(), context_from_ms)
-    bound_ms = int(settings.out_of_orderness_s * 1000)
-    clock = RecordClock(int(settings.max_record_time_ahead_s * 1000))  # read as records come
+    bound_ms = settings.out_of_orderness_ms
+    clock = RecordClock(settings.max_record_time_ahead_ms)  # read as records come
     max_batch_bytes = largest_batch_bytes(kafka.bootstrap_servers, kafka.event_topics.values(),
                                           settings.max_batch_bytes)
     dead_letters = _dead_letter_sink(kafka, [(t, p, o, 2**62) for t, p, o in start.positions], max_batch_bytes)
@@ -225,14 +225,14 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
         decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics, clock)
         decoded.dead_letters | "Dead letters" >> dead_letters
         labeled = decoded.events | "Label impressions" >> LabelImpressionsStreaming(
-            settings.labels, int(settings.allowed_lateness_s * 1000))
+            settings.labels, settings.allowed_lateness_ms)
         revisions = labeled.examples
         if from_ms is not None:
             revisions = revisions | "Only impressions from --from" >> beam.Filter(
                 lambda change, first_ms=from_ms: change.example.event_time_ms >= first_ms)
         written = revisions | "Write examples" >> WriteExamplesStreaming(
             settings.output_dir, {"mode": "streaming", "from_ms": from_ms}, settings.labels.horizon_ms,
-            int(settings.allowed_lateness_s * 1000))
+            settings.allowed_lateness_ms)
         written | "Report each hour written" >> beam.Map(_report_written)
         labeled.late | "Late events" >> RecordLateEvents(settings.output_dir, f"streaming-{os.getpid()}")
 
@@ -246,9 +246,9 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
     Raises MostlyLateError, after writing, when more than `settings.max_late_share` of the events were late.
     """
     for bound, name in ((from_ms, "--from"), (to_ms, "--to")):
-        if bound is not None and bound % 3_600_000:
+        if bound is not None and bound % HOUR_MS:
             raise ValueError(f"{name} must be on the hour: partitions are whole event hours")
-    clock = RecordClock(int(settings.max_record_time_ahead_s * 1000), int(time.time() * 1000))
+    clock = RecordClock(settings.max_record_time_ahead_ms, now_ms())
     ranges = ranges if ranges is not None else plan_ranges(kafka, settings, from_ms, to_ms)
     source = {"ranges": [r._asdict() for r in ranges],
               "ranges_digest": hashlib.sha256(json.dumps([list(r) for r in ranges]).encode()).hexdigest()[:16]}
@@ -267,9 +267,9 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
     decoded = groups | "Decode events" >> DecodeEventGroups(kafka.event_topics, clock)
     decoded.dead_letters | "Dead letters" >> dead_letters
     watermark = chunks | "Estimate the watermark" >> EstimateWatermark(
-        int(settings.out_of_orderness_s * 1000), kafka.event_topics, clock)
+        settings.out_of_orderness_ms, kafka.event_topics, clock)
     labeled = decoded.events | "Label impressions" >> LabelImpressions(
-        settings.labels, watermark, from_ms, to_ms, int(settings.allowed_lateness_s * 1000))
+        settings.labels, watermark, from_ms, to_ms, settings.allowed_lateness_ms)
     manifests = labeled.examples | "Write examples" >> WriteExamples(settings.output_dir, source, watermark)
     labeled.late | "Late events" >> RecordLateEvents(settings.output_dir, source["ranges_digest"])
     del manifests  # read back from disk below: the runner may have run the writers in other processes

@@ -29,6 +29,7 @@ from pipelines.join import EXAMPLES, LATE, LabeledStreams
 from pipelines.labeling import Example, label_user_events
 from config.join import LabelConfig, LabelStrategy
 from pipelines.records import DecodedEvent, LateEvent, Revision
+from schemas.units import DAY_MS, from_micros, micros
 
 _NEVER = 2**62
 _EVENT_CODER = beam.coders.registry.get_coder(DecodedEvent)
@@ -41,7 +42,7 @@ def _release_hint_ms(event: DecodedEvent, config: LabelConfig) -> int | None:
     if event.name == "Impression":
         if config.strategy is LabelStrategy.WAIT_FOR_WINDOW:
             return t + config.horizon_ms
-        return t + int(config.click_window_s * 1000)
+        return t + config.click_window_ms
     if config.strategy is LabelStrategy.FAKE_NEGATIVE:
         return t
     return None
@@ -67,7 +68,7 @@ def _identity(event: DecodedEvent) -> str:
 
 def _set_release(release, at_ms: int) -> None:
     """One timer per release time (tagged by it), so every release already known is pending at once."""
-    release.set(Timestamp(micros=at_ms * 1000), dynamic_timer_tag=str(at_ms))
+    release.set(Timestamp(micros=micros(at_ms)), dynamic_timer_tag=str(at_ms))
 
 
 class _LabelUserStreaming(beam.DoFn):
@@ -126,7 +127,7 @@ class _LabelUserStreaming(beam.DoFn):
     @on_timer(RELEASE)
     def on_release(self, fire=beam.DoFn.TimestampParam, events=beam.DoFn.StateParam(EVENTS),
                    progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
-        now_ms = fire.micros // 1000
+        now_ms = from_micros(fire.micros)
         last_fired, version, _ = progress.read() or (-1, 0, ())
         if now_ms <= last_fired:
             return  # a release this one's predecessor already covered
@@ -156,7 +157,7 @@ class LabelImpressionsStreaming(beam.PTransform):
     revision whenever an event within the allowed lateness changes it afterwards; to the late output, events
     past the allowed lateness."""
 
-    def __init__(self, config: LabelConfig, allowed_lateness_ms: int = 86_400_000):
+    def __init__(self, config: LabelConfig, allowed_lateness_ms: int = DAY_MS):
         super().__init__()
         self._fn = _LabelUserStreaming(config, allowed_lateness_ms)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import enum
 import io
-import time
 from typing import Iterable, NamedTuple
 
 from fastavro import schemaless_reader, schemaless_writer
@@ -15,6 +14,7 @@ from fastavro.validation import ValidationError, validate
 from schemas._native import decode_known, peek_known
 from schemas.compiled import UnsupportedSchema, compile_field_reader, compile_reader, compile_record
 from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
+from schemas.units import now_ms, seconds
 from schemas.validation import DEFAULT_MAX_FUTURE_SKEW_MS, compile_check, find_problem
 
 MAGIC = b"\xc3\x01"
@@ -143,7 +143,7 @@ class EventDecoder:
             return BadEventError(reason, detail, topic, partition, offset)
 
         if latest_record_ms is not None and timestamp_ms is not None and timestamp_ms > latest_record_ms:
-            ahead_s = (timestamp_ms - latest_record_ms) / 1000
+            ahead_s = seconds(timestamp_ms - latest_record_ms)
             raise bad(Reason.RECORD_TIME_AHEAD, f"record timestamp {timestamp_ms} is {ahead_s:.0f}s past the latest "
                       f"the reader allows ({latest_record_ms}: its clock plus the allowed skew)")
 
@@ -169,7 +169,7 @@ class EventDecoder:
         if end != len(raw):
             raise bad(Reason.MALFORMED_BODY, f"{len(raw) - end} trailing bytes after the record" if end < len(raw)
                       else f"a length overruns the record by {end - len(raw)} bytes")
-        reference = timestamp_ms if timestamp_ms is not None and timestamp_ms > 0 else int(time.time() * 1000)
+        reference = timestamp_ms if timestamp_ms is not None and timestamp_ms > 0 else now_ms()
         passes = self._checks.get(name)
         if passes is None:
             passes = self._checks[name] = compile_check(datum)

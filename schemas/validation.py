@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from schemas import _native
+from schemas.units import HOUR_MS, seconds
 
 _ID_FIELDS = ("event_id", "impression_id", "request_id", "order_id", "user_id", "item_id")
 
@@ -23,7 +24,7 @@ _VALUE_RULES = (
 )
 
 # An event whose time is further ahead than this of the moment it was produced comes from a broken clock.
-DEFAULT_MAX_FUTURE_SKEW_MS = 60 * 60 * 1000
+DEFAULT_MAX_FUTURE_SKEW_MS = HOUR_MS
 
 
 def _within(value, low, low_allowed: bool, high, high_allowed: bool) -> bool:
@@ -45,7 +46,7 @@ def find_problem(datum: dict, reference_time_ms: int, max_future_skew_ms: int = 
         if event_time <= 0:
             return f"event_time_ms {event_time} is not after the epoch"
         if event_time > reference_time_ms + max_future_skew_ms:
-            ahead_s = (event_time - reference_time_ms) / 1000
+            ahead_s = seconds(event_time - reference_time_ms)
             return f"event_time_ms {event_time} is {ahead_s:.0f}s ahead of the time it was produced"
     for field, low, low_allowed, high, high_allowed, complaint in _VALUE_RULES:
         value = datum.get(field)

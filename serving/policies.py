@@ -22,6 +22,7 @@ from config.simulator import LoggingPolicyConfig
 from serving.propensities import (Exploration, epsilon_greedy_probability, plackett_luce_probability,
                                   standardised_logits)
 from trainer.exported import ExportedModel
+from schemas.units import HOUR_MS
 
 
 class Catalogue(Protocol):
@@ -167,7 +168,7 @@ def candidate_features(world, users: np.ndarray, candidates: np.ndarray, surface
         "surface": np.asarray(surfaces, object)[np.repeat(surface, m)],
         "device": np.asarray(devices, object)[world.user_device[flat_users]],
         "item_price": world.item_price[items].astype(np.float32),
-        "item_age_hours": (age_ms / 3_600_000).astype(np.float32),
+        "item_age_hours": (age_ms / HOUR_MS).astype(np.float32),
         "item_rating": world.item_rating[items].astype(np.float32),
         "headline_score": world.item_headline_score[items].astype(np.float32),
         "user_category_affinity": world.user_affinity[flat_users, category].astype(np.float32),

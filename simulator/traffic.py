@@ -12,6 +12,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from config.simulator import LogNormalDelay, SimulatorConfig
+from schemas.units import DAY_MS, HOUR_MS, SECOND_MS, seconds
 from simulator.served import ServedLog
 from serving.policies import LoggingPolicy, Policy, Surfaces
 from simulator.world import World
@@ -72,8 +73,12 @@ class SimulationSummary:
         }
 
 
-def _lognormal(rng: np.random.Generator, delay: LogNormalDelay, size: int) -> np.ndarray:
-    return np.exp(rng.normal(math.log(delay.median_s), delay.sigma, size))
+_LOG_SECOND_MS = math.log(SECOND_MS)  # a log-normal in seconds is one in milliseconds, its log shifted by this
+
+
+def _lognormal_ms(rng: np.random.Generator, delay: LogNormalDelay, size: int) -> np.ndarray:
+    """Delays in milliseconds, log-normal about the configured median."""
+    return np.exp(rng.normal(delay.log_median_ms, delay.sigma, size))
 
 
 class Simulation:
@@ -103,7 +108,7 @@ class Simulation:
         """Every delivered event, in delivery order, up to the end of simulated time."""
         cfg = self.config
         request_ms = np.sort(self._rng.uniform(cfg.start_ms, cfg.end_ms, cfg.requests)).astype(np.int64)
-        chunk_ms = int(cfg.chunk_s * 1000)
+        chunk_ms = cfg.chunk_ms
         pending: list[tuple] = []
         first = 0
         for chunk_end in range(cfg.start_ms + chunk_ms, cfg.end_ms + chunk_ms, chunk_ms):
@@ -118,7 +123,7 @@ class Simulation:
             for event in ready:
                 self.summary.delivered[event.name] += 1
                 yield event
-        drained = cfg.end_ms + int(cfg.drain_s * 1000)
+        drained = cfg.end_ms + cfg.drain_ms
         for event in sorted(e for e in pending if e[0] < drained):
             self.summary.delivered[event.name] += 1
             yield event
@@ -144,21 +149,23 @@ class Simulation:
         flat_times = np.repeat(request_ms, slates.shape[1])
 
         clicked = rng.random(flat_items.size) < world.click_probability(flat_users, flat_items, flat_positions)
-        click_ms = flat_times + (_lognormal(rng, cfg.delays.click_after_impression, flat_items.size) * 1000).astype(np.int64)
-        dwell_s = np.exp(rng.normal(world.dwell_log_median(flat_items), world.config.behaviour.dwell_sigma))
+        click_ms = flat_times + _lognormal_ms(rng, cfg.delays.click_after_impression, flat_items.size).astype(np.int64)
+        dwell_ms = np.exp(rng.normal(world.dwell_log_median(flat_items) + _LOG_SECOND_MS,
+                                     world.config.behaviour.dwell_sigma))
+        dwell_s = seconds(dwell_ms)
         carted = clicked & (rng.random(flat_items.size) < world.cart_probability(flat_users, flat_items))
-        cart_delay_s = _lognormal(rng, cfg.delays.cart_after_click, flat_items.size)
-        cart_ms = click_ms + (cart_delay_s * 1000).astype(np.int64)
+        cart_delay_ms = _lognormal_ms(rng, cfg.delays.cart_after_click, flat_items.size)
+        cart_ms = click_ms + cart_delay_ms.astype(np.int64)
         bought = carted & (rng.random(flat_items.size) < world.purchase_probability(flat_items))
-        purchase_delay_s = _lognormal(rng, cfg.delays.purchase_after_cart, flat_items.size)
-        purchase_ms = cart_ms + (purchase_delay_s * 1000).astype(np.int64)
+        purchase_delay_ms = _lognormal_ms(rng, cfg.delays.purchase_after_cart, flat_items.size)
+        purchase_ms = cart_ms + purchase_delay_ms.astype(np.int64)
         quantity = 1 + rng.poisson(0.15, flat_items.size)
         self._tally(flat_items, clicked, dwell_s, carted, bought)
         if self.served is not None:
             self.served.add(world, users, slates, arm, candidates, clicked.reshape(slates.shape),
                             bought.reshape(slates.shape), propensities, surfaces, request_ms)
-        self.summary.cart_delays_s.extend(cart_delay_s[carted].tolist())
-        self.summary.purchase_delays_s.extend(purchase_delay_s[bought].tolist())
+        self.summary.cart_delays_s.extend(seconds(cart_delay_ms[carted]).tolist())
+        self.summary.purchase_delays_s.extend(seconds(purchase_delay_ms[bought]).tolist())
 
         events: list[tuple] = []
         emit = self._emitter(events)
@@ -181,10 +188,10 @@ class Simulation:
             c_ms = int(click_ms[k])
             emit("Click", c_ms, user_id, {"event_id": f"clk-{tag}", "impression_id": impression_id,
                                           "user_id": user_id, "item_id": item_id, "event_time_ms": c_ms})
-            dwell_ms = int(dwell_s[k] * 1000)
-            emit("Dwell", c_ms + dwell_ms, user_id, {"event_id": f"dwl-{tag}", "impression_id": impression_id,
-                                                     "user_id": user_id, "item_id": item_id,
-                                                     "event_time_ms": c_ms + dwell_ms, "dwell_ms": dwell_ms})
+            d_ms = int(dwell_ms[k])
+            emit("Dwell", c_ms + d_ms, user_id, {"event_id": f"dwl-{tag}", "impression_id": impression_id,
+                                                 "user_id": user_id, "item_id": item_id,
+                                                 "event_time_ms": c_ms + d_ms, "dwell_ms": d_ms})
             if not carted[k]:
                 continue
             q = int(quantity[k])
@@ -204,7 +211,7 @@ class Simulation:
         return {
             "item_category": self._categories[category],
             "item_price": float(world.item_price[item]),
-            "item_age_hours": float(np.float32((t_ms - int(world.item_published_ms[item])) / 3_600_000)),
+            "item_age_hours": float(np.float32((t_ms - int(world.item_published_ms[item])) / HOUR_MS)),
             "item_rating": self._rating[item],
             "headline_score": self._headline[item],
             "user_category_affinity": float(self._affinity[user, category]),
@@ -218,7 +225,7 @@ class Simulation:
         organic = rng.random(len(request_index)) < self.config.behaviour.organic_purchase_rate
         for req, t, user in zip(request_index[organic].tolist(), request_ms[organic].tolist(), users[organic].tolist()):
             item = int(rng.integers(self.config.catalogue.items))
-            when = t + int(rng.uniform(0, 86_400_000))
+            when = t + int(rng.uniform(0, DAY_MS))
             user_id = self._user_ids[user]
             value = float(self.world.item_price[item])
             emit("Purchase", when, user_id, {"event_id": f"pur-organic-{req:09d}", "order_id": f"ord-organic-{req:09d}",
@@ -229,7 +236,7 @@ class Simulation:
     def _emitter(self, events: list):
         """Returns emit(name, event_ms, user_id, datum): schedules delivery, late for some, twice for others."""
         delivery, rng = self.config.delivery, self._rng
-        late_ms, dup_ms = delivery.disorder_max_s * 1000, delivery.duplicate_max_s * 1000
+        late_ms, dup_ms = delivery.disorder_max_ms, delivery.duplicate_max_ms
         summary = self.summary
         # Draw the delivery dice in blocks: one numpy call per thousand events instead of three per event.
         block: list = []

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from config.simulator import SimulatorConfig
+from schemas.units import DAY_MS
 
 _ARRAYS = (
     "item_category", "item_bait", "item_is_bait", "item_quality", "item_price", "item_published_ms",
@@ -61,7 +62,7 @@ class World:
             item_is_bait=is_bait,
             item_quality=quality,
             item_price=np.round(np.exp(rng.normal(3.0, 0.8, cat.items)), 2),
-            item_published_ms=config.start_ms - (rng.exponential(30, cat.items) * 86_400_000).astype(np.int64),
+            item_published_ms=config.start_ms - (rng.exponential(30, cat.items) * DAY_MS).astype(np.int64),
             item_popularity=rng.normal(0, 1, cat.items),
             item_headline_score=np.clip(bait + rng.normal(0, cat.headline_noise, cat.items), 0, 1),
             item_rating=rating,

@@ -15,6 +15,7 @@ from pipelines.partitions import MANIFEST_FILE
 
 from pipelines.tf_example import read_records
 from trainer.features import parse_spec
+from schemas.units import epoch_ms, utc
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Partition:
 def _hour_start_ms(partition: str) -> int:
     day, hour = partition.split("/")
     start = dt.datetime.strptime(f"{day[3:]} {hour[5:]}", "%Y-%m-%d %H").replace(tzinfo=dt.timezone.utc)
-    return int(start.timestamp() * 1000)
+    return epoch_ms(start)
 
 
 def find_partitions(examples_dir: Path, start_ms: int | None = None, end_ms: int | None = None) -> list[Partition]:
@@ -52,7 +53,7 @@ def find_partitions(examples_dir: Path, start_ms: int | None = None, end_ms: int
 
 
 def _show(ms: int | None) -> str:
-    return "open" if ms is None else dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).isoformat()
+    return "open" if ms is None else utc(ms).isoformat()
 
 
 class CorruptPartitionError(ValueError):

@@ -16,6 +16,8 @@ import numpy as np
 
 from trainer import metrics
 from config.trainer import TASKS, ModelConfig
+from pipelines.labeling import long_dwell
+from schemas.units import ms
 
 RELEVANCE = {"purchase": 3, "add_to_cart": 2, "long_dwell": 1}  # graded gain of a logged outcome for NDCG
 LOGGED = "logged policy"
@@ -23,7 +25,7 @@ LOGGED = "logged policy"
 
 def observed_labels(columns: dict, long_dwell_s: float) -> dict[str, np.ndarray]:
     clicked = columns["clicked"] > 0
-    return {"click": clicked, "long_dwell": clicked & (columns["dwell_ms"] >= long_dwell_s * 1000),
+    return {"click": clicked, "long_dwell": long_dwell(clicked, columns["dwell_ms"], ms(long_dwell_s)),
             "add_to_cart": columns["added_to_cart"] > 0, "purchase": columns["purchased"] > 0}
 
 

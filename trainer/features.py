@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from pipelines.labeling import long_dwell
 from schemas.registry import default_registry
 
 # Inputs to the ranker. Ids are hashed (any new id has a bucket); small categoricals get a vocabulary adapted on
@@ -85,15 +86,14 @@ def serving_spec():
     return {name: tf.TensorSpec([None], getattr(tf, columns[name][0]), name=name) for name in INPUTS}
 
 
-def labels(columns: dict, long_dwell_s: float) -> dict:
+def labels(columns: dict, long_dwell_ms: int) -> dict:
     """Per-task labels over the impression space (float 0/1) from parsed columns; dwell counts only when clicked."""
     from trainer.tf_runtime import tf
 
-    clicked = tf.cast(columns["clicked"] > 0, tf.float32)
-    long_dwell = tf.cast(columns["dwell_ms"] >= int(long_dwell_s * 1000), tf.float32) * clicked
+    clicked = columns["clicked"] > 0
     return {
-        "click": clicked,
-        "long_dwell": long_dwell,
+        "click": tf.cast(clicked, tf.float32),
+        "long_dwell": tf.cast(long_dwell(clicked, columns["dwell_ms"], long_dwell_ms), tf.float32),
         "add_to_cart": tf.cast(columns["added_to_cart"] > 0, tf.float32),
         "purchase": tf.cast(columns["purchased"] > 0, tf.float32),
     }

@@ -175,7 +175,7 @@ class ValueRanker(tfrs.models.Model):
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         columns = inputs
         predictions = self(columns, training=training)
-        labels = task_labels(columns, self.config.long_dwell_s)
+        labels = task_labels(columns, self.config.long_dwell_ms)
         weights = self.sample_weights(columns, labels, predictions)
         losses = []
         for task, objective in self.tasks.items():

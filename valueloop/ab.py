@@ -14,7 +14,6 @@ from typing import Callable
 
 from config import Settings
 
-DAY_MS = 86_400_000
 def run_split_test(settings: Settings, out: Path, control: str, treatment: str, requests_per_day: int,
                    days: int, treatment_share: float = 0.5, seed: int = 7,
                    echo: Callable[[str], None] = print) -> dict:

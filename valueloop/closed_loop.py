@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 from config import Settings
+from schemas.units import DAY_MS, HOUR_MS, seconds, utc
 
-DAY_MS = 86_400_000
 
 
 class GateMode(str, enum.Enum):
@@ -66,7 +66,7 @@ def drain_s(settings: Settings) -> float:
     settle every hour of the day."""
     from valueloop.loop import labeling_lag_ms
 
-    return labeling_lag_ms(settings) / 1000 + settings.join.out_of_orderness_s + 3600
+    return seconds(labeling_lag_ms(settings)) + settings.join.out_of_orderness_s + seconds(HOUR_MS)
 
 
 def serving_policy(settings: Settings, objective: Objective):
@@ -83,13 +83,11 @@ def serving_policy(settings: Settings, objective: Objective):
 def unsettled_from(settings: Settings, start_ms: int) -> int:
     """The first hour of the day starting at `start_ms` that has no complete partition yet (the day's end when
     every hour has one)."""
-    from valueloop.loop import HOUR_MS
-
     from pipelines.partitions import MANIFEST_FILE
 
     examples = Path(settings.join.output_dir)
     for hour_ms in range(start_ms, start_ms + DAY_MS, HOUR_MS):
-        stamp = dt.datetime.fromtimestamp(hour_ms / 1000, dt.timezone.utc)
+        stamp = utc(hour_ms)
         if not (examples / stamp.strftime("dt=%Y-%m-%d/hour=%H") / MANIFEST_FILE).exists():
             return hour_ms
     return start_ms + DAY_MS

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from config import Settings
+from schemas.units import DAY_MS, utc
 from simulator.world import World
 
 DEMO_DIR = Path("out/demo")
@@ -49,7 +50,7 @@ def run_demo(settings: Settings, requests: int, days: float, train_days: float, 
     for step in ("examples", "models", "evaluation"):
         shutil.rmtree(DEMO_DIR / step, ignore_errors=True)  # what an earlier demo wrote is not this world's
     examples = _join(settings, ranges, purchase_window_days, echo)
-    split_ms = settings.simulator.start_ms + int(train_days * 86_400_000)
+    split_ms = settings.simulator.start_ms + int(train_days * DAY_MS)
     models = [_train(settings, preset, examples, split_ms, echo) for preset in ("value", "ctr")]
     echo(f"\nre-ranking the requests from {_hour_text(split_ms)} on with each model, scored by the hidden truth:\n")
     from trainer.evaluate import evaluate_range
@@ -103,7 +104,7 @@ def _train(settings: Settings, preset: str, examples: Path, split_ms: int, echo)
 
 
 def _hour_text(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return utc(ms).strftime("%Y-%m-%d %H:%M UTC")
 
 
 LOOP_DIR = DEMO_DIR / "loop"
@@ -151,7 +152,7 @@ def run_loop(settings: Settings, requests_per_day: int, echo: Callable[[str], No
     ranges = [PartitionRange(r.topic, r.partition, max(r.start, ends_before.get((r.topic, r.partition), r.start)),
                              r.stop) for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)]
     result = run_bounded_join(settings.kafka, settings.join, runner="direct", ranges=ranges,
-                              from_ms=first.start_ms, to_ms=first.start_ms + 3 * 86_400_000)
+                              from_ms=first.start_ms, to_ms=first.start_ms + 3 * DAY_MS)
     echo(f"joined: {len(result.manifests)} hours in {settings.join.output_dir}")
     outcomes = {}
     for offset, what in ((1, "a day like the one before"), (2, "the first day of the bait-loving policy")):

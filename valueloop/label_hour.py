@@ -21,6 +21,7 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from config import load_settings  # noqa: E402
+from schemas.units import epoch_ms  # noqa: E402
 from valueloop.loop import label_hour  # noqa: E402
 
 RUNNERS = {"directrunner": "direct", "direct": "direct", "fnapirunner": "direct", "flinkrunner": "flink",
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--hour {options.hour!r} is not on the hour")
 
     settings = load_settings(Path(options.config) if options.config else None)
-    print(json.dumps(label_hour(settings, int(hour.timestamp() * 1000), runner)))
+    print(json.dumps(label_hour(settings, epoch_ms(hour), runner)))
     return 0
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from config import Settings
 from config.loop import LoopSettings
+from schemas.units import DAY_MS, HOUR_MS, epoch_ms, hour_text, utc
 
-DAY_MS, HOUR_MS = 86_400_000, 3_600_000
 _LOG = logging.getLogger("valueloop.loop")
 
 
@@ -28,17 +28,13 @@ class ManifestsMissing(RuntimeError):
 def day_range(day: str) -> tuple[int, int]:
     """A UTC day (YYYY-MM-DD) as [start, end) in milliseconds."""
     start = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
-    return int(start.timestamp() * 1000), int(start.timestamp() * 1000) + DAY_MS
-
-
-def hour_text(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:00Z")
+    return epoch_ms(start), epoch_ms(start) + DAY_MS
 
 
 def labeling_lag_ms(settings: Settings) -> int:
     """How long after an hour ends its labels are final: the longest attribution window and the allowed
     lateness."""
-    return settings.join.labels.horizon_ms + int(settings.join.allowed_lateness_s * 1000)
+    return settings.join.labels.horizon_ms + settings.join.allowed_lateness_ms
 
 
 def hour_to_label(settings: Settings, interval_end_ms: int) -> int:
@@ -79,7 +75,7 @@ def check_manifests(settings: Settings, loop: LoopSettings, day: str) -> dict:
         found = {p.manifest["partition"]: p.examples for p in find_partitions(settings.join.output_dir, first, end)}
     except FileNotFoundError:
         found = {}
-    wanted = {dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("dt=%Y-%m-%d/hour=%H")
+    wanted = {utc(ms).strftime("dt=%Y-%m-%d/hour=%H")
               for ms in range(first, end, HOUR_MS)}
     missing = sorted(wanted - found.keys())
     if missing:

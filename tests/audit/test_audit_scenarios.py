@@ -9,10 +9,10 @@ from audit.stattests import Rate, run_test
 from audit.windows import Window, WindowError, load_window
 from pipelines.label_files import label_events, write_examples
 from config.join import LabelConfig
+from schemas.units import DAY_MS
 from simulator import Simulation, SimulatorConfig, World
 
 LABELS = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=2 * 86400)
-DAY_MS = 86_400_000
 BASE = {"requests": 24_000, "days": 3.0, "catalogue": {"users": 3_000, "items": 400}}
 
 

@@ -13,10 +13,9 @@ from pipelines.label_files import label_events, write_examples
 from config.join import LabelConfig
 from simulator import Simulation, SimulatorConfig
 from config.trainer import TrainConfig, preset
+from schemas.units import DAY_MS, HOUR_MS
 
 LABELS = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=6 * 3600)
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 
 
 @pytest.fixture(scope="module")

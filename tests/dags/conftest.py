@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from schemas.units import DAY_MS
 from valueloop.scheduling.dag_test import environment, migrate, run
 
 PROJECT = Path(__file__).resolve().parents[2]
-DAY_MS = 86_400_000
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from valueloop.cli.common import ConfigOption, broker_up, fail, running_job, settings_from
+from schemas.units import epoch_ms
 
 app = typer.Typer(help="A/B tests: run a split by user on the simulated world; analyse two arms' logs.",
                   no_args_is_help=True)
@@ -43,7 +44,7 @@ def _ms(text: str) -> int:
         stamp = dt.datetime.fromisoformat(text)
     except ValueError:
         fail(f"{text!r}: not an ISO date or time", code=2)
-    return int((stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)).timestamp() * 1000)
+    return epoch_ms(stamp)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from config import ConfigError, Settings, load_settings
+from schemas.units import epoch_ms
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Settings file (YAML or JSON); embedded defaults otherwise.",
                             exists=True, dir_okay=False)
@@ -98,9 +99,7 @@ def parse_hour(value: Optional[str], option: str) -> Optional[int]:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
         fail(f"{option} {value!r} is not an ISO time such as 2026-11-01T05:00Z")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return int(moment.timestamp() * 1000)
+    return epoch_ms(moment)
 
 
 def hour_option(flag: str, help: str):

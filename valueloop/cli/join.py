@@ -2,7 +2,6 @@
 simulator's Avro files to the same partitions, in one process)."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections import Counter
 from pathlib import Path
@@ -10,9 +9,9 @@ from typing import Optional
 
 import typer
 
-from config.join import LabelStrategy
-from config.join import JoinMode, JoinSettings, LatenessReference, Runner
+from config.join import JoinMode, JoinSettings, LabelStrategy, LatenessReference, Runner
 from valueloop.cli.common import ConfigOption, fail, log_to_stderr, parse_hour, running_job, settings_from
+from schemas.units import hour_text
 
 
 def join(
@@ -86,8 +85,7 @@ def _follow(settings, join_settings: JoinSettings, runner: Runner, from_ms, resu
 
     if resume:
         from_ms = resume_hour_ms(join_settings.output_dir)
-        where = "the start of the topics" if from_ms is None else \
-            dt.datetime.fromtimestamp(from_ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:00Z")
+        where = "the start of the topics" if from_ms is None else hour_text(from_ms)
         typer.echo(f"resuming at {where}", err=True)
     typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
                f"{join_settings.output_dir}; stop with Ctrl-C or SIGTERM", err=True)

@@ -1,7 +1,6 @@
 """`valueloop models`, `register`, `promote` and `rollback`: the model registry (`audit.registry`)."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Optional
@@ -9,6 +8,7 @@ from typing import Optional
 import typer
 
 from valueloop.cli.common import ConfigOption, fail, settings_from
+from schemas.units import utc
 
 
 def _registry(config: Optional[Path]):
@@ -41,7 +41,7 @@ def models(config: Optional[Path] = ConfigOption,
     typer.echo(f"{registry.name} at {registry.uri}")
     typer.echo(f"{'version':>7}  {'created (UTC)':<19}  {'window':<24} {'verdict':<13} aliases")
     for v in versions:
-        created = dt.datetime.fromtimestamp(v.created_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        created = utc(v.created_ms).strftime("%Y-%m-%d %H:%M:%S")
         typer.echo(f"{v.version:>7}  {created:<19}  {v.window or '-':<24} {v.verdict or '-':<13} "
                    f"{', '.join(v.aliases)}")
     typer.echo(f"promotions ({registry.log.path}):")
