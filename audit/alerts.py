@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol
 
+from tenacity import Retrying, stop_after_attempt, wait_exponential
+
 _LOG = logging.getLogger("valueloop.alerts")
 
 
@@ -189,24 +191,21 @@ class Delivery:
 
 def deliver(alert: Alert, sinks: Iterable[Sink], attempts: int = 4, backoff_s: float = 0.5,
             sleep=time.sleep) -> list[Delivery]:
-    """Sends the alert to every sink, each retried up to `attempts` times with doubling waits from `backoff_s`;
-    a sink that still fails is logged and reported in the returned list. Never raises for a sink's failure."""
+    """Sends the alert to every sink, each retried (tenacity) up to `attempts` times with doubling waits from
+    `backoff_s`; a sink that still fails is logged and reported in the returned list. Never raises for a sink's
+    failure."""
     outcomes = []
     for sink in sinks:
-        error = None
-        for attempt in range(1, attempts + 1):
-            try:
-                sink.send(alert)
-                outcomes.append(Delivery(sink.name, alert.dedup_key, True, attempt))
-                break
-            except Exception as failure:  # any sink's failure is reported, never let through to the gate
-                error = str(failure)
-                if attempt < attempts:
-                    sleep(backoff_s * 2 ** (attempt - 1))
-        else:
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=backoff_s),
+                                    sleep=sleep, reraise=True):
+                with attempt:
+                    sink.send(alert)
+            outcomes.append(Delivery(sink.name, alert.dedup_key, True, attempt.retry_state.attempt_number))
+        except Exception as failure:  # any sink's failure is reported, never let through to the gate
             _LOG.error("alert %s not delivered to %s after %d attempts: %s", alert.dedup_key, sink.name, attempts,
-                       error)
-            outcomes.append(Delivery(sink.name, alert.dedup_key, False, attempts, error))
+                       failure)
+            outcomes.append(Delivery(sink.name, alert.dedup_key, False, attempts, str(failure)))
     return outcomes
 
 

@@ -279,17 +279,11 @@ def rate_difference(reference: Rate, current: Rate, threshold: float, min_sample
 
 
 def benjamini_hochberg(p_values) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values, in the order given: p(i) * m / rank, made monotone from the largest
-    down and capped at 1. A check is significant at false discovery rate q when its adjusted p-value is below q."""
+    """Benjamini-Hochberg adjusted p-values, in the order given (scipy's `false_discovery_control`): p(i) * m /
+    rank, made monotone from the largest down and capped at 1. A check is significant at false discovery rate q
+    when its adjusted p-value is below q."""
     p = np.asarray(p_values, np.float64)
-    if p.size == 0:
-        return p
-    order = np.argsort(p)
-    ranked = p[order] * p.size / np.arange(1, p.size + 1)
-    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty_like(p)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
+    return stats.false_discovery_control(p, method="bh") if p.size else p
 
 
 def adjust(results: list[TestResult], alpha: float = 0.05) -> list[TestResult]:
