@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["valueloop*", "config*", "schemas*", "simulator*", "kafka_io*", "pipelines*", "audit*",
-                                    "trainer*", "serving*", "infra*", "bench*"]),
+                                    "trainer*", "serving*", "gate*", "ope*", "ab*", "promotion*", "infra*", "bench*"]),
     # The join's work on every message, in C: Kafka's record format and Avro record bodies read into Python objects,
     # labeled examples written as tf.Example bytes. A C compiler and Python's headers build them at install.
     ext_modules=[Extension(name, [source], extra_compile_args=["-O2", "-Wall", "-Werror"])

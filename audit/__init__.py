@@ -1,3 +1,4 @@
-"""The promotion gate's parts built so far: drift comparisons (`stattests`), conversion at equal label age
-(`maturity`), the audit of a window (`windows`, `drift`, `run`), the model gate (`gate`) and on-call alerts
-(`alerts`)."""
+"""The drift audit of a window of labeled examples against a reference window: named statistical tests
+(`stattests`), windows and their slices (`windows`), the checks and their verdict (`drift`), conversion at equal
+label age (`maturity`) and the one-page report (`report`). The model gate (`gate/`), off-policy evaluation
+(`ope/`), A/B analysis (`ab/`) and promotion (`promotion/`) stand beside and above it."""

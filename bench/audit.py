@@ -33,7 +33,7 @@ def _write_windows(scratch: Path, requests: int) -> tuple[Path, tuple, tuple]:
 
 def run_audit_benchmark(requests: int, repeats: int = 3) -> dict:
     from config.audit import AuditConfig
-    from audit.run import run_audit
+    from valueloop.audit import run_audit
     from audit.windows import load_window
 
     with tempfile.TemporaryDirectory(prefix="valueloop-bench-audit-") as scratch:

@@ -76,7 +76,7 @@ class AuditConfig(BaseModel):
                                        "predicted conversion down (with the rise: the model-side clickbait signature, "
                                        "which blocks).")
     offpolicy_slots: int = Field(3, ge=1, description="Slots of production's serving log the off-policy check "
-                                 "estimates the candidate's purchases in (audit.counterfactual).")
+                                 "estimates the candidate's purchases in (ope.check).")
     offpolicy_purchase_drop: float = Field(0.10, ge=0, lt=1, description="How far the candidate's off-policy "
                                            "purchases per impression, at its 95% lower bound, may fall below "
                                            "production's logged ones before the check blocks.")

@@ -16,10 +16,10 @@ class LoopSettings(BaseModel):
     train_days: int = Field(1, ge=1, description="Days before the audited day that the candidate trains on.")
     preset: str = Field("value", description="value (the multi-task ranker) or ctr (the CTR-only baseline).")
     epochs: int | None = Field(None, ge=1, description="Overrides trainer.epochs for the loop's candidates.")
-    alerts_file: Path | None = Field(None, description="Which alerts are open (`audit.alerts.AlertBook`); by "
+    alerts_file: Path | None = Field(None, description="Which alerts are open (`promotion.alerts.AlertBook`); by "
                                      "default alerts.json beside the Kafka run directory.")
     serving_logs: Path | None = Field(None, description="Production's serving logs, one <day>.npz a day "
-                                      "(`audit.counterfactual.ServingLog`); for a day that has one, the gate "
+                                      "(`ope.check.ServingLog`); for a day that has one, the gate "
                                       "estimates the candidate's purchases off-policy. By default "
                                       "<work_dir>/<day>/serving_log.npz.")
     serving_exploration: str = Field("plackett-luce", pattern="^(plackett-luce|epsilon-greedy)$",

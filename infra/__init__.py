@@ -1,1 +1,2 @@
-"""What runs beside the code: the Kafka broker (and, later, the Flink job server), from jars Maven resolves."""
+"""What runs beside the code: the local Kafka node, Beam's Flink job server and Prism, from jars Maven resolves and
+Go modules."""

@@ -45,7 +45,7 @@ class ServedLog:
 
     def serving_log(self, policy: str, world: World, surfaces: list[str], devices: list[str]):
         """What the serving system logged, with the candidate sets and the feature tables it read:
-        `audit.counterfactual.ServingLog`."""
+        `ope.check.ServingLog`."""
         from serving.log import FeatureTables, ServingLog
 
         a = self.arrays()

@@ -1,11 +1,12 @@
 """Shared fixtures: one real Kafka node for the session, fresh topics per test; an HTTP server on 127.0.0.1 that
-receives alerts."""
+receives alerts; two labeled days whose second shows the clickbait signature."""
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
 
+import datetime as dt
 import json
 import socket
 import threading
@@ -97,6 +98,25 @@ def read_topic(settings: KafkaSettings, topic: str, deadline_s: float = 120.0) -
 def read_dead_letters(settings: KafkaSettings) -> list:
     """Every message in the settings' dead-letter topic."""
     return [m for messages in read_topic(settings, settings.dead_letter_topic).values() for m in messages]
+
+
+@pytest.fixture(scope="session")
+def clickbait_days(tmp_path_factory):
+    """Partitions of two simulated days: the first served by the logging policy, the second by one that shows
+    more bait. Returns the directory and the two days' event-time ranges."""
+    from pipelines.label_files import label_events, write_examples
+    from simulator import Simulation, SimulatorConfig
+    from tests.audit.test_audit_scenarios import BASE, DAY_MS, LABELS, WORLD
+
+    examples = tmp_path_factory.mktemp("clickbait_days")
+    for day, changes in ((0, {}), (1, {"logging_policy": {"headline_weight": 6.0}})):
+        config = SimulatorConfig.model_validate({**BASE, "seed": 1 + 2 * day, **changes})
+        config = config.model_copy(update={"start": config.start + dt.timedelta(days=day)})
+        events = [(e.name, e.datum) for e in Simulation(config, world=WORLD).events()]
+        write_examples(label_events(events, LABELS, watermark_ms=config.end_ms + 10 * DAY_MS), examples,
+                       {"day": day})
+    start = SimulatorConfig.model_validate(BASE).start_ms
+    return examples, (start, start + DAY_MS), (start + DAY_MS, start + 2 * DAY_MS)
 
 
 class Receiver:

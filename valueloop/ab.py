@@ -3,7 +3,7 @@
 `run_split_test` serves a pre-period day with the logging policy (every user), then the test days with users
 split between two policies by a seeded hash (`serving.policies.SplitPolicy`); every event goes through the
 topics and the bounded join, so the analysis reads the same labeled examples training reads, with each
-impression's `policy` naming its arm. `analyse_logs` turns them into `audit.ab.analyse`'s inputs.
+impression's `policy` naming its arm. `analyse_logs` turns them into `ab.analysis.analyse`'s inputs.
 """
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def load_impressions(examples: Path, start_ms: int, end_ms: int) -> dict:
 
 def analyse_logs(examples: Path, test: tuple[int, int], control: str, treatment: str,
                  pre_period: tuple[int, int] | None = None, treatment_share: float = 0.5):
-    """The A/B analysis (`audit.ab.analyse`) of the test window's logged impressions, CUPED on the pre-period's."""
-    from audit.ab import analyse
+    """The A/B analysis (`ab.analysis.analyse`) of the test window's logged impressions, CUPED on the pre-period's."""
+    from ab.analysis import analyse
 
     impressions = load_impressions(examples, *test)
     pre = load_impressions(examples, *pre_period) if pre_period is not None else None

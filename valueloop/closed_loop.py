@@ -73,7 +73,7 @@ def serving_policy(settings: Settings, objective: Objective):
     """The policy production serves with: the registry's production model ranked by the objective's output,
     sampled as `loop.serving_exploration` says, or the world's logging policy before any model is promoted.
     Returns it with the production version (None for the logging policy)."""
-    from audit.registry import Registry
+    from promotion.registry import Registry
     from valueloop.policies import LOGGING, policy_from
 
     version = Registry(settings.registry).production()
@@ -151,7 +151,7 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
         if audited["promotable"]:
             loop.promote_candidate(settings, day, audited)
         elif gate is GateMode.RECORD:
-            from audit.registry import Registry
+            from promotion.registry import Registry
 
             Registry(settings.registry).promote(version, audited["production"], f"{day}: audit {audited['status']} "
                                                 "recorded, not enforced (closed loop, --gate record)", override=True)

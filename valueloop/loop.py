@@ -94,9 +94,9 @@ def serving_log_path(loop: LoopSettings, day: str) -> Path:
 
 
 def offpolicy_check(settings: Settings, loop: LoopSettings, day: str, candidate_dir: Path):
-    """The gate's off-policy check of the candidate on the day's serving log (`audit.counterfactual`), or None
+    """The gate's off-policy check of the candidate on the day's serving log (`ope.check`), or None
     when the day has no serving log."""
-    from audit.counterfactual import offpolicy_check as check
+    from ope.check import offpolicy_check as check
     from serving.log import ServingLog, candidate_scores
     from serving.propensities import target_probability
 
@@ -137,7 +137,7 @@ def train_candidate(settings: Settings, loop: LoopSettings, day: str) -> Path:
 
 
 def register_candidate(settings: Settings, day: str, model_dir: Path) -> int:
-    from audit.registry import Registry
+    from promotion.registry import Registry
 
     return Registry(settings.registry).register(model_dir, day).version
 
@@ -145,8 +145,8 @@ def register_candidate(settings: Settings, day: str, model_dir: Path) -> int:
 def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: int) -> dict:
     """The audit of `day` against the day before and of the candidate against production on `day`, recorded on
     the version. Returns the verdict, the report and the production version it was judged against."""
-    from audit.registry import Registry
-    from audit.run import run_audit
+    from promotion.registry import Registry
+    from valueloop.audit import run_audit
 
     out = day_dir(loop, day) / "audit"
     done = out / "audited.json"
@@ -176,8 +176,8 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
 def promote_candidate(settings: Settings, day: str, audited: dict, sinks: list | None = None) -> dict:
     """Moves production to the audited version if production still holds what it was audited against, and
     resolves an alert an earlier run of the day opened (to `sinks`, by default the environment's)."""
-    from audit.alerts import AlertBook, sinks_from_environment
-    from audit.registry import Registry
+    from promotion.alerts import AlertBook, sinks_from_environment
+    from promotion.registry import Registry
 
     registry = Registry(settings.registry)
     expected = audited["production"]
@@ -199,7 +199,7 @@ def alert_book(settings: Settings) -> Path:
 def hold_candidate(settings: Settings, day: str, audited: dict, sinks: list | None = None) -> dict:
     """Keeps production and alerts on-call through `sinks` (by default the environment's), once per day: a re-run
     finds the alert open and sends nothing."""
-    from audit.alerts import Alert, AlertBook, Severity, sinks_from_environment
+    from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
 
     severity = Severity.CRITICAL if audited["status"] == "block" else Severity.WARNING
     alert = Alert(HELD, day, severity, f"candidate v{audited['version']} held back for {day}: audit "

@@ -27,7 +27,7 @@ def policy_from(settings: Settings, spec: str, name: str | None = None, output: 
         config = sim.logging_policy if name is None else sim.logging_policy.model_copy(update={"name": name})
         return LoggingPolicy(config, list(sim.surfaces))
     if spec in ALIASES:
-        from audit.registry import Registry
+        from promotion.registry import Registry
 
         registry = Registry(settings.registry)
         version = registry.aliases().get(spec)

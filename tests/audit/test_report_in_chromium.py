@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from config.audit import AuditConfig
 from audit.report import figures
-from audit.run import run_audit
+from valueloop.audit import run_audit
 from audit.windows import load_window
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -81,7 +81,7 @@ def _digest(directory: Path) -> str:
 
 def test_retraining_promotes_then_holds_a_clickbait_day_with_an_alert_and_a_rerun_changes_nothing(
         airflow_home, loop_data, receiver):
-    from audit.registry import Registry
+    from promotion.registry import Registry
 
     _, environment = airflow_home
     env = {"VALUELOOP_CONFIG": str(loop_data["config"]), "VALUELOOP_ALERT_WEBHOOK_URL": f"{receiver.url}/hook"}
@@ -120,7 +120,7 @@ def test_airflow_connections_and_the_variable_configure_the_sinks_and_the_settin
     import sys
 
     script = ("import json\n"
-              "from audit.alerts import Alert, Severity, deliver\n"
+              "from promotion.alerts import Alert, Severity, deliver\n"
               "from valueloop.scheduling.assets import config_path\n"
               "from valueloop.scheduling.notifier import sinks\n"
               "found = sinks()\n"

@@ -56,7 +56,7 @@ def local_airflow(loop_data, monkeypatch):
 
 def test_the_scheduler_on_postgres_runs_labeling_and_retraining_triggered_through_the_rest_api(local_airflow,
                                                                                             loop_data):
-    from audit.registry import Registry
+    from promotion.registry import Registry
     from config.registry import RegistrySettings
 
     api, config, settings = local_airflow

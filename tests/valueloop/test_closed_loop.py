@@ -72,7 +72,7 @@ def test_bait_climbs_under_ctr_and_falls_under_value_and_value_sells_more(looped
 
 def test_an_unheeded_block_is_logged_as_an_override_and_the_served_model_logs_its_propensities(looped):
     out, _ = looped
-    from audit.registry import Registry
+    from promotion.registry import Registry
     from config.registry import RegistrySettings
     from trainer.data import find_partitions, load_columns
 

@@ -64,7 +64,7 @@ def analyse(examples: Path = typer.Option(..., exists=True, file_okay=False, hel
 
 
 def _analyse(examples, test, control, treatment, pre, share, out: Optional[Path]) -> None:
-    from audit.ab import SRM_P
+    from ab.analysis import SRM_P
     from valueloop.ab import analyse_logs
 
     try:

@@ -30,7 +30,7 @@ def audit(
     """Compare a window's engagement and conversion with a reference's (and, given models, the candidate's
     predictions and metrics with production's on that window); exit 0 when promotion may go ahead,
     1 when the clickbait signature blocks it, 2 when there is too little data to say."""
-    from audit.run import run_audit
+    from valueloop.audit import run_audit
     from audit.windows import WindowError
 
     settings = settings_from(config)

@@ -1,4 +1,4 @@
-"""`valueloop models`, `register`, `promote` and `rollback`: the model registry (`audit.registry`)."""
+"""`valueloop models`, `register`, `promote` and `rollback`: the model registry (`promotion.registry`)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from schemas.units import utc
 
 
 def _registry(config: Optional[Path]):
-    from audit.registry import Registry, RegistryError
+    from promotion.registry import Registry, RegistryError
 
     try:
         return Registry(settings_from(config).registry)
@@ -57,7 +57,7 @@ def register(config: Optional[Path] = ConfigOption,
              verdict: Optional[Path] = typer.Option(None, help="The audit's verdict.json to record with it.")):
     """Register a trained model as a version aliased `candidate` (the same model for the same window again is
     the same version)."""
-    from audit.registry import RegistryError
+    from promotion.registry import RegistryError
 
     registry = _registry(config)
     try:
@@ -79,7 +79,7 @@ def promote(config: Optional[Path] = ConfigOption,
             reason: str = typer.Option(..., help="Why, for the promotion log.")):
     """Point the `production` alias at a version whose audit let it through, if production still holds
     --replaces."""
-    from audit.registry import RegistryError
+    from promotion.registry import RegistryError
 
     registry = _registry(config)
     try:
@@ -93,7 +93,7 @@ def rollback(config: Optional[Path] = ConfigOption,
              replaces: int = typer.Option(..., help="The version production holds now."),
              reason: str = typer.Option(..., help="Why, for the promotion log.")):
     """Return production to the version it held before its current one."""
-    from audit.registry import RegistryError
+    from promotion.registry import RegistryError
 
     registry = _registry(config)
     try:

@@ -1,7 +1,7 @@
 """Task failures told to on-call through the gate's sinks, as an Airflow notifier: any DAG can pass
 `ValueloopNotifier()` as an `on_failure_callback` (or `on_success_callback`, to resolve).
 
-The sinks are the environment's (`audit.alerts.sinks_from_environment`) and, where the Airflow connections
+The sinks are the environment's (`promotion.alerts.sinks_from_environment`) and, where the Airflow connections
 exist, `valueloop_webhook` and `valueloop_slack` (the URL in the connection's host, or `url` in its extra) and
 `valueloop_pagerduty` (the routing key as its password). Each failed task instance is one alert, keyed by DAG,
 task and run, so a retried task that fails again does not page twice.
@@ -14,7 +14,7 @@ from airflow.sdk import BaseNotifier
 def _connection_sinks() -> list:
     from airflow.sdk import Connection
 
-    from audit.alerts import PAGERDUTY_EVENTS_URL, PagerDutySink, SlackSink, WebhookSink
+    from promotion.alerts import PAGERDUTY_EVENTS_URL, PagerDutySink, SlackSink, WebhookSink
 
     sinks = []
     for conn_id, build in (("valueloop_webhook", lambda url, c: WebhookSink(url)),
@@ -31,7 +31,7 @@ def _connection_sinks() -> list:
 
 
 def sinks() -> list:
-    from audit.alerts import sinks_from_environment
+    from promotion.alerts import sinks_from_environment
 
     found = sinks_from_environment()
     names = {s.name for s in found}
@@ -50,7 +50,7 @@ class ValueloopNotifier(BaseNotifier):
         self.resolve = resolve
 
     def notify(self, context) -> None:
-        from audit.alerts import Alert, AlertBook, Severity
+        from promotion.alerts import Alert, AlertBook, Severity
         from valueloop.loop import alert_book
         from valueloop.scheduling.assets import settings
 

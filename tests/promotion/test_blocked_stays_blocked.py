@@ -8,9 +8,9 @@ import pytest
 
 from config.audit import AuditConfig
 from audit.drift import Status
-from audit.registry import PromotionRefused, Registry
+from promotion.registry import PromotionRefused, Registry
 from config.registry import RegistrySettings
-from audit.run import run_audit
+from valueloop.audit import run_audit
 
 
 def test_a_failing_alert_endpoint_is_retried_logged_and_the_model_stays_blocked(clickbait_days, receiver, tmp_path,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from audit.offpolicy import direct, doubly_robust, ips, rips, snips
+from ope.estimators import direct, doubly_robust, ips, rips, snips
 from config.simulator import LoggingPolicyConfig, SimulatorConfig
 from serving.policies import LoggingPolicy, plackett_luce, retrieve
 from serving.propensities import plackett_luce_marginals, plackett_luce_probability

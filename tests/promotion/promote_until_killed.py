@@ -8,7 +8,7 @@ import sys
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from audit.registry import Registry
+from promotion.registry import Registry
 
 from config.registry import RegistrySettings
 

@@ -8,7 +8,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from audit.alerts import Alert, AlertBook, Severity, sinks_from_environment
+from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
 from config.audit import AuditConfig
 from audit.drift import Status, Verdict, audit_windows
 from audit.maturity import learn_curve, project_final_rate
@@ -81,7 +81,7 @@ def run_audit(examples: Path, reference: tuple[int | None, int | None], current:
     verdict = audit_windows(reference_window, current_window, config)
     model = None
     if candidate is not None and verdict.status is not Status.INCONCLUSIVE:
-        from audit.models import audit_models, score
+        from gate.models import audit_models, score
 
         model = audit_models(current_window, score(candidate, current_window),
                              score(production, current_window) if production is not None else None, config)

@@ -2,7 +2,7 @@
 their documented fields, retries of a failing endpoint, and a later passing run resolving what was triggered."""
 import logging
 
-from audit.alerts import (Alert, AlertBook, LogSink, PagerDutySink, Severity, SlackSink, WebhookSink, deliver,
+from promotion.alerts import (Alert, AlertBook, LogSink, PagerDutySink, Severity, SlackSink, WebhookSink, deliver,
                           sinks_from_environment)
 
 

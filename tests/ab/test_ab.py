@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from audit.ab import SRM_P, Arm, analyse, ratio_lift, sample_ratio
+from ab.analysis import SRM_P, Arm, analyse, ratio_lift, sample_ratio
 from simulator import Simulation, SimulatorConfig
 from simulator.served import ServedLog
 from serving.policies import LoggingPolicy, SplitPolicy, arm_of

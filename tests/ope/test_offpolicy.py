@@ -3,7 +3,7 @@ truth inside the 95% interval in at least 90% of 60 trials, and doubly robust cl
 import numpy as np
 import pytest
 
-from audit.offpolicy import direct, doubly_robust, ips, rips, snips
+from ope.estimators import direct, doubly_robust, ips, rips, snips
 
 SLATES = np.array([0, 0, 1, 1])
 POSITIONS = np.array([0, 1, 0, 1])
@@ -84,7 +84,7 @@ def _serving_log(rng, n=4000, m=6, k=3):
 
 def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of_what_never_sells_pure_function(
         tmp_path):
-    from audit.counterfactual import offpolicy_check
+    from ope.check import offpolicy_check
     from serving.log import ServingLog
 
     logits, log = _serving_log(np.random.default_rng(3))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.registry import PromotionRefused, Registry, RegistryError, StaleProduction, model_digest
+from promotion.registry import PromotionRefused, Registry, RegistryError, StaleProduction, model_digest
 from config.registry import RegistrySettings
 
 HARNESS = Path(__file__).with_name("promote_until_killed.py")
@@ -107,7 +107,7 @@ def test_rollback_restores_the_previous_version_and_then_the_one_before(saved_mo
 
 def _promote_in_process(directory: Path, version: int, expected: int, go: Path) -> subprocess.Popen:
     script = ("import sys, time, pathlib\n"
-              "from audit.registry import Registry\nfrom config.registry import RegistrySettings\n"
+              "from promotion.registry import Registry\nfrom config.registry import RegistrySettings\n"
               "registry = Registry(RegistrySettings(directory=sys.argv[1]))\n"
               "go = pathlib.Path(sys.argv[4])\n"
               "while not go.exists(): time.sleep(0.001)\n"

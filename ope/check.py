@@ -7,7 +7,7 @@ target policy's probability of a logged slate needs them all; so the check reads
 propensities and the drawn clicks and purchases), as a ranking service keeps for counterfactual evaluation. The candidate's chance of the
 logged ranking comes from its own scores of the same candidates, sampled as production samples (Plackett-Luce
 at the serving temperature, or epsilon-greedy), and
-RIPS (`audit.offpolicy.rips`) over the first `offpolicy_slots` slots estimates its purchases per impression
+RIPS (`ope.estimators.rips`) over the first `offpolicy_slots` slots estimates its purchases per impression
 there. The log carries the feature tables serving read (`FeatureTables`), so the candidate scores the candidates
 from the same served features production did.
 
@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from audit.offpolicy import Estimate, ips, rips
+from ope.estimators import Estimate, ips, rips
 from serving.log import ServingLog
 
 

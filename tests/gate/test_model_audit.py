@@ -8,7 +8,7 @@ import pytest
 
 from config.audit import AuditConfig, Better, Threshold
 from audit.drift import Status
-from audit.run import run_audit
+from valueloop.audit import run_audit
 from pipelines.label_files import label_events, write_examples
 from config.join import LabelConfig
 from simulator import Simulation, SimulatorConfig

@@ -3,7 +3,7 @@ bootstrap bound of its change, the first model is judged on absolute bounds, a m
 import numpy as np
 import pytest
 
-from audit.gate import Better, Threshold, _judge, _top_k_per_1000, gate, model_metrics
+from gate.metrics import Better, Threshold, _judge, _top_k_per_1000, gate, model_metrics
 
 
 def synthetic(seed: int = 0, requests: int = 1500, slate: int = 10):
@@ -76,7 +76,7 @@ def test_purchases_in_the_top_k_by_hand_pure_function():
 
 
 def test_a_candidate_that_predicts_more_clicks_and_ranks_bait_shows_the_models_signature_pure_function():
-    from audit.gate import clickbait_model_signature
+    from gate.metrics import clickbait_model_signature
 
     window, model = synthetic(seed=10)
     production = model(0.05, 11)

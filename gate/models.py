@@ -14,7 +14,7 @@ import numpy as np
 
 from config.audit import AuditConfig
 from audit.drift import Check
-from audit.gate import MetricCheck, clickbait_model_signature, gate
+from gate.metrics import MetricCheck, clickbait_model_signature, gate
 from audit.stattests import run_test
 from audit.windows import Window, WindowError, slices
 from pipelines.labeling import long_dwell
