@@ -25,8 +25,9 @@ from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from kafka.errors import KafkaError
 
-from kafka_io.fetcher import FetchError, PartitionFetcher
+from kafka_io.fetcher import CorruptBatchError, FetchError, PartitionFetcher
 from kafka_io.metadata import TopicMetadataError, topic_configs
 from pipelines.records import DeadLetter
 
@@ -91,19 +92,29 @@ class Origin(NamedTuple):
 
 class OriginReader:
     """Reads back the timestamp and headers of the records that letters come from, one fetch per batch: the
-    records of the last fetch of each partition are kept until a letter asks for an offset they lack."""
+    records of the last fetch of each partition are kept until a letter asks for an offset they lack. It
+    connects when the first letter asks, so a job with no letters never needs it."""
 
-    def __init__(self, fetcher: PartitionFetcher):
-        self._fetcher = fetcher
+    def __init__(self, bootstrap_servers: str, max_batch_bytes: int):
+        self._bootstrap = bootstrap_servers
+        self._max_batch_bytes = max_batch_bytes
+        self._fetcher: PartitionFetcher | None = None
         self._read: dict[tuple[str, int], dict[int, Origin]] = {}
 
     def origin(self, topic: str, partition: int, offset: int) -> Origin | None:
         """The record's Origin; None when the broker no longer holds it (retention, compaction)."""
         read = self._read.get((topic, partition), {})
         if offset not in read:
+            if self._fetcher is None:
+                self._fetcher = PartitionFetcher(self._bootstrap, client_id="valueloop-dead-letters",
+                                                 max_batch_bytes=self._max_batch_bytes)
             fetched = self._fetcher.fetch(topic, partition, offset, headers=True)
             read = self._read[(topic, partition)] = {r[0]: Origin(r[1], r[4]) for r in fetched.records}
         return read.get(offset)
+
+    def close(self) -> None:
+        if self._origins is not None:
+            self._origins.close()
 
 
 def topic_limit(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> int:
@@ -162,7 +173,7 @@ class _SendDeadLetters(beam.DoFn):
         self._skip = skip
         self._max_batch_bytes = max_batch_bytes
         self._producer = None
-        self._fetcher = None
+        self._origins = None
 
     def setup(self):
         from confluent_kafka import Producer
@@ -172,9 +183,7 @@ class _SendDeadLetters(beam.DoFn):
             "enable.idempotence": True, "compression.type": "zstd", "linger.ms": 20,
             "message.max.bytes": self._max_bytes, "message.timeout.ms": 60_000,
             "log_level": 4})  # warnings and worse: not the idle connections the broker closes
-        self._fetcher = PartitionFetcher(self._bootstrap, client_id="valueloop-dead-letters",
-                                         max_batch_bytes=self._max_batch_bytes)
-        self._origins = OriginReader(self._fetcher)
+        self._origins = OriginReader(self._bootstrap, self._max_batch_bytes)
         self._unread = Metrics.counter("dead_letters", "origin_unread")
         self._written = Metrics.counter("dead_letters", "written")
         self._skipped = Metrics.counter("dead_letters", "already_written")
@@ -192,7 +201,7 @@ class _SendDeadLetters(beam.DoFn):
             return
         try:
             origin = self._origins.origin(letter.topic, letter.partition, letter.offset)
-        except FetchError as error:
+        except (FetchError, CorruptBatchError, KafkaError) as error:  # the letter goes without them, counted
             _LOG.warning("the origin of the dead letter %s cannot be read back: %s",
                          dead_letter_id(letter.topic, letter.partition, letter.offset), error)
             origin = None
@@ -223,9 +232,8 @@ class _SendDeadLetters(beam.DoFn):
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None  # librdkafka's client goes with its last reference
-        if self._fetcher is not None:
-            self._fetcher.close()
-            self._fetcher = None
+        if self._origins is not None:
+            self._origins.close()
 
 
 def _describe_failures(topic: str, bootstrap: str, failures: list, left: int) -> str:

@@ -21,6 +21,9 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.net.compat import KafkaNetClient
 
 from kafka_io.fetcher import FRAME_MARGIN_BYTES, BatchTooLargeError, CorruptBatchError, FetchError, PartitionFetcher
 from kafka_io.metadata import topic_configs
@@ -47,9 +50,6 @@ class SourceError(RuntimeError):
 
 def kafka_consumer(bootstrap_servers: str, isolation_level: str = "read_committed", **options):
     """kafka-python's consumer for offset look-ups and small reads, without a group, read_committed by default."""
-    from kafka import KafkaConsumer
-    from kafka.net.compat import KafkaNetClient
-
     # kafka-python's consumer (3.0.12) spends about 100 ms finding the broker's version before its first request,
     # a tenth of a small bounded run; its network client finds it in a few milliseconds. Ask that, and pass it on.
     probe = KafkaNetClient(bootstrap_servers=bootstrap_servers, client_id="valueloop-join")
@@ -92,8 +92,6 @@ def stable_ends(bootstrap_servers: str, consumer, partitions: list, wait_s: floa
 
 def snapshot_ranges(bootstrap_servers: str, topics: Iterable[str], stable_wait_s: float = 10.0) -> list[PartitionRange]:
     """Everything the topics hold now: from each partition's first kept offset to its end (`stable_ends`)."""
-    from kafka import TopicPartition
-
     consumer = kafka_consumer(bootstrap_servers)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
@@ -107,8 +105,6 @@ def snapshot_ranges(bootstrap_servers: str, topics: Iterable[str], stable_wait_s
 def ranges_for_times(bootstrap_servers: str, topics: Iterable[str], from_ms: int, to_ms: int,
                      stable_wait_s: float = 10.0) -> list[PartitionRange]:
     """The offsets of records whose timestamps lie in [from_ms, to_ms), per partition, up to `stable_ends`."""
-    from kafka import TopicPartition
-
     consumer = kafka_consumer(bootstrap_servers)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
@@ -367,8 +363,6 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
     @beam.DoFn.unbounded_per_element()
     def process(self, element: FollowState, tracker=beam.DoFn.RestrictionParam(),
                 watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
-        from kafka import TopicPartition
-
         state = tracker.current_restriction()
         partitions = {(t, p): TopicPartition(t, p) for t, p, _ in state.positions}
         consumer = self._consumer
@@ -397,7 +391,11 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
                     yield TimestampedValue(KafkaRecord(r.topic, r.partition, r.offset, delivered_ms, r.key, r.value),
                                            seconds(event_ms if event_ms is not None else max(frontier, 0)))
         claimed = tracker.current_restriction()
-        ends = consumer.end_offsets(list(partitions.values()))
+        try:
+            ends = consumer.end_offsets(list(partitions.values()))
+        except KafkaError:  # the broker away (a restart, a leader moving): the watermark waits for the next round
+            tracker.defer_remainder(Duration(seconds=1))
+            return
         next_offset = {(t, p): o for t, p, o in claimed.positions}
         newest = {(t, p): ms for t, p, ms in claimed.newest_event_ms}
         behind = [newest.get(k, -1) for k in partitions if next_offset[k] < ends[partitions[k]]]
