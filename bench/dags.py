@@ -37,7 +37,7 @@ loop.check_manifests(settings, settings.loop, day)
 model = loop.train_candidate(settings, settings.loop, day)
 version = loop.register_candidate(settings, day, model)
 audited = loop.audit_candidate(settings, settings.loop, day, version)
-(loop.promote_candidate if audited["promotable"] else loop.hold_candidate)(settings, day, audited)
+(loop.promote_candidate if audited.promotable else loop.hold_candidate)(settings, day, audited)
 """
 PARSE = """
 import json

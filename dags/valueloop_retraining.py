@@ -65,33 +65,38 @@ with DAG(
 
         return register_candidate(settings(), day, Path(model))
 
+    # The audit hands the decision an `Audited`; across XCom it travels as its dict.
     @task
     def audit(day: str, version: int) -> dict:
         from valueloop.loop import audit_candidate
         from valueloop.scheduling.assets import settings
 
         found = settings()
-        return audit_candidate(found, found.loop, day, version)
+        return audit_candidate(found, found.loop, day, version).as_dict()
 
     @task.branch
     def decide(audited: dict) -> str:
-        return "promote" if audited["promotable"] else "hold"
+        from valueloop.loop import Audited
+
+        return "promote" if Audited.from_dict(audited).promotable else "hold"
 
     @task(outlets=[PROMOTED_MODELS])
     def promote(day: str, audited: dict) -> dict:
-        from valueloop.loop import promote_candidate
+        from valueloop.loop import Audited, promote_candidate
         from valueloop.scheduling.assets import settings
         from valueloop.scheduling.notifier import sinks
 
-        return promote_candidate(settings(), day, audited, sinks())
+        return promote_candidate(settings(), day, Audited.from_dict(audited), sinks())
 
     @task
     def hold(day: str, audited: dict) -> dict:
-        from valueloop.loop import hold_candidate
+        import dataclasses
+
+        from valueloop.loop import Audited, hold_candidate
         from valueloop.scheduling.assets import settings
         from valueloop.scheduling.notifier import sinks
 
-        return hold_candidate(settings(), day, audited, sinks())
+        return dataclasses.asdict(hold_candidate(settings(), day, Audited.from_dict(audited), sinks()))
 
     day = check_manifests()
     audited = audit(day, register(day, train(day)))

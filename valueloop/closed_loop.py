@@ -147,19 +147,19 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
         version = loop.register_candidate(settings, day, model)
         lap("train")
         audited = loop.audit_candidate(settings, settings.loop, day, version)
-        promoted = audited["promotable"] or gate is GateMode.RECORD
-        if audited["promotable"]:
+        promoted = audited.promotable or gate is GateMode.RECORD
+        if audited.promotable:
             loop.promote_candidate(settings, day, audited)
         elif gate is GateMode.RECORD:
             from promotion.registry import Registry
 
-            Registry(settings.registry).promote(version, audited["production"], f"{day}: audit {audited['status']} "
+            Registry(settings.registry).promote(version, audited.production, f"{day}: audit {audited.status} "
                                                 "recorded, not enforced (closed loop, --gate record)", override=True)
         else:
             loop.hold_candidate(settings, day, audited)  # alerts on-call through the environment's sinks
         lap("audit")
-        outcome["gate"] = {"day": day, "candidate": version, "status": audited["status"], "mode": gate.value,
-                           "promoted": promoted, "reasons": audited["reasons"][:3], "offpolicy": audited["offpolicy"]}
+        outcome["gate"] = {"day": day, "candidate": version, "status": audited.status, "mode": gate.value,
+                           "promoted": promoted, "reasons": audited.reasons[:3], "offpolicy": audited.offpolicy}
     return {**outcome, "seconds": seconds}, ranges
 
 

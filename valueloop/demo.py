@@ -18,6 +18,7 @@ from typing import Callable
 from config import Settings
 from schemas.units import DAY_MS, utc
 from simulator.world import World
+from valueloop import loop
 
 DEMO_DIR = Path("out/demo")
 
@@ -124,7 +125,8 @@ def loop_settings(settings: Settings, directory: Path = LOOP_DIR) -> Settings:
     })
 
 
-def run_loop(settings: Settings, requests_per_day: int, echo: Callable[[str], None] = print) -> dict:
+def run_loop(settings: Settings, requests_per_day: int,
+             echo: Callable[[str], None] = print) -> dict[str, loop.Audited]:
     """The loop as the retraining DAG runs it, on a world of its own: two days served by the logging policy and
     two by one that shows more bait, through Kafka and the join; then the DAG's tasks for the second day (the
     first model: promoted) and for the third (the clickbait signature: production kept, on-call alerted).
@@ -133,8 +135,6 @@ def run_loop(settings: Settings, requests_per_day: int, echo: Callable[[str], No
     from pipelines.run import run_bounded_join
     from simulator import Simulation
     from simulator.sinks import KafkaSink
-    from simulator.world import World
-    from valueloop import loop
 
     shutil.rmtree(LOOP_DIR, ignore_errors=True)
     settings = loop_settings(settings)
@@ -159,24 +159,24 @@ def run_loop(settings: Settings, requests_per_day: int, echo: Callable[[str], No
         day = (first.start + dt.timedelta(days=offset)).strftime("%Y-%m-%d")
         echo(f"\nretraining for {day} ({what}):")
         checked = loop.check_manifests(settings, settings.loop, day)
-        echo(f"  check_manifests: {checked['hours']} hours, {checked['examples']:,} examples")
+        echo(f"  check_manifests: {checked.hours} hours, {checked.examples:,} examples")
         with contextlib.redirect_stdout(sys.stderr):
             model = loop.train_candidate(settings, settings.loop, day)
         echo(f"  train: {model}")
         version = loop.register_candidate(settings, day, model)
         echo(f"  register: {settings.registry.model_name} version {version}")
         audited = loop.audit_candidate(settings, settings.loop, day, version)
-        echo(f"  audit: {audited['status']} against production "
-             f"{'(none yet)' if audited['production'] is None else 'v' + str(audited['production'])}")
-        for reason in audited["reasons"][:3]:
+        echo(f"  audit: {audited.status} against production "
+             f"{'(none yet)' if audited.production is None else 'v' + str(audited.production)}")
+        for reason in audited.reasons[:3]:
             echo(f"    {reason}")
-        if audited["promotable"]:
+        if audited.promotable:
             entry = loop.promote_candidate(settings, day, audited)
             echo(f"  promote: production is version {entry['to']}")
         else:
             held = loop.hold_candidate(settings, day, audited)
-            echo(f"  hold: production stays {'unset' if held['production'] is None else 'v' + str(held['production'])};"
-                 f" alert sent to {', '.join(held['alerted']) or 'no sink'} (open alerts: {loop.alert_book(settings)})")
-        echo(f"  report: {audited['report']}")
+            echo(f"  hold: production stays {'unset' if held.production is None else 'v' + str(held.production)};"
+                 f" alert sent to {', '.join(held.alerted) or 'no sink'} (open alerts: {loop.alert_book(settings)})")
+        echo(f"  report: {audited.report}")
         outcomes[day] = audited
     return outcomes

@@ -9,6 +9,7 @@ itself, which it has not seen: D against D-1 for the data, the candidate against
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -23,6 +24,45 @@ _LOG = logging.getLogger("valueloop.loop")
 
 class ManifestsMissing(RuntimeError):
     """Hours of a window that have no complete partition yet; the message lists them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestsChecked:
+    """What `check_manifests` found: every hour of the training days and the audited day, and their examples."""
+
+    hours: int
+    examples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Audited:
+    """What the audit of a day's candidate hands the decision: the verdict, whether it may be promoted, why, the
+    report, and the production version it was judged against. Crosses Airflow's XCom as `as_dict`."""
+
+    status: str  # pass, warn, block or inconclusive
+    promotable: bool
+    reasons: list[str]
+    report: str  # the report's path
+    production: int | None  # the version production held when the candidate was judged
+    version: int
+    offpolicy: dict | None  # the off-policy check (`ope.check.OffPolicyCheck.as_dict`), where it ran
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Audited:
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """A candidate kept out of production: production as it stays, the version held, the sinks that took the
+    alert."""
+
+    production: int | None
+    held: int
+    alerted: list[str]
 
 
 def day_range(day: str) -> tuple[int, int]:
@@ -64,7 +104,7 @@ def hour_manifest(settings: Settings, hour_ms: int) -> dict:
             "uri": partition.path.parent.resolve().as_uri(), "labels": manifest.get("labels", {})}
 
 
-def check_manifests(settings: Settings, loop: LoopSettings, day: str) -> dict:
+def check_manifests(settings: Settings, loop: LoopSettings, day: str) -> ManifestsChecked:
     """Every hour of the training days and of the audited day has a complete partition; raises
     ManifestsMissing naming the hours that do not."""
     from trainer.data import find_partitions
@@ -82,7 +122,7 @@ def check_manifests(settings: Settings, loop: LoopSettings, day: str) -> dict:
         shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
         raise ManifestsMissing(f"{len(missing)} of {len(wanted)} hours have no complete partition under "
                                f"{settings.join.output_dir}: {shown}")
-    return {"hours": len(wanted), "examples": sum(found[h] for h in wanted)}
+    return ManifestsChecked(len(wanted), sum(found[h] for h in wanted))
 
 
 def day_dir(loop: LoopSettings, day: str) -> Path:
@@ -142,7 +182,7 @@ def register_candidate(settings: Settings, day: str, model_dir: Path) -> int:
     return Registry(settings.registry).register(model_dir, day).version
 
 
-def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: int) -> dict:
+def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: int) -> Audited:
     """The audit of `day` against the day before and of the candidate against production on `day`, recorded on
     the version. Returns the verdict, the report and the production version it was judged against."""
     from promotion.registry import Registry
@@ -151,7 +191,7 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
     out = day_dir(loop, day) / "audit"
     done = out / "audited.json"
     if done.exists() and json.loads(done.read_text())["version"] == version:  # this day's audit of this version
-        return json.loads(done.read_text())
+        return Audited.from_dict(json.loads(done.read_text()))
     registry = Registry(settings.registry)
     production = registry.production()
     production_dir = registry.version(production).model_dir if production is not None else None
@@ -166,24 +206,24 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
         if not check.passed:  # blocks, and says so first
             status, reasons = "block", [check.reason, *reasons]
     registry.record_verdict(version, status, reasons, [out / "verdict.json", out / "report.html"])
-    audited = {"status": status, "promotable": verdict.status.exit_code == 0 and (check is None or check.passed),
-               "reasons": reasons, "report": str((out / "report.html").resolve()), "production": production,
-               "version": version, "offpolicy": check.as_dict() if check is not None else None}
-    done.write_text(json.dumps(audited, indent=2) + "\n")
+    audited = Audited(status, verdict.status.exit_code == 0 and (check is None or check.passed), reasons,
+                      str((out / "report.html").resolve()), production, version,
+                      check.as_dict() if check is not None else None)
+    done.write_text(json.dumps(audited.as_dict(), indent=2) + "\n")
     return audited
 
 
-def promote_candidate(settings: Settings, day: str, audited: dict, sinks: list | None = None) -> dict:
+def promote_candidate(settings: Settings, day: str, audited: Audited, sinks: list | None = None) -> dict:
     """Moves production to the audited version if production still holds what it was audited against, and
     resolves an alert an earlier run of the day opened (to `sinks`, by default the environment's)."""
     from promotion.alerts import AlertBook, sinks_from_environment
     from promotion.registry import Registry
 
     registry = Registry(settings.registry)
-    expected = audited["production"]
-    if registry.production() == audited["version"]:  # promoted by an earlier run of this day
-        expected = audited["version"]
-    entry = registry.promote(audited["version"], expected, f"{day}: audit {audited['status']}")
+    expected = audited.production
+    if registry.production() == audited.version:  # promoted by an earlier run of this day
+        expected = audited.version
+    entry = registry.promote(audited.version, expected, f"{day}: audit {audited.status}")
     sinks = sinks if sinks is not None else sinks_from_environment()
     AlertBook(alert_book(settings)).resolve_passing([HELD], day, sinks)
     return entry
@@ -196,20 +236,19 @@ def alert_book(settings: Settings) -> Path:
     return Path(settings.loop.alerts_file or Path(settings.kafka.run_dir).parent / "alerts.json")
 
 
-def hold_candidate(settings: Settings, day: str, audited: dict, sinks: list | None = None) -> dict:
+def hold_candidate(settings: Settings, day: str, audited: Audited, sinks: list | None = None) -> Held:
     """Keeps production and alerts on-call through `sinks` (by default the environment's), once per day: a re-run
     finds the alert open and sends nothing."""
     from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
 
-    severity = Severity.CRITICAL if audited["status"] == "block" else Severity.WARNING
-    alert = Alert(HELD, day, severity, f"candidate v{audited['version']} held back for {day}: audit "
-                  f"{audited['status']}: {audited['reasons'][0] if audited['reasons'] else 'no reason given'}",
-                  {"version": audited["version"], "production": audited["production"],
-                   "reasons": "; ".join(audited["reasons"])}, report_url=Path(audited["report"]).as_uri())
+    severity = Severity.CRITICAL if audited.status == "block" else Severity.WARNING
+    alert = Alert(HELD, day, severity, f"candidate v{audited.version} held back for {day}: audit "
+                  f"{audited.status}: {audited.reasons[0] if audited.reasons else 'no reason given'}",
+                  {"version": audited.version, "production": audited.production,
+                   "reasons": "; ".join(audited.reasons)}, report_url=Path(audited.report).as_uri())
     sinks = sinks if sinks is not None else sinks_from_environment()
     deliveries = AlertBook(alert_book(settings)).trigger(alert, sinks)
-    return {"production": audited["production"], "held": audited["version"],
-            "alerted": [d.sink for d in deliveries if d.delivered]}
+    return Held(audited.production, audited.version, [d.sink for d in deliveries if d.delivered])
 
 
 def manifests_to_publish(settings: Settings, ledger: Path) -> list[dict]:

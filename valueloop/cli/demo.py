@@ -46,7 +46,7 @@ def demo(config: Optional[Path] = ConfigOption,
             log_to_stderr("valueloop.alerts")  # the log sink: on-call's alert, where the demo shows it
             with running_job(settings, "the demo stopped"):
                 outcomes = run_loop(settings, loop_requests, echo=typer.echo)
-        statuses = [o["status"] for o in outcomes.values()]
+        statuses = [o.status for o in outcomes.values()]
         if statuses[0] not in ("pass", "warn") or statuses[-1] != "block":
             fail(f"the loop did not promote and then block as it should: {statuses}")
     finally:
