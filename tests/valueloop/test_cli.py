@@ -207,10 +207,16 @@ def test_a_misplaced_setting_is_named_with_where_it_belongs(tmp_path):
     assert "join.out_of_orderness_s: Input should be greater than or equal to 0 (got -1)" in result.stderr
 
 
-def test_audit_of_a_tiny_window_is_inconclusive_exits_2_and_says_so(tmp_path):
+def tiny_window(tmp_path) -> Path:
+    """Half a simulated day of 150 requests, labeled into partitions: too little for the audit to judge."""
     sim, examples = tmp_path / "sim", tmp_path / "examples"
     run("simulate", "--to", "files", "--out", str(sim), "--requests", "150", "--days", "0.5", "--seed", "4")
     run("label", "--events", str(sim), "--out", str(examples), "--purchase-window-s", "3600")
+    return examples
+
+
+def test_audit_of_a_tiny_window_is_inconclusive_exits_2_and_says_so(tmp_path):
+    examples = tiny_window(tmp_path)
     config = tmp_path / "settings.yaml"
     config.write_text(f"kafka:\n  run_dir: {tmp_path / 'run' / 'kafka'}\n")
     result = run("audit", "--config", str(config), "--examples", str(examples), "--out", str(tmp_path / "audit"),
@@ -253,9 +259,7 @@ def test_models_promote_and_rollback_as_a_user_runs_them(tmp_path):
 
 
 def test_audit_keeps_its_open_alerts_where_the_settings_file_says(tmp_path):
-    sim, examples = tmp_path / "sim", tmp_path / "examples"
-    run("simulate", "--to", "files", "--out", str(sim), "--requests", "150", "--days", "0.5", "--seed", "4")
-    run("label", "--events", str(sim), "--out", str(examples), "--purchase-window-s", "3600")
+    examples = tiny_window(tmp_path)
     config = tmp_path / "settings.yaml"
     config.write_text(f"kafka:\n  run_dir: {tmp_path / 'run' / 'kafka'}\nloop:\n  alerts_file: {tmp_path / 'on-call.json'}\n")
     result = run("audit", "--config", str(config), "--examples", str(examples), "--out", str(tmp_path / "audit"),
