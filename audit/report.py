@@ -11,11 +11,13 @@ import html
 import io
 import json
 
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
-from config.audit import AuditConfig
 from audit.stattests import binned, quantile_bins
 from audit.windows import MIX, Window, dwell_of_clicks, mix, rates, slices
+from config.audit import AuditConfig
 from schemas.units import HOUR_MS, seconds
 
 COLOURS = {"reference": "#7f7f7f", "current": "#d62728", "production": "#7f7f7f", "candidate": "#1f77b4"}
@@ -81,9 +83,6 @@ def figures(reference: Window, current: Window, verdict: dict, config: AuditConf
 
 
 def _svg(figure: dict) -> str:
-    from matplotlib.figure import Figure
-    import matplotlib
-
     matplotlib.rcParams["svg.fonttype"] = "none"  # text as text: small, and searchable in the page
     fig = Figure(figsize=(4.6, 2.6), dpi=100)
     ax = fig.add_subplot()

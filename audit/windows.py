@@ -14,7 +14,9 @@ import numpy as np
 
 from audit.stattests import Rate
 from pipelines.labeling import bounced, long_dwell
+from pipelines.tf_example import example_fields
 from schemas.units import HOUR_MS
+from trainer.data import find_partitions, load_columns
 
 REQUIRED = ("clicked", "click_time_ms", "dwell_ms", "added_to_cart", "purchased", "cart_time_ms", "purchase_time_ms",
             "purchase_value", "surface", "device", "position", "item_age_hours", "headline_score", "item_category",
@@ -63,8 +65,6 @@ class Window:
 def load_window(examples: Path, from_ms: int | None, to_ms: int | None, now_ms: int | None = None,
                 name: str = "window") -> Window:
     """The join's partitions in [from_ms, to_ms) as a Window; WindowError when there is none."""
-    from trainer.data import find_partitions, load_columns
-
     try:
         partitions = find_partitions(examples, from_ms, to_ms)
     except FileNotFoundError as error:
@@ -80,8 +80,6 @@ _FLOATS = ("purchase_value", "item_age_hours", "headline_score")
 def window_of_examples(examples, now_ms: int | None = None, name: str = "window") -> Window:
     """A Window of labeled examples in memory (`pipelines.labeling.Example`), as `load_window` reads them from
     partitions: for experiments and calibration, without writing files."""
-    from pipelines.tf_example import example_fields
-
     rows = [example_fields(e) for e in examples]
     columns = {}
     for column in REQUIRED:

@@ -7,17 +7,19 @@ are best read on a settled one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from config.audit import AuditConfig
 from audit.drift import Check
-from gate.metrics import MetricCheck, clickbait_model_signature, gate
 from audit.stattests import run_test
 from audit.windows import Window, WindowError, slices
+from config.audit import AuditConfig
+from config.trainer import ModelConfig
+from gate.metrics import MetricCheck, clickbait_model_signature, gate
 from pipelines.labeling import long_dwell
+from trainer.exported import ExportedModel
 
 LABELS = ("click", "long_dwell", "add_to_cart", "purchase")
 
@@ -36,9 +38,6 @@ def labels_of(window: Window, long_dwell_ms: int) -> dict[str, np.ndarray]:
 
 def score(model_dir: Path, window: Window) -> dict[str, np.ndarray]:
     """A SavedModel's predictions on the window: each task it was trained for, and its ranking score `value`."""
-    from config.trainer import ModelConfig
-    from trainer.exported import ExportedModel
-
     model = ExportedModel(model_dir)
     config = ModelConfig.model_validate(model.metadata["config"]["model"])
     predictions = model.predict(window.columns)
@@ -58,8 +57,6 @@ class ModelAudit:
         return [f"gate: {c.metric} in {c.slice}: {c.reason}" for c in self.gate if not c.passed]
 
     def as_dict(self) -> dict:
-        from dataclasses import asdict
-
         return {"signature": self.signature,
                 "prediction_checks": [{"slice": c.slice, "metric": c.metric, **asdict(c.result)} for c in self.checks],
                 "gate": [asdict(c) for c in self.gate],

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
+
 from schemas.units import ms
 
 
@@ -87,8 +88,6 @@ class EventProducer:
 
 
 def _cause(error) -> str:
-    from confluent_kafka import KafkaError
-
     said = f"{error.name()}: {error.str()}"
     if error.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART):
         return f"{said}; is the broker up, and does the topic exist? `valueloop kafka topics` creates valueloop's"

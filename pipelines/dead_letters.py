@@ -25,10 +25,14 @@ from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from confluent_kafka import KafkaError as ProducerError
+from confluent_kafka import KafkaException, Producer
+from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from kafka_io.fetcher import CorruptBatchError, FetchError, PartitionFetcher
 from kafka_io.metadata import TopicMetadataError, topic_configs
+from pipelines.kafka_source import kafka_consumer
 from pipelines.records import DeadLetter
 
 _LOG = logging.getLogger("valueloop.join")
@@ -131,10 +135,6 @@ def already_written(bootstrap_servers: str, topic: str, origins: Iterable[tuple[
     """The identities of the letters the dead-letter topic holds whose origins lie in the (topic, partition,
     start, stop) ranges: what a run over those ranges must not write again. Reads the whole topic, which holds
     only what could not be read."""
-    from kafka import TopicPartition
-
-    from pipelines.kafka_source import kafka_consumer
-
     wanted: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for source_topic, partition, start, stop in origins:
         wanted.setdefault((source_topic, partition), []).append((start, stop))
@@ -176,8 +176,6 @@ class _SendDeadLetters(beam.DoFn):
         self._origins = None
 
     def setup(self):
-        from confluent_kafka import Producer
-
         self._producer = Producer({
             "bootstrap.servers": self._bootstrap, "client.id": "valueloop-dead-letters", "acks": "all",
             "enable.idempotence": True, "compression.type": "zstd", "linger.ms": 20,
@@ -194,8 +192,6 @@ class _SendDeadLetters(beam.DoFn):
             self._failures.append(error)
 
     def process(self, letter: DeadLetter):
-        from confluent_kafka import KafkaException
-
         if dead_letter_id(letter.topic, letter.partition, letter.offset) in self._skip:
             self._skipped.inc()
             return
@@ -237,12 +233,10 @@ class _SendDeadLetters(beam.DoFn):
 
 
 def _describe_failures(topic: str, bootstrap: str, failures: list, left: int) -> str:
-    from confluent_kafka import KafkaError
-
     if left and not failures:
         return f"{left} dead letters for {topic} were still unsent after 90s: is the broker at {bootstrap} up?"
     first = failures[0]
-    unreachable = first.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+    unreachable = first.code() in (ProducerError._MSG_TIMED_OUT, ProducerError._TRANSPORT, ProducerError._ALL_BROKERS_DOWN)
     cause = f"the broker at {bootstrap} did not take them ({first.str()})" if unreachable else \
         f"the topic refused them: {first.name()}: {first.str()}"
     return f"{len(failures)} dead letters could not be written to {topic}: {cause}"

@@ -13,10 +13,11 @@ from typing import List, NamedTuple, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.partitions import partition_of, serialized
-from pipelines.labeling import Example, label_user_events
 from config.join import LabelConfig
+from pipelines.labeling import Example, label_user_events
+from pipelines.partitions import partition_of, serialized
 from pipelines.records import DecodedEvent, LateEvent
+from schemas import BadEventError, EventDecoder
 from schemas.units import DAY_MS, HOUR_MS
 
 EXAMPLES = "examples"
@@ -126,14 +127,10 @@ class _NewestHonestTime(beam.DoFn):
         self._clock = clock
 
     def setup(self):
-        from schemas import EventDecoder
-
         self._decoders = {topic: EventDecoder(expected={name}) for topic, name in self._topic_records.items()}
         self._latest_ms = self._clock.latest_ms()
 
     def _valid(self, topic: str, partition: int, record) -> bool:
-        from schemas import BadEventError
-
         decoder = self._decoders.get(topic)
         if decoder is None:
             return False

@@ -23,11 +23,21 @@ from config.kafka import KafkaSettings
 from kafka_io.metadata import topic_configs
 from pipelines.dead_letters import WriteDeadLetters, already_written, topic_limit
 from pipelines.decode import DecodeEventGroups, DecodeEvents, EventTimeStamps, GroupByUserShard, RecordClock
-from pipelines.examples import RecordLateEvents, WriteExamples
-from pipelines.partitions import describe_partition
+from pipelines.examples import RecordLateEvents, WriteExamples, WriteExamplesStreaming
+from pipelines.flink import flink_pipeline_options
 from pipelines.join import EstimateWatermark, LabelImpressions
-from pipelines.kafka_source import (PartitionRange, ReadKafkaRanges, largest_batch_bytes, ranges_for_times,
-                                    snapshot_ranges)
+from pipelines.kafka_source import (
+    FollowKafkaTopics,
+    PartitionRange,
+    ReadKafkaRanges,
+    largest_batch_bytes,
+    ranges_for_times,
+    snapshot_ranges,
+    start_positions,
+)
+from pipelines.partitions import describe_partition
+from pipelines.streaming import LabelImpressionsStreaming
+from schemas import BadEventError, EventDecoder
 from schemas.units import HOUR_MS, now_ms
 
 
@@ -150,15 +160,11 @@ def _runner(name: str, settings: JoinSettings):
             options["direct_running_mode"] = "multi_processing"
         return FnApiRunner(), PipelineOptions(flags=[], **options)
     if name == "flink":
-        from pipelines.flink import flink_pipeline_options
-
         return "FlinkRunner", flink_pipeline_options()
     raise ValueError(f"runner is direct or flink, not {name!r}")
 
 
 def _event_time_of(clock: RecordClock):
-    from schemas import BadEventError, EventDecoder
-
     decoder = EventDecoder()
 
     def event_time_of(value: bytes, record_ms: int) -> int | None:
@@ -186,10 +192,6 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
     again for context (the clicks that compete for a conversion), as the bounded join does. `direct` runs on
     Prism (the binary at `settings.prism_location`), `flink` on an embedded Flink.
     """
-    from pipelines.examples import WriteExamplesStreaming
-    from pipelines.kafka_source import FollowKafkaTopics, start_positions
-    from pipelines.streaming import LabelImpressionsStreaming
-
     # Beam's portable runner puts job_server_timeout on the job's state and message streams too, which would end
     # a streaming job after it (60 s by default): a year, for a job that runs until it is stopped. The SDK's
     # user-state cache (off by default) spares the label step some of its round trips to the runner for state:
@@ -205,8 +207,6 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
                                   environment_type="LOOPBACK", streaming=True, **forever,
                                   experiments=["prism_disable_sdf_split"])
     elif runner == "flink":
-        from pipelines.flink import flink_pipeline_options
-
         options = flink_pipeline_options(streaming=True, **forever)
     else:
         raise ValueError(f"runner is direct or flink, not {runner!r}")

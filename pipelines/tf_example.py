@@ -12,8 +12,9 @@ from pathlib import Path
 
 from crc32c import crc32c
 
-from pipelines._tf_example import frame
+from pipelines._tf_example import KIND_BYTES, KIND_FLOAT, KIND_INT, Serializer, frame
 from pipelines.labeling import Example
+from schemas import default_registry
 from schemas.compiled import uvarint
 
 _FLOATS = struct.Struct("<f")
@@ -90,9 +91,6 @@ def _compile_serializer():
     """serialize(example), in C (`_tf_example.c`), for examples whose served features are exactly the
     LabeledExample schema's: the bytes of `_serialize_any`, about ten times faster. Any other example goes to
     `_serialize_any` itself."""
-    from pipelines._tf_example import KIND_BYTES, KIND_FLOAT, KIND_INT, Serializer
-    from schemas import default_registry
-
     served = next(f["type"] for f in default_registry().latest("LabeledExample").raw["fields"] if f["name"] == "features")
     source: dict[str, int | str] = {name: i for i, name in enumerate(Example._fields) if name != "features"}
     source.update({f["name"]: f["name"] for f in served["fields"]})

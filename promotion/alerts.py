@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol
 
+import requests
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
 _LOG = logging.getLogger("valueloop.alerts")
@@ -68,8 +69,6 @@ class DeliveryFailed(RuntimeError):
 
 
 def _post(url: str, payload: dict, sink: str, timeout_s: float) -> None:
-    import requests
-
     try:
         answer = requests.post(url, json=payload, timeout=timeout_s)
     except requests.RequestException as error:

@@ -5,8 +5,11 @@ import enum
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from config.kafka import KafkaSettings
 from config.simulator import SimulatorConfig
+from simulator.sinks import AvroFileSink, KafkaSink
 from simulator.traffic import Simulation, SimulationSummary
 
 
@@ -20,10 +23,6 @@ def simulate(config: SimulatorConfig, to: Destination, out: Path, kafka: KafkaSe
     """Writes the simulation's events to `to` (the topics of `kafka`, or Avro files under `out`) and its hidden
     truth to `out/ground_truth.npz`, for evaluation only; returns the traffic summary and where the truth is.
     `policy` (`serving.policies`) ranks the requests; the world's logging policy by default."""
-    from tqdm import tqdm
-
-    from simulator.sinks import AvroFileSink, KafkaSink
-
     simulation = Simulation(config, policy=policy)
     truth = simulation.world.save(Path(out) / "ground_truth.npz")
     sink = KafkaSink(kafka) if to is Destination.KAFKA else AvroFileSink(Path(out))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from serving.log import FeatureTables, ServingLog
 from simulator.world import World
 
 
@@ -46,8 +47,6 @@ class ServedLog:
     def serving_log(self, policy: str, world: World, surfaces: list[str], devices: list[str]):
         """What the serving system logged, with the candidate sets and the feature tables it read:
         `ope.check.ServingLog`."""
-        from serving.log import FeatureTables, ServingLog
-
         a = self.arrays()
         return ServingLog(policy, FeatureTables.of(world, surfaces, devices), a["users"], a["surfaces"],
                           a["request_ms"], a["candidates"], a["order"], a["propensity"], a["clicked"], a["bought"])

@@ -17,6 +17,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
+from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
 
 from config.trainer import ModelConfig  # noqa: E402
 from trainer.metrics import auc  # noqa: E402
@@ -207,8 +208,6 @@ def gradient_boosting(data: Split, seed: int = 0) -> dict[str, float]:
     log and the buckets tell it little it could not find in the number itself (how little, as measured, is in
     the README). Its own early stopping holds out a tenth of the training split.
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
     def fit(task: str) -> float:
         model = HistGradientBoostingClassifier(random_state=seed).fit(data.x_train, data.y_train[task])
         return auc(data.y_test[task], model.predict_proba(data.x_test)[:, 1])

@@ -11,11 +11,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.partitions import MANIFEST_FILE
+import numpy as np
 
+from pipelines.partitions import MANIFEST_FILE
 from pipelines.tf_example import read_records
-from trainer.features import parse_spec
 from schemas.units import epoch_ms, utc
+from trainer.features import parse_spec
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,6 @@ def dataset(partitions: list[Partition], batch_size: int, shuffle_buffer: int = 
 
 def load_columns(partitions: list[Partition], batch_size: int = 65_536) -> dict:
     """Every example of the partitions in memory, as numpy columns."""
-    import numpy as np
-
     parts: dict[str, list] = {}
     with naming_corrupt_files(partitions):
         for batch in dataset(partitions, batch_size):

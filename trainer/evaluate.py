@@ -12,12 +12,17 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
-from trainer import metrics
+from config.join import LabelStrategy
 from config.trainer import TASKS, ModelConfig
 from pipelines.labeling import long_dwell
 from schemas.units import ms
+from trainer import metrics
+from trainer.data import find_partitions, label_strategy, load_columns
+from trainer.exported import ExportedModel
 
 RELEVANCE = {"purchase": 3, "add_to_cart": 2, "long_dwell": 1}  # graded gain of a logged outcome for NDCG
 LOGGED = "logged policy"
@@ -110,10 +115,6 @@ def evaluate_range(model_paths: list[Path], examples: Path, from_ms: int | None,
     `world`'s truth (the simulator's World, loaded by the caller: the trainer knows it only by what it answers);
     with `baseline` (a model's name), the trap verdict of the first model against it (`compare`). Raises
     ValueError for a range without final labels or a baseline it cannot judge."""
-    from config.join import LabelStrategy
-    from trainer.data import find_partitions, label_strategy, load_columns
-    from trainer.exported import ExportedModel
-
     partitions = find_partitions(examples, from_ms, to_ms)
     if label_strategy(partitions) != LabelStrategy.WAIT_FOR_WINDOW.value:
         raise ValueError("evaluation needs final labels: label the evaluation range with --strategy wait_for_window")
@@ -159,10 +160,7 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
     k, names = report["k"], list(report["models"])

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import time
 from pathlib import Path
 
 from config.trainer import TrainConfig
-from trainer.exported import METADATA_FILE, OUTPUTS
 from trainer.data import Partition, dataset, find_partitions, label_strategy, naming_corrupt_files
+from trainer.exported import METADATA_FILE, OUTPUTS
 from trainer.features import TRAINING_COLUMNS, serving_spec
 from trainer.model import ValueRanker, adapt_statistics
 
@@ -75,8 +76,6 @@ def export(model: ValueRanker, out_dir: Path, metadata: dict) -> Path:
 
 
 def code_version() -> str:
-    import subprocess
-
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent).stdout.strip()

@@ -12,23 +12,27 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from ab.analysis import analyse
 from config import Settings
+from pipelines.kafka_source import PartitionRange, snapshot_ranges
+from pipelines.run import run_bounded_join
+from serving.policies import SplitPolicy
+from simulator import Simulation
+from simulator.sinks import KafkaSink
+from simulator.world import World
+from trainer.data import find_partitions, load_columns
+from valueloop.closed_loop import drain_s
+from valueloop.demo import loop_settings
+from valueloop.policies import policy_from
+
 
 def run_split_test(settings: Settings, out: Path, control: str, treatment: str, requests_per_day: int,
                    days: int, treatment_share: float = 0.5, seed: int = 7,
                    echo: Callable[[str], None] = print) -> dict:
     """Serves a pre-period day and `days` test days into Kafka, joins them under `out/examples`; returns the
     event-time windows of the pre-period and the test, and the arms' policy names."""
-    from pipelines.kafka_source import PartitionRange, snapshot_ranges
-    from pipelines.run import run_bounded_join
-    from simulator import Simulation
-    from serving.policies import SplitPolicy
-    from simulator.sinks import KafkaSink
-    from simulator.world import World
-    from valueloop.closed_loop import drain_s
-    from valueloop.demo import loop_settings
-    from valueloop.policies import policy_from
-
     names = {"control": f"control:{Path(control).name}", "treatment": f"treatment:{Path(treatment).name}"}
     split = SplitPolicy([policy_from(settings, control, names["control"]),  # from the settings' own registry
                          policy_from(settings, treatment, names["treatment"])],
@@ -59,10 +63,6 @@ def run_split_test(settings: Settings, out: Path, control: str, treatment: str, 
 
 def load_impressions(examples: Path, start_ms: int, end_ms: int) -> dict:
     """user_id, arm (the logged policy), clicked and purchased of every labeled impression in the window."""
-    import numpy as np
-
-    from trainer.data import find_partitions, load_columns
-
     columns = load_columns(find_partitions(examples, start_ms, end_ms))
     return {"user_id": columns["user_id"], "arm": np.char.decode(columns["policy"].astype(bytes)),
             "clicked": columns["clicked"] > 0, "purchased": columns["purchased"] > 0}
@@ -71,8 +71,6 @@ def load_impressions(examples: Path, start_ms: int, end_ms: int) -> dict:
 def analyse_logs(examples: Path, test: tuple[int, int], control: str, treatment: str,
                  pre_period: tuple[int, int] | None = None, treatment_share: float = 0.5):
     """The A/B analysis (`ab.analysis.analyse`) of the test window's logged impressions, CUPED on the pre-period's."""
-    from ab.analysis import analyse
-
     impressions = load_impressions(examples, *test)
     pre = load_impressions(examples, *pre_period) if pre_period is not None else None
     return analyse(impressions, control, treatment, pre, {control: 1 - treatment_share, treatment: treatment_share})

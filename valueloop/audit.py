@@ -4,16 +4,19 @@ told when it blocks (and told again when a later audit of that window passes).""
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 from pathlib import Path
 
-from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
-from config.audit import AuditConfig
+import numpy as np
+
 from audit.drift import Status, Verdict, audit_windows
 from audit.maturity import learn_curve, project_final_rate
+from audit.report import figures, render
 from audit.stattests import Rate
 from audit.windows import Window, load_window
+from config.audit import AuditConfig
+from gate.models import audit_models, score
+from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
 from schemas.units import hour_text
 
 CHECK = "drift_audit"
@@ -51,8 +54,6 @@ def maturity(reference: Window, current: Window, config: AuditConfig) -> dict:
         return {}
     out = {"curve": dataclasses.asdict(curve)}
     if current.now_ms is not None and current.size:
-        import numpy as np
-
         clicked = np.asarray(current.columns["clicked"]) > 0
         click_ms = np.asarray(current.columns["click_time_ms"], np.int64)
         bought_ms = current.arrived("purchase_time_ms")
@@ -74,15 +75,11 @@ def run_audit(examples: Path, reference: tuple[int | None, int | None], current:
     with a `candidate` SavedModel, the candidate against `production` (None: the first model) on `current`;
     writes `out/verdict.json` and `out/report.html`, and, with an `alert_book`, triggers an alert when promotion
     is blocked or inconclusive and resolves it when the same window passes."""
-    from audit.report import figures, render
-
     reference_window = load_window(examples, *reference, name="reference")
     current_window = load_window(examples, *current, now_ms=now_ms, name="current")
     verdict = audit_windows(reference_window, current_window, config)
     model = None
     if candidate is not None and verdict.status is not Status.INCONCLUSIVE:
-        from gate.models import audit_models, score
-
         model = audit_models(current_window, score(candidate, current_window),
                              score(production, current_window) if production is not None else None, config)
         verdict = with_models(verdict, model)

@@ -25,9 +25,24 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from config import Settings
-from schemas.units import DAY_MS, HOUR_MS, seconds, utc
+import matplotlib
+import matplotlib.pyplot as plt
 
+from config import Settings
+from infra.kafka import KafkaBroker
+from pipelines.kafka_source import PartitionRange, snapshot_ranges
+from pipelines.partitions import MANIFEST_FILE
+from pipelines.run import run_bounded_join
+from promotion.registry import Registry
+from schemas.units import DAY_MS, HOUR_MS, seconds, utc
+from simulator import Simulation
+from simulator.served import ServedLog
+from simulator.sinks import KafkaSink
+from simulator.world import World
+from valueloop import loop
+from valueloop.demo import loop_settings
+from valueloop.loop import labeling_lag_ms
+from valueloop.policies import LOGGING, policy_from
 
 
 class GateMode(str, enum.Enum):
@@ -55,8 +70,6 @@ def round_settings(settings: Settings, directory: Path, objective: Objective) ->
     """The loop's settings with its examples, registry, work and alerts under `directory`, trained by
     `objective`; purchases attributed within 6 hours, so a simulated day settles soon after it ends. How
     production samples its slates is `loop.serving_*`."""
-    from valueloop.demo import loop_settings
-
     settings = loop_settings(settings, directory)
     return settings.model_copy(update={"loop": settings.loop.model_copy(update={"preset": objective.value})})
 
@@ -64,8 +77,6 @@ def round_settings(settings: Settings, directory: Path, objective: Objective) ->
 def drain_s(settings: Settings) -> float:
     """How long after a simulated day its conversions keep arriving: long enough for the join's watermark to
     settle every hour of the day."""
-    from valueloop.loop import labeling_lag_ms
-
     return seconds(labeling_lag_ms(settings)) + settings.join.out_of_orderness_s + seconds(HOUR_MS)
 
 
@@ -73,9 +84,6 @@ def serving_policy(settings: Settings, objective: Objective):
     """The policy production serves with: the registry's production model ranked by the objective's output,
     sampled as `loop.serving_exploration` says, or the world's logging policy before any model is promoted.
     Returns it with the production version (None for the logging policy)."""
-    from promotion.registry import Registry
-    from valueloop.policies import LOGGING, policy_from
-
     version = Registry(settings.registry).production()
     return policy_from(settings, LOGGING if version is None else "production", output=objective.output), version
 
@@ -83,8 +91,6 @@ def serving_policy(settings: Settings, objective: Objective):
 def unsettled_from(settings: Settings, start_ms: int) -> int:
     """The first hour of the day starting at `start_ms` that has no complete partition yet (the day's end when
     every hour has one)."""
-    from pipelines.partitions import MANIFEST_FILE
-
     examples = Path(settings.join.output_dir)
     for hour_ms in range(start_ms, start_ms + DAY_MS, HOUR_MS):
         stamp = utc(hour_ms)
@@ -99,13 +105,6 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
     previous round's (whose last hours only this day's traffic settles); then the retraining tasks for the
     previous day, now complete. Returns the round's truth, the gate's decision and the seconds each step took,
     with this round's Kafka offset ranges for the next round's join."""
-    from pipelines.kafka_source import PartitionRange, snapshot_ranges
-    from pipelines.run import run_bounded_join
-    from simulator import Simulation
-    from simulator.served import ServedLog
-    from simulator.sinks import KafkaSink
-    from valueloop import loop
-
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -151,8 +150,6 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
         if audited.promotable:
             loop.promote_candidate(settings, day, audited)
         elif gate is GateMode.RECORD:
-            from promotion.registry import Registry
-
             Registry(settings.registry).promote(version, audited.production, f"{day}: audit {audited.status} "
                                                 "recorded, not enforced (closed loop, --gate record)", override=True)
         else:
@@ -167,9 +164,6 @@ def run_closed_loop(settings: Settings, objective: Objective, rounds: int, reque
                     gate: GateMode = GateMode.ENFORCE, echo: Callable[[str], None] = print) -> dict:
     """`rounds` rounds from a fresh world of `seed` under `objective`, everything under `out/<objective>`
     (examples, registry, models, audits); returns every round's outcome and writes it to `rounds.json` there."""
-    from infra.kafka import KafkaBroker
-    from simulator.world import World
-
     directory = Path(out) / objective.value
     shutil.rmtree(directory, ignore_errors=True)
     settings = round_settings(settings, directory, objective)
@@ -231,10 +225,7 @@ PLOTTED = (("ctr", "CTR"), ("purchases_per_1000", "purchases per 1000 impression
 def plot_rounds(results: list[dict], path: Path) -> Path:
     """One figure: a panel per metric, every round on the x axis, a line per objective and seed; a hollow marker
     on the round whose retraining the gate did not pass."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     colours = {"ctr": "#d62728", "value": "#1f77b4"}
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)

@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Callable
 
 from config import Settings
+from config.trainer import preset as choose
+from infra.kafka import KafkaBroker
+from pipelines.kafka_source import PartitionRange, snapshot_ranges
+from pipelines.run import run_bounded_join
 from schemas.units import DAY_MS, utc
+from simulator import Simulation
+from simulator.run import Destination, simulate
+from simulator.sinks import KafkaSink
 from simulator.world import World
+from trainer.evaluate import evaluate_range
 from valueloop import loop
 
 DEMO_DIR = Path("out/demo")
@@ -32,10 +40,6 @@ def check_split(days: float, train_days: float, purchase_window_days: float) -> 
 def run_demo(settings: Settings, requests: int, days: float, train_days: float, purchase_window_days: float,
              echo: Callable[[str], None] = print) -> dict:
     """Runs the loop; returns the evaluation report, whose `verdict` says whether the value model escaped the trap."""
-    from infra.kafka import KafkaBroker
-    from pipelines.kafka_source import PartitionRange, snapshot_ranges
-    from simulator.run import Destination, simulate
-
     check_split(days, train_days, purchase_window_days)
     broker = KafkaBroker(settings.kafka)
     before = broker.up().topic_messages
@@ -54,7 +58,6 @@ def run_demo(settings: Settings, requests: int, days: float, train_days: float, 
     split_ms = settings.simulator.start_ms + int(train_days * DAY_MS)
     models = [_train(settings, preset, examples, split_ms, echo) for preset in ("value", "ctr")]
     echo(f"\nre-ranking the requests from {_hour_text(split_ms)} on with each model, scored by the hidden truth:\n")
-    from trainer.evaluate import evaluate_range
 
     return evaluate_range(models, examples, split_ms, None, World.load(DEMO_DIR / "ground_truth.npz"), 3,
                           models[1].name, 0.25)
@@ -76,8 +79,6 @@ def _echo_traffic(echo, topics: list[str], before: dict, after: dict, summary) -
 
 
 def _join(settings: Settings, ranges, purchase_window_days: float, echo) -> Path:
-    from pipelines.run import run_bounded_join
-
     labels = settings.join.labels.model_copy(update={"purchase_window_s": purchase_window_days * 86_400})
     join_settings = settings.join.model_copy(update={"output_dir": DEMO_DIR / "examples", "labels": labels})
     echo(f"\njoining this run's {sum(r.stop - r.start for r in ranges):,} events into labeled examples with Beam "
@@ -93,7 +94,6 @@ def _join(settings: Settings, ranges, purchase_window_days: float, echo) -> Path
 
 
 def _train(settings: Settings, preset: str, examples: Path, split_ms: int, echo) -> Path:
-    from config.trainer import preset as choose
     from trainer.train import train as run_training
 
     out = DEMO_DIR / "models" / preset
@@ -131,11 +131,6 @@ def run_loop(settings: Settings, requests_per_day: int,
     two by one that shows more bait, through Kafka and the join; then the DAG's tasks for the second day (the
     first model: promoted) and for the third (the clickbait signature: production kept, on-call alerted).
     Returns each day's outcome."""
-    from pipelines.kafka_source import PartitionRange, snapshot_ranges
-    from pipelines.run import run_bounded_join
-    from simulator import Simulation
-    from simulator.sinks import KafkaSink
-
     shutil.rmtree(LOOP_DIR, ignore_errors=True)
     settings = loop_settings(settings)
     topics = list(settings.kafka.event_topics.values())

@@ -17,7 +17,17 @@ from pathlib import Path
 
 from config import Settings
 from config.loop import LoopSettings
+from config.trainer import preset
+from ope.check import offpolicy_check as check
+from pipelines.run import run_bounded_join
+from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
+from promotion.registry import Registry
 from schemas.units import DAY_MS, HOUR_MS, epoch_ms, hour_text, utc
+from serving.log import ServingLog, candidate_scores
+from serving.propensities import target_probability
+from trainer.data import find_partitions
+from trainer.exported import METADATA_FILE
+from valueloop.audit import run_audit
 
 _LOG = logging.getLogger("valueloop.loop")
 
@@ -85,16 +95,12 @@ def hour_to_label(settings: Settings, interval_end_ms: int) -> int:
 def label_hour(settings: Settings, hour_ms: int, runner: str = "direct") -> dict:
     """The bounded join of one hour: the Kafka offsets that hold it, labeled into its partition. Returns the
     partition's manifest summary (`hour_manifest`)."""
-    from pipelines.run import run_bounded_join
-
     run_bounded_join(settings.kafka, settings.join, runner=runner, from_ms=hour_ms, to_ms=hour_ms + HOUR_MS)
     return hour_manifest(settings, hour_ms)
 
 
 def hour_manifest(settings: Settings, hour_ms: int) -> dict:
     """What an hour's partition holds (its manifest's partition, examples and labels) and its URI."""
-    from trainer.data import find_partitions
-
     try:
         [partition] = find_partitions(settings.join.output_dir, hour_ms, hour_ms + HOUR_MS)
     except FileNotFoundError:
@@ -107,8 +113,6 @@ def hour_manifest(settings: Settings, hour_ms: int) -> dict:
 def check_manifests(settings: Settings, loop: LoopSettings, day: str) -> ManifestsChecked:
     """Every hour of the training days and of the audited day has a complete partition; raises
     ManifestsMissing naming the hours that do not."""
-    from trainer.data import find_partitions
-
     start, end = day_range(day)
     first = start - loop.train_days * DAY_MS
     try:
@@ -136,10 +140,6 @@ def serving_log_path(loop: LoopSettings, day: str) -> Path:
 def offpolicy_check(settings: Settings, loop: LoopSettings, day: str, candidate_dir: Path):
     """The gate's off-policy check of the candidate on the day's serving log (`ope.check`), or None
     when the day has no serving log."""
-    from ope.check import offpolicy_check as check
-    from serving.log import ServingLog, candidate_scores
-    from serving.propensities import target_probability
-
     path = serving_log_path(loop, day)
     if not path.exists():
         _LOG.info("no serving log for %s at %s: the off-policy check does not run", day, path)
@@ -155,8 +155,6 @@ def offpolicy_check(settings: Settings, loop: LoopSettings, day: str, candidate_
 def train_candidate(settings: Settings, loop: LoopSettings, day: str) -> Path:
     """The candidate for `day`, trained on the days before it; a model already trained for the same window and
     settings is kept as it is."""
-    from config.trainer import preset
-    from trainer.exported import METADATA_FILE
     from trainer.train import train
 
     config = preset(settings.trainer, loop.preset)
@@ -177,17 +175,12 @@ def train_candidate(settings: Settings, loop: LoopSettings, day: str) -> Path:
 
 
 def register_candidate(settings: Settings, day: str, model_dir: Path) -> int:
-    from promotion.registry import Registry
-
     return Registry(settings.registry).register(model_dir, day).version
 
 
 def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: int) -> Audited:
     """The audit of `day` against the day before and of the candidate against production on `day`, recorded on
     the version. Returns the verdict, the report and the production version it was judged against."""
-    from promotion.registry import Registry
-    from valueloop.audit import run_audit
-
     out = day_dir(loop, day) / "audit"
     done = out / "audited.json"
     if done.exists() and json.loads(done.read_text())["version"] == version:  # this day's audit of this version
@@ -216,9 +209,6 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
 def promote_candidate(settings: Settings, day: str, audited: Audited, sinks: list | None = None) -> dict:
     """Moves production to the audited version if production still holds what it was audited against, and
     resolves an alert an earlier run of the day opened (to `sinks`, by default the environment's)."""
-    from promotion.alerts import AlertBook, sinks_from_environment
-    from promotion.registry import Registry
-
     registry = Registry(settings.registry)
     expected = audited.production
     if registry.production() == audited.version:  # promoted by an earlier run of this day
@@ -239,8 +229,6 @@ def alert_book(settings: Settings) -> Path:
 def hold_candidate(settings: Settings, day: str, audited: Audited, sinks: list | None = None) -> Held:
     """Keeps production and alerts on-call through `sinks` (by default the environment's), once per day: a re-run
     finds the alert open and sends nothing."""
-    from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
-
     severity = Severity.CRITICAL if audited.status == "block" else Severity.WARNING
     alert = Alert(HELD, day, severity, f"candidate v{audited.version} held back for {day}: audit "
                   f"{audited.status}: {audited.reasons[0] if audited.reasons else 'no reason given'}",
@@ -254,8 +242,6 @@ def hold_candidate(settings: Settings, day: str, audited: Audited, sinks: list |
 def manifests_to_publish(settings: Settings, ledger: Path) -> list[dict]:
     """The hours whose complete partitions (of any writer: the streaming join, a bounded one) are not yet
     published at their current revision, per the `ledger` file; each as `hour_manifest` gives it, with its key."""
-    from trainer.data import find_partitions
-
     published = json.loads(ledger.read_text()) if ledger.exists() else {}
     try:
         partitions = find_partitions(settings.join.output_dir)

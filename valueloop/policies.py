@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from config import Settings
+from promotion.registry import Registry
+from serving.policies import LoggingPolicy, ModelPolicy
 
 LOGGING = "logging"
 ALIASES = ("production", "candidate")
@@ -20,15 +22,11 @@ ALIASES = ("production", "candidate")
 
 def policy_from(settings: Settings, spec: str, name: str | None = None, output: str = "value"):
     """The policy `spec` names, logged as `name` when given; raises ValueError naming what is missing."""
-    from serving.policies import LoggingPolicy, ModelPolicy
-
     sim, loop = settings.simulator, settings.loop
     if spec == LOGGING:
         config = sim.logging_policy if name is None else sim.logging_policy.model_copy(update={"name": name})
         return LoggingPolicy(config, list(sim.surfaces))
     if spec in ALIASES:
-        from promotion.registry import Registry
-
         registry = Registry(settings.registry)
         version = registry.aliases().get(spec)
         if version is None:

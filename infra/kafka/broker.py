@@ -16,6 +16,10 @@ import time
 import uuid
 from pathlib import Path
 
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+
 from config.kafka import KafkaSettings
 
 KAFKA_INFRA = Path(__file__).resolve().parent
@@ -128,9 +132,6 @@ class KafkaBroker:
         return pid if _alive(pid) and _is_kafka(pid) else None
 
     def create_topics(self) -> None:
-        from kafka.admin import KafkaAdminClient, NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id="valueloop-admin")
         try:
             missing = [t for t in self.settings.topics if t not in set(admin.list_topics())]
@@ -144,8 +145,6 @@ class KafkaBroker:
             admin.close()
 
     def topic_message_counts(self) -> dict[str, int]:
-        from kafka import KafkaConsumer, TopicPartition
-
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, client_id="valueloop-status")
         try:
             counts = {}
@@ -256,9 +255,6 @@ class KafkaBroker:
     def _wait_until_answering(self, started: subprocess.Popen | None) -> None:
         """Until the node answers. A node that `up` has just `started` is watched through its process handle, not
         `pid()`: in one CI run `pid()` found a starting node gone (its command-line check failed) while it ran on."""
-        from kafka.admin import KafkaAdminClient
-        from kafka.errors import KafkaConfigurationError, KafkaError
-
         deadline = time.monotonic() + self.settings.start_timeout_s
         while True:
             exit_code = started.poll() if started is not None else (None if self.pid() is not None else "unknown")

@@ -1,14 +1,17 @@
 """`valueloop ab run` and `valueloop ab analyse`: a split test by user on the simulated world, and its analysis."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from valueloop.cli.common import ConfigOption, broker_up, fail, running_job, settings_from
+from ab.analysis import SRM_P
 from schemas.units import epoch_ms
+from valueloop.ab import analyse_logs, run_split_test
+from valueloop.cli.common import ConfigOption, broker_up, fail, running_job, settings_from
 
 app = typer.Typer(help="A/B tests: run a split by user on the simulated world; analyse two arms' logs.",
                   no_args_is_help=True)
@@ -25,8 +28,6 @@ def run(config: Optional[Path] = ConfigOption,
         seed: int = typer.Option(7, help="World, traffic and assignment seed."),
         out: Path = typer.Option(Path("out/ab"), help="Examples and the analysis go here.")):
     """Serve a split test through Kafka and the join, then analyse it (as `valueloop ab analyse`)."""
-    from valueloop.ab import run_split_test
-
     settings = settings_from(config)
     broker_up(settings)
     with running_job(settings, "the split test stopped; run it again"):
@@ -38,8 +39,6 @@ def run(config: Optional[Path] = ConfigOption,
 
 
 def _ms(text: str) -> int:
-    import datetime as dt
-
     try:
         stamp = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -64,9 +63,6 @@ def analyse(examples: Path = typer.Option(..., exists=True, file_okay=False, hel
 
 
 def _analyse(examples, test, control, treatment, pre, share, out: Optional[Path]) -> None:
-    from ab.analysis import SRM_P
-    from valueloop.ab import analyse_logs
-
     try:
         result = analyse_logs(examples, test, control, treatment, pre, share)
     except (ValueError, FileNotFoundError) as error:

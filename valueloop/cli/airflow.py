@@ -7,20 +7,17 @@ from typing import Optional
 import typer
 
 from valueloop.cli.common import ConfigOption, fail, settings_from
+from valueloop.scheduling.local import AirflowError, LocalAirflow
 
 app = typer.Typer(help="A local Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor) on "
                        "PostgreSQL, running the DAGs of dags/ with this project's settings.", no_args_is_help=True)
 
 
 def _local(config: Optional[Path]):
-    from valueloop.scheduling.local import LocalAirflow
-
     return LocalAirflow(settings_from(config).airflow, config)
 
 
 def _run(config: Optional[Path], action: str) -> None:
-    from valueloop.scheduling.local import AirflowError
-
     try:
         status = getattr(_local(config), action)()
     except AirflowError as error:

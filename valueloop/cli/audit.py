@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from audit.windows import WindowError
+from valueloop.audit import run_audit
 from valueloop.cli.common import ConfigOption, fail, hour_option, parse_hour, settings_from
 from valueloop.loop import alert_book
 
@@ -30,9 +32,6 @@ def audit(
     """Compare a window's engagement and conversion with a reference's (and, given models, the candidate's
     predictions and metrics with production's on that window); exit 0 when promotion may go ahead,
     1 when the clickbait signature blocks it, 2 when there is too little data to say."""
-    from valueloop.audit import run_audit
-    from audit.windows import WindowError
-
     settings = settings_from(config)
     if production is not None and candidate is None:
         fail("--production needs --candidate: the gate compares a candidate with it", code=2)

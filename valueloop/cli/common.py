@@ -10,8 +10,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError
 
 from config import ConfigError, Settings, load_settings
+from infra.kafka import BrokerError, KafkaBroker
+from kafka_io.producer import DeliveryError
+from pipelines.dead_letters import DeadLetterError
+from pipelines.run import JobStopped, stopped_by_signals
 from schemas.units import epoch_ms
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Settings file (YAML or JSON); embedded defaults otherwise.",
@@ -46,15 +51,11 @@ def log_to_stderr(name: str) -> None:
 
 
 def broker(settings: Settings):
-    from infra.kafka import KafkaBroker
-
     return KafkaBroker(settings.kafka)
 
 
 def broker_up(settings: Settings):
     """Starts (or finds) the local node; exits with its error when it cannot."""
-    from infra.kafka import BrokerError
-
     try:
         return broker(settings).up()
     except BrokerError as error:
@@ -63,8 +64,6 @@ def broker_up(settings: Settings):
 
 def kafka_problem(settings: Settings, error: Exception) -> str:
     """What a Kafka error means for the user: a broker that cannot be reached, or what the broker refused."""
-    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
-
     said = f"Kafka at {settings.kafka.bootstrap_servers}: {type(error).__name__}: {error}"
     if isinstance(error, (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError)):
         return f"{said}. Is the broker up? `valueloop kafka up` starts the local node"
@@ -74,12 +73,6 @@ def kafka_problem(settings: Settings, error: Exception) -> str:
 @contextlib.contextmanager
 def running_job(settings: Settings, after_stop: str):
     """A job's errors as the command reports them; a stop by Ctrl-C or SIGTERM exits with 128 + the signal."""
-    from kafka.errors import KafkaError
-
-    from kafka_io.producer import DeliveryError
-    from pipelines.dead_letters import DeadLetterError
-    from pipelines.run import JobStopped, stopped_by_signals
-
     try:
         with stopped_by_signals():
             yield

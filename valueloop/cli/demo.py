@@ -6,8 +6,9 @@ from typing import Optional
 
 import typer
 
-from valueloop.cli.common import ConfigOption, broker_up, fail, running_job, settings_from
+from valueloop.cli.common import ConfigOption, broker_up, fail, log_to_stderr, running_job, settings_from
 from valueloop.cli.model import report_evaluation
+from valueloop.demo import DEMO_DIR, check_split, run_demo, run_loop
 
 
 def demo(config: Optional[Path] = ConfigOption,
@@ -28,9 +29,6 @@ def demo(config: Optional[Path] = ConfigOption,
     first retraining that promotes, then a clickbait-shifted day whose candidate is held back with an alert.
     Everything it writes goes under out/demo/.
     """
-    from valueloop.cli.common import log_to_stderr
-    from valueloop.demo import DEMO_DIR, check_split, run_demo, run_loop
-
     settings = settings_from(config)
     try:
         check_split(days, train_days, purchase_window_days)

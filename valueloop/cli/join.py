@@ -10,8 +10,12 @@ from typing import Optional
 import typer
 
 from config.join import JoinMode, JoinSettings, LabelStrategy, LatenessReference, Runner
-from valueloop.cli.common import ConfigOption, fail, log_to_stderr, parse_hour, running_job, settings_from
+from pipelines.flink import MissingJobServerError, require_job_server
+from pipelines.label_files import label_files
+from pipelines.partitions import describe_partition, resume_hour_ms
+from pipelines.run import run_bounded_join, run_streaming_join
 from schemas.units import hour_text
+from valueloop.cli.common import ConfigOption, fail, log_to_stderr, parse_hour, running_job, settings_from
 
 
 def join(
@@ -58,8 +62,6 @@ def _join_settings(base: JoinSettings, out, workers, strategy, lateness, accept_
 
 def _check_runner(runner: Runner, mode: JoinMode, settings: JoinSettings) -> None:
     if runner is Runner.FLINK:
-        from pipelines.flink import MissingJobServerError, require_job_server
-
         try:
             require_job_server()
         except MissingJobServerError as error:
@@ -69,9 +71,6 @@ def _check_runner(runner: Runner, mode: JoinMode, settings: JoinSettings) -> Non
 
 
 def _bounded(settings, join_settings: JoinSettings, runner: Runner, from_ms, to_ms) -> None:
-    from pipelines.partitions import describe_partition
-    from pipelines.run import run_bounded_join
-
     with running_job(settings, "partitions written so far stand; running the same join again replaces them"):
         result = run_bounded_join(settings.kafka, join_settings, runner=runner.value, from_ms=from_ms, to_ms=to_ms)
     for manifest in result.manifests:
@@ -80,9 +79,6 @@ def _bounded(settings, join_settings: JoinSettings, runner: Runner, from_ms, to_
 
 
 def _follow(settings, join_settings: JoinSettings, runner: Runner, from_ms, resume: bool) -> None:
-    from pipelines.partitions import resume_hour_ms
-    from pipelines.run import run_streaming_join
-
     if resume:
         from_ms = resume_hour_ms(join_settings.output_dir)
         where = "the start of the topics" if from_ms is None else hour_text(from_ms)
@@ -105,8 +101,6 @@ def label(
 
     The same labeling function and partition writer as `valueloop join`; the watermark is the files' last event.
     """
-    from pipelines.label_files import label_files
-
     settings = settings_from(config)
     updates = {k: v for k, v in {"purchase_window_s": purchase_window_s, "strategy": strategy}.items()
                if v is not None}

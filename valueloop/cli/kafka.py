@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from kafka.errors import KafkaError
 
 from valueloop.cli.common import ConfigOption, broker, broker_up, fail, settings_from
 
@@ -40,8 +41,6 @@ def status(config: Optional[Path] = ConfigOption, run_dir: Optional[Path] = type
 @app.command("topics")
 def topics(config: Optional[Path] = ConfigOption, port: Optional[int] = typer.Option(None, help="Client port.")):
     """Create any missing valueloop topics on a broker that runs already (one started by Docker, say)."""
-    from kafka.errors import KafkaError
-
     node = broker(settings_from(config, port=port, run_dir=Path("/nonexistent/valueloop")))
     try:
         node.create_topics()

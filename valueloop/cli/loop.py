@@ -8,8 +8,8 @@ from typing import List, Optional
 import typer
 
 from serving.propensities import Exploration
-from valueloop.closed_loop import GateMode, Objective
 from valueloop.cli.common import ConfigOption, broker_up, running_job, settings_from
+from valueloop.closed_loop import ROUND_HEADER, GateMode, Objective, plot_rounds, run_closed_loop, summarise
 
 
 def with_serving(settings, exploration: Optional[Exploration], temperature: Optional[float],
@@ -46,8 +46,6 @@ def loop(config: Optional[Path] = ConfigOption,
     oracle and homogenisation (all from the simulator's hidden truth) and what the gate decided; writes
     rounds.json and rounds.png under --out.
     """
-    from valueloop.closed_loop import ROUND_HEADER, plot_rounds, run_closed_loop, summarise
-
     settings = with_serving(settings_from(config), exploration, temperature, epsilon)
     broker_up(settings)
     typer.echo(ROUND_HEADER)

@@ -11,7 +11,10 @@ from typing import Optional
 import typer
 
 from config.trainer import Preset
+from config.trainer import preset as choose
 from simulator.world import World
+from trainer import evaluate as ev
+from trainer.evaluate import evaluate_range
 from valueloop.cli.common import ConfigOption, fail, hour_option, parse_hour, settings_from
 
 
@@ -25,7 +28,6 @@ def train(
     out: Path = typer.Option(Path("out/models/value"), help="SavedModel directory to write."),
 ):
     """Train the multi-task ranker (or the CTR-only baseline) on a range of the join's output and export it."""
-    from config.trainer import preset as choose
     from trainer.train import train as run_training
 
     train_config = choose(settings_from(config).trainer, preset.value)
@@ -57,8 +59,6 @@ def evaluate(
 
     Exits 1 when --baseline is given and the first model does not escape the trap it shows.
     """
-    from trainer.evaluate import evaluate_range
-
     if baseline is not None and ground_truth is None:
         fail(f"--baseline {baseline!r} needs --ground-truth: the trap is judged by the world's truth")
     try:
@@ -72,8 +72,6 @@ def evaluate(
 
 def report_evaluation(report: dict, out: Path) -> None:
     """Writes the evaluation's JSON and plots, prints its table and the trap verdict; exits 1 if the verdict fails."""
-    from trainer import evaluate as ev
-
     path = ev.write_report(report, out)
     plots = ev.plot(report, out)
     typer.echo(ev.table(report))

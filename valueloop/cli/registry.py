@@ -7,13 +7,12 @@ from typing import Optional
 
 import typer
 
-from valueloop.cli.common import ConfigOption, fail, settings_from
+from promotion.registry import Registry, RegistryError
 from schemas.units import utc
+from valueloop.cli.common import ConfigOption, fail, settings_from
 
 
 def _registry(config: Optional[Path]):
-    from promotion.registry import Registry, RegistryError
-
     try:
         return Registry(settings_from(config).registry)
     except RegistryError as error:
@@ -57,8 +56,6 @@ def register(config: Optional[Path] = ConfigOption,
              verdict: Optional[Path] = typer.Option(None, help="The audit's verdict.json to record with it.")):
     """Register a trained model as a version aliased `candidate` (the same model for the same window again is
     the same version)."""
-    from promotion.registry import RegistryError
-
     registry = _registry(config)
     try:
         version = registry.register(model, window)
@@ -79,8 +76,6 @@ def promote(config: Optional[Path] = ConfigOption,
             reason: str = typer.Option(..., help="Why, for the promotion log.")):
     """Point the `production` alias at a version whose audit let it through, if production still holds
     --replaces."""
-    from promotion.registry import RegistryError
-
     registry = _registry(config)
     try:
         entry = registry.promote(version, _replaces(replaces), reason)
@@ -93,8 +88,6 @@ def rollback(config: Optional[Path] = ConfigOption,
              replaces: int = typer.Option(..., help="The version production holds now."),
              reason: str = typer.Option(..., help="Why, for the promotion log.")):
     """Return production to the version it held before its current one."""
-    from promotion.registry import RegistryError
-
     registry = _registry(config)
     try:
         entry = registry.rollback(replaces, reason)

@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 
 from simulator.run import Destination
+from simulator.run import simulate as run_simulation
 from valueloop.cli.common import ConfigOption, running_job, settings_from
+from valueloop.policies import policy_from
 
 
 def simulate(
@@ -24,9 +26,6 @@ def simulate(
                                                "SavedModel directory (valueloop.policies)."),
 ):
     """Simulate the clickbait world: events to Kafka or Avro files, hidden ground truth to a separate file."""
-    from simulator.run import simulate as run_simulation
-    from valueloop.policies import policy_from
-
     settings = settings_from(config)
     overrides = {k: v for k, v in {"requests": requests, "days": days, "seed": seed}.items() if v is not None}
     with running_job(settings, "the events sent so far stay in the topics"):

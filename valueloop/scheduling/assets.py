@@ -12,6 +12,8 @@ from pathlib import Path
 
 from airflow.sdk import Asset
 
+from config import load_settings
+
 LABELED_HOURS = Asset(name="valueloop_labeled_hours", uri="file:///valueloop/labeled-hours",
                       group="valueloop", extra={"what": "one partition of labeled examples per event hour"})
 PROMOTED_MODELS = Asset(name="valueloop_production_model", uri="file:///valueloop/production-model",
@@ -34,7 +36,5 @@ def config_path() -> str | None:
 
 def settings():
     """The project's settings, as the DAG's tasks see them."""
-    from config import load_settings
-
     path = config_path()
     return load_settings(Path(path) if path else None)

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 from airflow.sdk import BaseNotifier
 
+from promotion.alerts import (
+    PAGERDUTY_EVENTS_URL,
+    Alert,
+    AlertBook,
+    PagerDutySink,
+    Severity,
+    SlackSink,
+    WebhookSink,
+    sinks_from_environment,
+)
+from valueloop.loop import alert_book
+from valueloop.scheduling.assets import settings
+
 
 def _connection_sinks() -> list:
     from airflow.sdk import Connection
 
-    from promotion.alerts import PAGERDUTY_EVENTS_URL, PagerDutySink, SlackSink, WebhookSink
 
     sinks = []
     for conn_id, build in (("valueloop_webhook", lambda url, c: WebhookSink(url)),
@@ -31,8 +43,6 @@ def _connection_sinks() -> list:
 
 
 def sinks() -> list:
-    from promotion.alerts import sinks_from_environment
-
     found = sinks_from_environment()
     names = {s.name for s in found}
     return found + [s for s in _connection_sinks() if s.name not in names]
@@ -50,10 +60,6 @@ class ValueloopNotifier(BaseNotifier):
         self.resolve = resolve
 
     def notify(self, context) -> None:
-        from promotion.alerts import Alert, AlertBook, Severity
-        from valueloop.loop import alert_book
-        from valueloop.scheduling.assets import settings
-
         ti = context["ti"]
         check = f"airflow.{ti.dag_id}.{ti.task_id}"
         window = str(context.get("run_id", ""))
