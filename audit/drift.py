@@ -16,6 +16,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 
 from config.audit import AuditConfig
+from config.trainer import LONG_DWELL_MS
 from audit.stattests import TestResult, adjust, run_test
 from audit.windows import MIX, Window, dwell_of_clicks, mix, rates, slices
 
@@ -64,8 +65,10 @@ def _threshold(metric: str, config: AuditConfig) -> float:
     return config.conversion_drop_per_click if "_per_click" in metric else config.conversion_drop_per_impression
 
 
-def run_checks(reference: Window, current: Window, config: AuditConfig) -> list[Check]:
-    """Every check of the audit, p-values adjusted across them."""
+def run_checks(reference: Window, current: Window, config: AuditConfig,
+               long_dwell_ms: int = LONG_DWELL_MS) -> list[Check]:
+    """Every check of the audit, p-values adjusted across them. Long dwell and bounce are the labels the model
+    learns (`pipelines.labeling`, at `trainer.model.long_dwell_s`)."""
     checks: list[Check] = []
     ref_slices, cur_slices = slices(reference), slices(current)
     ages = config.ages_ms
@@ -73,8 +76,8 @@ def run_checks(reference: Window, current: Window, config: AuditConfig) -> list[
         ref_mask = ref_slices.get(name)
         if ref_mask is None or min(ref_mask.sum(), cur_mask.sum()) < config.min_slice_impressions:
             continue
-        ref_rates = rates(reference, ref_mask, ages, config.bounce_ms, config.long_dwell_ms)
-        cur_rates = rates(current, cur_mask, ages, config.bounce_ms, config.long_dwell_ms)
+        ref_rates = rates(reference, ref_mask, ages, long_dwell_ms)
+        cur_rates = rates(current, cur_mask, ages, long_dwell_ms)
         for metric, cur_rate in cur_rates.items():
             if metric in ref_rates:
                 checks.append(Check(name, metric, run_test("two_proportion", ref_rates[metric], cur_rate,
@@ -106,14 +109,15 @@ def clickbait_signatures(checks: list[Check]) -> list[str]:
     return found
 
 
-def audit_windows(reference: Window, current: Window, config: AuditConfig | None = None) -> Verdict:
+def audit_windows(reference: Window, current: Window, config: AuditConfig | None = None,
+                  long_dwell_ms: int = LONG_DWELL_MS) -> Verdict:
     """The verdict on `current` against `reference` (`Status`)."""
     config = config or AuditConfig()
     if current.size < config.min_impressions or reference.size < config.min_impressions:
         return Verdict(Status.INCONCLUSIVE, [f"too few impressions to judge: {reference.size:,} in the reference, "
                                              f"{current.size:,} in the current window (at least "
                                              f"{config.min_impressions:,} each)"])
-    checks = run_checks(reference, current, config)
+    checks = run_checks(reference, current, config, long_dwell_ms)
     signatures = clickbait_signatures(checks)
     if signatures:
         return Verdict(Status.BLOCK, signatures, checks)

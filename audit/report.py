@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from audit.stattests import binned, quantile_bins
 from audit.windows import MIX, Window, dwell_of_clicks, mix, rates, slices
 from config.audit import AuditConfig
+from config.trainer import LONG_DWELL_MS
 from schemas.units import HOUR_MS, seconds
 
 COLOURS = {"reference": "#7f7f7f", "current": "#d62728", "production": "#7f7f7f", "candidate": "#1f77b4"}
@@ -40,7 +41,8 @@ def _histogram(sides: dict[str, np.ndarray], bins: int = 10) -> dict | None:
 
 
 def figures(reference: Window, current: Window, verdict: dict, config: AuditConfig,
-            predictions: dict[str, dict[str, np.ndarray]] | None = None) -> list[dict]:
+            predictions: dict[str, dict[str, np.ndarray]] | None = None,
+            long_dwell_ms: int = LONG_DWELL_MS) -> list[dict]:
     """What each plot shows: the dwell distribution of each slice the audit checked, each traffic mix, conversion
     per click by label age (overall), the maturity curve, and each task's predictions, production against
     the candidate."""
@@ -62,7 +64,7 @@ def figures(reference: Window, current: Window, verdict: dict, config: AuditConf
     if reference.size and current.size:
         ages = config.ages_ms
         everything = (np.ones(reference.size, bool), np.ones(current.size, bool))
-        by_side = {side: rates(w, m, ages, config.bounce_ms, config.long_dwell_ms)
+        by_side = {side: rates(w, m, ages, long_dwell_ms)
                    for side, w, m in (("reference", reference, everything[0]), ("current", current, everything[1]))}
         for label in ("cart", "purchase"):
             out.append({"id": f"maturity.{label}", "title": f"{label}s per click by label age (all)", "kind": "lines",

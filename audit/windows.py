@@ -111,8 +111,7 @@ def slices(window: Window) -> dict[str, np.ndarray]:
     return out
 
 
-def rates(window: Window, mask: np.ndarray, ages_ms: tuple[int, ...], bounce_ms: float,
-          long_dwell_ms: float) -> dict[str, Rate]:
+def rates(window: Window, mask: np.ndarray, ages_ms: tuple[int, ...], long_dwell_ms: int) -> dict[str, Rate]:
     """The slice's rates: CTR, bounce and long dwell per click, and carts and purchases per impression and per
     click at each age (`cart_per_impression@1h`, ...), and over the whole window (`@full`) when it is settled."""
     clicked = np.asarray(window.columns["clicked"], bool)[mask]
@@ -120,7 +119,7 @@ def rates(window: Window, mask: np.ndarray, ages_ms: tuple[int, ...], bounce_ms:
     event_ms = np.asarray(window.columns["event_time_ms"], np.int64)[mask]
     dwell = np.asarray(window.columns["dwell_ms"], np.int64)[mask]
     out = {"ctr": Rate(int(clicked.sum()), int(mask.sum())),
-           "bounce_per_click": Rate(int(bounced(clicked, dwell, bounce_ms).sum()), int(clicked.sum())),
+           "bounce_per_click": Rate(int(bounced(clicked, dwell, long_dwell_ms).sum()), int(clicked.sum())),
            "long_dwell_per_click": Rate(int(long_dwell(clicked, dwell, long_dwell_ms).sum()), int(clicked.sum()))}
     for label, column in (("cart", "cart_time_ms"), ("purchase", "purchase_time_ms")):
         converted_ms = window.arrived(column)[mask]

@@ -65,8 +65,6 @@ class AuditConfig(BaseModel):
                           "category) that is reported (a warning, never a block).")
     alpha: float = Field(0.05, gt=0, lt=1, description="False discovery rate across an audit's checks "
                          "(Benjamini-Hochberg).")
-    bounce_s: float = Field(10.0, gt=0, description="A click with less dwell than this bounced.")
-    long_dwell_s: float = Field(30.0, gt=0, description="A click with at least this much dwell is long.")
     prediction_psi: float = Field(0.25, ge=0, description="PSI between production's and the candidate's "
                                   "predictions of a task on the same window that is reported (a warning).")
     model_ctr_rise: float = Field(0.10, ge=0, description="Relative rise of the candidate's mean p(click) over "
@@ -91,10 +89,3 @@ class AuditConfig(BaseModel):
     def ages_ms(self) -> tuple[int, ...]:
         return tuple(int(h * HOUR_MS) for h in self.ages_h)
 
-    @property
-    def bounce_ms(self) -> int:
-        return ms(self.bounce_s)
-
-    @property
-    def long_dwell_ms(self) -> int:
-        return ms(self.long_dwell_s)

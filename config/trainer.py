@@ -31,7 +31,9 @@ class ModelConfig(_Strict):
         default_factory=lambda: {"purchase": 1.0, "add_to_cart": 0.3, "long_dwell": 0.1, "bounce": -0.1},
         description="The ranking score: a weighted sum of p(purchase), p(add_to_cart), p(long dwell), p(bounce) "
                     "and p(click), all over the impression; a bounce is a click without a long dwell.")
-    long_dwell_s: float = Field(30.0, gt=0, description="A click counts as engaged when its dwell reaches this.")
+    long_dwell_s: float = Field(30.0, gt=0, description="A click whose dwell reaches this is a long dwell; one whose "
+                                "dwell does not is a bounce. The one threshold of both labels, for the model and "
+                                "the audit alike (`pipelines.labeling`).")
     fake_negative_weighting: bool = Field(
         True, description="When examples come from the fake_negative label strategy, weight conversion losses as "
                           "Ktena et al. (RecSys 2019) derive, so the model learns the true conversion rate.")
@@ -57,6 +59,9 @@ class ModelConfig(_Strict):
 
     def trains(self, task: str) -> bool:
         return self.loss_weights.get(task, 0.0) > 0
+
+
+LONG_DWELL_MS = ModelConfig().long_dwell_ms  # what a check given no settings takes the long-dwell label at
 
 
 class TrainConfig(_Strict):

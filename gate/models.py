@@ -16,7 +16,7 @@ from audit.drift import Check
 from audit.stattests import run_test
 from audit.windows import Window, WindowError, slices
 from config.audit import AuditConfig
-from config.trainer import ModelConfig
+from config.trainer import LONG_DWELL_MS, ModelConfig
 from gate.metrics import MetricCheck, clickbait_model_signature, gate
 from pipelines.labeling import long_dwell
 from trainer.exported import ExportedModel
@@ -65,10 +65,10 @@ class ModelAudit:
 
 
 def audit_models(window: Window, candidate: dict[str, np.ndarray], production: dict[str, np.ndarray] | None,
-                 config: AuditConfig) -> ModelAudit:
+                 config: AuditConfig, long_dwell_ms: int = LONG_DWELL_MS) -> ModelAudit:
     """The candidate against production (None: the first model, judged on the gate's absolute bounds) on one
     window: prediction drift (PSI per task), the model-side clickbait signature, and the gate's thresholds."""
-    labels = labels_of(window, config.long_dwell_ms)
+    labels = labels_of(window, long_dwell_ms)
     checks, signature = [], None
     if production is not None:
         for task in sorted(candidate.keys() & production.keys()):

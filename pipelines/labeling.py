@@ -6,8 +6,9 @@ Definitions, all in event time:
 - an AddToCart or Purchase is attributed to the last counted click on the same (user, item) at or before it,
   if the conversion lies within that label's window of the click (cart 1 hour, purchase 7 days by default);
   otherwise to nothing;
-- a click is a long dwell when its dwell reaches a threshold, and a bounce when its dwell stays under another
-  (`long_dwell`, `bounced`);
+- a click is a long dwell when its dwell reaches a threshold (`trainer.model.long_dwell_s`), and a bounce when
+  it does not (`long_dwell`, `bounced`, `bounce_probability`); the model, its evaluation and the audit all take
+  these labels from here;
 - an impression is settled when the watermark passes its horizon: impression time + click window + the
   longest conversion window. Then `wait_for_window` emits it once, with final labels;
 - `fake_negative` (Ktena et al., RecSys 2019) emits every impression as soon as its click is known (at the
@@ -30,9 +31,15 @@ def long_dwell(clicked, dwell_ms, long_dwell_ms: int):
     return clicked & (dwell_ms >= long_dwell_ms)
 
 
-def bounced(clicked, dwell_ms, bounce_ms: int):
-    """A bounce, as the drift audit counts it: a click whose dwell stays under `bounce_ms`."""
-    return clicked & (dwell_ms < bounce_ms)
+def bounced(clicked, dwell_ms, long_dwell_ms: int):
+    """The bounce label: a click without a long dwell. Booleans in and out, as `long_dwell`."""
+    return clicked & (dwell_ms < long_dwell_ms)
+
+
+def bounce_probability(p_click, p_long_dwell):
+    """The chance of a bounce (`bounced`) from those of a click and of a long dwell, over the impression: the
+    ranking score's bounce term, for the model's predictions and the world's truth alike."""
+    return p_click - p_long_dwell
 
 
 class Example(NamedTuple):

@@ -18,7 +18,7 @@ import numpy as np
 
 from config.join import LabelStrategy
 from config.trainer import TASKS, ModelConfig
-from pipelines.labeling import long_dwell
+from pipelines.labeling import bounce_probability, long_dwell
 from schemas.units import ms
 from trainer import metrics
 from trainer.data import find_partitions, label_strategy, load_columns
@@ -58,7 +58,7 @@ def true_outcomes_of_top(world, users: np.ndarray, items: np.ndarray, ranks: np.
     outcome = world.expected_outcomes(u, i, r)
     long_dwell = outcome["click"] * true_long_dwell_probability(world, i, long_dwell_s)
     truth = {"click": outcome["click"], "long_dwell": long_dwell, "add_to_cart": outcome["add_to_cart"],
-             "purchase": outcome["purchase"], "bounce": outcome["click"] - long_dwell}
+             "purchase": outcome["purchase"], "bounce": bounce_probability(outcome["click"], long_dwell)}
     per_1000 = {f"true_{name}s_per_1000": float(1000 * values.mean()) for name, values in truth.items()}
     per_1000["true_value_per_1000"] = float(1000 * sum(w * truth[t].mean() for t, w in value_weights.items()))
     per_1000[f"bait_share_top{k}"] = float(world.item_is_bait[i].mean())

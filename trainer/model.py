@@ -19,6 +19,7 @@ from tf_keras import layers  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from config.trainer import TASKS, ModelConfig  # noqa: E402
 from trainer.features import CATEGORICAL, HASHED, MISSING, NUMERIC, labels as task_labels  # noqa: E402
+from pipelines.labeling import bounce_probability  # noqa: E402
 
 CONDITIONAL = {"long_dwell": "long_dwell_given_click", "add_to_cart": "add_to_cart_given_click",
                "purchase": "purchase_given_click"}
@@ -168,7 +169,7 @@ class ValueRanker(tfrs.models.Model):
             if head in p:
                 out[task] = p["click"] * p[head]  # ESMM: learned over every impression, never above p(click)
         if "long_dwell" in out:
-            out["bounce"] = p["click"] - out["long_dwell"]
+            out["bounce"] = bounce_probability(p["click"], out["long_dwell"])
         out["value"] = tf.add_n([weight * out[term] for term, weight in self.value_weights.items()])
         return out
 

@@ -15,6 +15,7 @@ from audit.report import figures, render
 from audit.stattests import Rate
 from audit.windows import Window, load_window
 from config.audit import AuditConfig
+from config.trainer import LONG_DWELL_MS
 from gate.models import audit_models, score
 from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
 from schemas.units import hour_text
@@ -70,18 +71,20 @@ def maturity(reference: Window, current: Window, config: AuditConfig) -> dict:
 
 def run_audit(examples: Path, reference: tuple[int | None, int | None], current: tuple[int | None, int | None],
               now_ms: int | None, config: AuditConfig, out: Path, alert_book: Path | None = None,
-              candidate: Path | None = None, production: Path | None = None) -> Verdict:
+              candidate: Path | None = None, production: Path | None = None,
+              long_dwell_ms: int = LONG_DWELL_MS) -> Verdict:
     """Audits `current` against `reference` (each an event-time range of the partitions under `examples`) and,
     with a `candidate` SavedModel, the candidate against `production` (None: the first model) on `current`;
     writes `out/verdict.json` and `out/report.html`, and, with an `alert_book`, triggers an alert when promotion
     is blocked or inconclusive and resolves it when the same window passes."""
     reference_window = load_window(examples, *reference, name="reference")
     current_window = load_window(examples, *current, now_ms=now_ms, name="current")
-    verdict = audit_windows(reference_window, current_window, config)
+    verdict = audit_windows(reference_window, current_window, config, long_dwell_ms)
     model = None
     if candidate is not None and verdict.status is not Status.INCONCLUSIVE:
         model = audit_models(current_window, score(candidate, current_window),
-                             score(production, current_window) if production is not None else None, config)
+                             score(production, current_window) if production is not None else None, config,
+                             long_dwell_ms)
         verdict = with_models(verdict, model)
     window = f"{_hour(current[0])}..{_hour(current[1])}"
     out.mkdir(parents=True, exist_ok=True)
@@ -90,12 +93,13 @@ def run_audit(examples: Path, reference: tuple[int | None, int | None], current:
               "maturity": maturity(reference_window, current_window, config),
               "models": {"candidate": str(candidate) if candidate else None,
                          "production": str(production) if production else None},
-              "config": config.model_dump(mode="json")}
+              "config": config.model_dump(mode="json"), "long_dwell_ms": long_dwell_ms}
     if model is not None:
         report["model"] = model.as_dict()
         report["checks"] = [c for c in report["checks"] if not c["metric"].startswith("prediction.")]
     (out / "verdict.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    plots = figures(reference_window, current_window, report, config, model.predictions if model else None)
+    plots = figures(reference_window, current_window, report, config, model.predictions if model else None,
+                    long_dwell_ms)
     (out / "report.html").write_text(render(report, plots))
     if alert_book is not None:
         book, sinks = AlertBook(alert_book), sinks_from_environment()

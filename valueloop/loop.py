@@ -191,7 +191,8 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
     candidate_dir = registry.version(version).model_dir
     start, end = day_range(day)
     verdict = run_audit(settings.join.output_dir, (start - DAY_MS, start), (start, end), None, settings.audit, out,
-                        candidate=candidate_dir, production=production_dir if production != version else None)
+                        candidate=candidate_dir, production=production_dir if production != version else None,
+                        long_dwell_ms=settings.trainer.model.long_dwell_ms)
     status, reasons = verdict.status.value, list(verdict.reasons)
     check = offpolicy_check(settings, loop, day, candidate_dir)
     if check is not None:

@@ -40,7 +40,8 @@ def audit(
         verdict = run_audit(examples, (parse_hour(reference_from, "--reference-from"),
                                        parse_hour(reference_to, "--reference-to")),
                             (parse_hour(start, "--from"), parse_hour(end, "--to")), parse_hour(now, "--now"),
-                            settings.audit, out, book, candidate, production)
+                            settings.audit, out, book, candidate, production,
+                            settings.trainer.model.long_dwell_ms)
     except (WindowError, ValueError, FileNotFoundError) as error:
         fail(str(error))
     for reason in verdict.reasons:
