@@ -39,6 +39,12 @@ class ConfigError(ValueError):
     """The settings file is unreadable or says something invalid; the message names the file and field."""
 
 
+def alert_book(settings: Settings) -> Path:
+    """The file of open alerts (`promotion.alerts.AlertBook`): `loop.alerts_file`, or `alerts.json` beside the
+    Kafka run directory."""
+    return Path(settings.loop.alerts_file or Path(settings.kafka.run_dir).parent / "alerts.json")
+
+
 def load_settings(path: Path | None = None) -> Settings:
     if path is None:
         return Settings()

@@ -108,21 +108,6 @@ class _Decode(beam.DoFn):
                                seconds(event.datum["event_time_ms"]))
 
 
-class DecodeEvents(beam.PTransform):
-    """KafkaRecords to DecodedEvents stamped with event time; undecodable or invalid messages, and records stamped
-    past the `clock`, to dead letters."""
-
-    def __init__(self, event_topics: dict[str, str], clock: RecordClock):
-        super().__init__()
-        self._topic_records = {topic: name for name, topic in event_topics.items()}
-        self._clock = clock
-
-    def expand(self, records):
-        outputs = records | "Decode, validate, attach event time" >> beam.ParDo(
-            _Decode(self._topic_records, self._clock)).with_output_types(DecodedEvent).with_outputs(DEAD_LETTERS, main=EVENTS)
-        return DecodedStreams(outputs[EVENTS], outputs[DEAD_LETTERS])
-
-
 def user_shard(user_id: str | None, shards: int) -> int:
     """The shard of a user's events: the same in every worker process (str hashes are salted per process)."""
     return zlib.crc32(user_id.encode()) % shards if user_id is not None else 0
@@ -190,16 +175,23 @@ class _DecodeGroup(_Decode):
         yield shard, events
 
 
-class DecodeEventGroups(beam.PTransform):
-    """(shard, [PackedChunk]) groups to (shard, [DecodedEvent]); undecodable or invalid messages, and records
-    stamped past the `clock`, to dead letters."""
+class DecodeEvents(beam.PTransform):
+    """Messages to DecodedEvents; undecodable or invalid messages, and records stamped past the `clock`, to dead
+    letters. Per record (KafkaRecords, a stream), each event is stamped with its event time, the one place an
+    element's event time is attached; `grouped`, it takes (shard, [PackedChunk]) groups (`GroupByUserShard`, a
+    bounded read) to (shard, [DecodedEvent]), whose labeling reads event time from the events themselves."""
 
-    def __init__(self, event_topics: dict[str, str], clock: RecordClock):
+    def __init__(self, event_topics: dict[str, str], clock: RecordClock, grouped: bool = False):
         super().__init__()
-        self._topic_records = {topic: name for name, topic in event_topics.items()}
-        self._clock = clock
+        topic_records = {topic: name for name, topic in event_topics.items()}
+        self._grouped = grouped
+        self._fn = (_DecodeGroup if grouped else _Decode)(topic_records, clock)
 
-    def expand(self, groups):
-        outputs = groups | "Decode and validate" >> beam.ParDo(_DecodeGroup(self._topic_records, self._clock)).with_output_types(
-            Tuple[int, List[DecodedEvent]]).with_outputs(DEAD_LETTERS, main=EVENTS)
+    def expand(self, messages):
+        if self._grouped:
+            label, output = "Decode and validate", Tuple[int, List[DecodedEvent]]
+        else:
+            label, output = "Decode, validate, attach event time", DecodedEvent
+        outputs = messages | label >> beam.ParDo(self._fn).with_output_types(output).with_outputs(
+            DEAD_LETTERS, main=EVENTS)
         return DecodedStreams(outputs[EVENTS], outputs[DEAD_LETTERS])

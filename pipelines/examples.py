@@ -1,5 +1,6 @@
-"""The Beam transforms that write labeled examples: bounded batches to whole partitions, streaming revisions to
-hours once the watermark settles them, late events beside them (`partitions` holds the layout)."""
+"""The Beam transforms that write labeled examples (one composite, `WriteExamples`: bounded batches to whole
+partitions, or streaming revisions to hours once the watermark settles them) and late events beside them
+(`partitions` holds the layout)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.partitions import kind_of, partition_of, serialized, summary_of, write_serialized_partition
 from pipelines.records import Revision
-from schemas.units import HOUR_MS, from_micros, micros
+from schemas.units import DAY_MS, HOUR_MS, from_micros, micros
 
 
 class _WritePartition(beam.DoFn):
@@ -39,23 +40,6 @@ class _WritePartition(beam.DoFn):
             self._duplicates.inc(duplicates)
         self._files.inc()
         return manifest
-
-
-class WriteExamples(beam.PTransform):
-    """(partition, [`serialized` example]) batches to TFRecord partitions by impression event hour, all of a partition's batches
-    in one file; yields each partition's manifest."""
-
-    def __init__(self, output_dir: str, source: dict, watermark=None):
-        super().__init__()
-        self._output_dir = str(output_dir)
-        self._source = source
-        self._watermark = watermark  # a singleton PCollection, recorded in each manifest
-
-    def expand(self, batches):
-        side = {} if self._watermark is None else {"watermark_ms": beam.pvalue.AsSingleton(self._watermark)}
-        return (batches
-                | "Group by event hour" >> beam.GroupByKey()
-                | "Write partition and manifest" >> beam.ParDo(_WritePartition(self._output_dir, self._source), **side))
 
 
 class _WriteSettledHour(beam.DoFn):
@@ -125,16 +109,32 @@ class _WriteSettledHour(beam.DoFn):
         return self._writer.write(partition, rows, watermark_ms, written + 1, keep_written=True, withdrawn=withdrawn)
 
 
-class WriteExamplesStreaming(beam.PTransform):
-    """Streaming example `Revision`s to the same hour partitions as WriteExamples, each hour written once it is
-    settled and again whenever a revision of it comes after; yields the manifest of every write."""
+class WriteExamples(beam.PTransform):
+    """Labeled examples to TFRecord partitions by impression event hour (`partitions` holds the layout); yields
+    the manifest of every partition written. Bounded or streaming, as the label step (`join.LabelImpressions`):
 
-    def __init__(self, output_dir: str, source: dict, horizon_ms: int, allowed_lateness_ms: int):
+    - with a `watermark` (a singleton PCollection, recorded in each manifest): (partition, [`serialized`
+      example]) batches, all of a partition's batches written at once in one file;
+    - without one: example `Revision`s, each hour written once the runner's watermark passes its end plus
+      `horizon_ms`, and again, whole, whenever a revision of it comes within `allowed_lateness_ms` after that.
+    """
+
+    def __init__(self, output_dir: str, source: dict, watermark=None, horizon_ms: int | None = None,
+                 allowed_lateness_ms: int = DAY_MS):
         super().__init__()
-        self._fn = _WriteSettledHour(str(output_dir), source, horizon_ms, allowed_lateness_ms)
+        if watermark is None and horizon_ms is None:
+            raise ValueError("a stream's examples need horizon_ms: when an hour's labels settle")
+        self._watermark = watermark
+        self._fn = _WritePartition(str(output_dir), source) if watermark is not None else \
+            _WriteSettledHour(str(output_dir), source, horizon_ms, allowed_lateness_ms)
 
-    def expand(self, revisions):
-        return (revisions
+    def expand(self, examples):
+        if self._watermark is not None:
+            return (examples
+                    | "Group by event hour" >> beam.GroupByKey()
+                    | "Write partition and manifest" >> beam.ParDo(
+                        self._fn, watermark_ms=beam.pvalue.AsSingleton(self._watermark)))
+        return (examples
                 | "Key by event hour" >> beam.Map(
                     lambda change: (partition_of(change.example.event_time_ms), change)).with_output_types(
                     Tuple[str, Revision])

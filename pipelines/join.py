@@ -1,24 +1,41 @@
-"""Each user's events, grouped in one step, labeled by the pure rules in `labeling`.
+"""The labeling core: each user's events labeled by the pure rules in `labeling`, bounded or streaming.
 
-Every label (click, dwell, attribution of carts and purchases) concerns one user, so one grouping by the
-user's shard (`decode.GroupByUserShard`) brings together everything a label needs; the bounded path then
-labels each user of a shard in memory.
-Dropping repeated deliveries and setting aside late events happens here, per user, and is counted.
+Every label (click, dwell, attribution of carts and purchases) concerns one user. One composite,
+`LabelImpressions`, takes either path, by its watermark:
+- **bounded** (a watermark estimated from what was read, `EstimateWatermark`): one grouping by the user's shard
+  (`decode.GroupByUserShard`) brings together everything a label needs, and each user of a shard is labeled in
+  memory;
+- **streaming** (the runner's watermark): each user's events are held in state and released by event-time
+  timers. At each timer it asks the same pure function for the examples whose label time lies between the
+  previous firing and this one, so the two paths cannot disagree. A timer fires when the watermark reaches a
+  moment at which some example of the user becomes due (an impression settles; under fake-negative, a click is
+  known or a conversion arrives). An event that arrives behind the user's last release, within the allowed
+  lateness, may concern examples already out: they are labeled again with it, and what it adds, changes or
+  withdraws comes out at once as a newer `Revision` (a late purchase for an impression that settled, a late
+  click that moves a conversion's attribution to another impression). The writer keeps the newest revision of
+  each example, so what is written equals what the bounded join, which sees every event at once, writes.
+
+Both drop repeated deliveries and set aside late events by one rule (`lateness_ms`), per user, and count them.
 """
 from __future__ import annotations
 
+import bisect
 from operator import itemgetter
 from typing import List, NamedTuple, Tuple
 
 import apache_beam as beam
+from apache_beam.coders import IterableCoder, StrUtf8Coder, TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
 
-from config.join import LabelConfig
+from config.join import LabelConfig, LabelStrategy
 from pipelines.labeling import Example, label_user_events
-from pipelines.partitions import partition_of, serialized
-from pipelines.records import DecodedEvent, LateEvent
+from pipelines.partitions import kind_of, partition_of, serialized, summary_of
+from pipelines.records import DecodedEvent, LateEvent, Revision
 from schemas import BadEventError, EventDecoder
-from schemas.units import DAY_MS, HOUR_MS
+from schemas.units import DAY_MS, HOUR_MS, from_micros, micros
 
 EXAMPLES = "examples"
 LATE = "late"
@@ -35,6 +52,15 @@ NO_WATERMARK = -(2**62)  # an input without records settles nothing
 def settled_hours_end_ms(watermark_ms: int, config: LabelConfig) -> int:
     """The end of the last whole event hour whose impressions the watermark has settled."""
     return (watermark_ms - config.horizon_ms) // HOUR_MS * HOUR_MS
+
+
+def lateness_ms(event: DecodedEvent, allowed_lateness_ms: int, released_ms: int = -1) -> int:
+    """How far past the allowed lateness `event` came (positive: late): behind its own delivery time, or behind
+    the user's last release in a stream (`released_ms`, -1 before the first), whichever is later. The one rule
+    of both paths."""
+    event_ms = event.datum["event_time_ms"]
+    behind_release = released_ms - event_ms - allowed_lateness_ms if released_ms >= 0 else -1
+    return max(event.delivered_ms - event_ms - allowed_lateness_ms, behind_release)
 
 
 class _LabelShard(beam.DoFn):
@@ -82,7 +108,7 @@ class _LabelShard(beam.DoFn):
                 self._duplicates.inc()
                 continue
             seen.add(key)
-            lateness = delivered_ms - datum["event_time_ms"] - allowed_ms
+            lateness = lateness_ms(event, allowed_ms)
             if lateness > 0:
                 self._late.inc()
                 yield beam.pvalue.TaggedOutput(LATE, LateEvent(event, lateness))
@@ -91,25 +117,158 @@ class _LabelShard(beam.DoFn):
         yield from label_user_events(on_time, self._config, watermark_ms)
 
 
-class LabelImpressions(beam.PTransform):
-    """(user shard, [DecodedEvent]) pairs, each with every event of its users (see `decode.GroupByUserShard`), to
-    the labeled examples of the impressions in [from_ms, to_ms) that the watermark settles, as (partition,
-    [`partitions.serialized` example]) pairs: several per partition, one per shard that has some.
+_NEVER = 2**62
+_EVENT_CODER = beam.coders.registry.get_coder(DecodedEvent)
+_PROGRESS_CODER = TupleCoder([VarIntCoder(), VarIntCoder(), IterableCoder(StrUtf8Coder())])
 
-    `watermark` is a singleton PCollection (see `EstimateWatermark`). An event delivered more than
-    `allowed_lateness_ms` after its event time goes to the late output instead.
+
+def _release_hint_ms(event: DecodedEvent, config: LabelConfig) -> int | None:
+    """When this event alone could make an example due (exact for impressions, a lower bound otherwise)."""
+    t = event.datum["event_time_ms"]
+    if event.name == "Impression":
+        if config.strategy is LabelStrategy.WAIT_FOR_WINDOW:
+            return t + config.horizon_ms
+        return t + config.click_window_ms
+    if config.strategy is LabelStrategy.FAKE_NEGATIVE:
+        return t
+    return None
+
+
+def _released_changes(held: list[DecodedEvent], event: DecodedEvent, config: LabelConfig,
+                      released_ms: int) -> list[tuple[Example, bool]]:
+    """What `event` changes in the examples released up to `released_ms`, as (example, withdrawn) pairs: the
+    examples it adds or labels differently, and those it takes back (a correction whose conversion a late
+    click attributes to another impression)."""
+    def released(events) -> dict[tuple, Example]:
+        return {kind_of(summary_of(e)): e for e in label_user_events(events, config, released_ms)}
+
+    pairs = [(e.name, e.datum) for e in held]
+    before, after = released(pairs), released([*pairs, (event.name, event.datum)])
+    changed = [(example, False) for kind, example in after.items() if before.get(kind) != example]
+    return changed + [(example, True) for kind, example in before.items() if kind not in after]
+
+
+def _identity(event: DecodedEvent) -> str:
+    return f"{event.name}/{event.datum['event_id']}"
+
+
+def _set_release(release, at_ms: int) -> None:
+    """One timer per release time (tagged by it), so every release already known is pending at once."""
+    release.set(Timestamp(micros=micros(at_ms)), dynamic_timer_tag=str(at_ms))
+
+
+class _LabelUser(beam.DoFn):
+    """One user's events in a bag, the rest of the user's progress in one value.
+
+    Two choices keep a backlog from crawling (a restart after an outage, a replay):
+    - every state read is a round trip to the runner, so what each arriving event needs (when the user was last
+      released, the identities of the held events for the duplicate check) is one value, and the bag is only
+      appended to on arrival and read when a timer fires;
+    - each release time is a timer of its own, so when the watermark jumps over many of them they all fire in
+      the same pass; one timer re-set after each firing made a chain of passes as long as the user's history.
+    """
+    EVENTS = BagStateSpec("events", _EVENT_CODER)
+    # (event time of the last release, or -1 before the first; the version of the user's last revisions;
+    # identities of the held events)
+    PROGRESS = ReadModifyWriteStateSpec("progress", _PROGRESS_CODER)
+    RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
+
+    def __init__(self, config: LabelConfig, allowed_lateness_ms: int):
+        self._config = config
+        self._allowed_lateness_ms = allowed_lateness_ms
+
+    def setup(self):
+        self._late = Metrics.counter("join", "late_events")
+        self._duplicates = Metrics.counter("join", "duplicate_deliveries")
+        self._examples = Metrics.counter("join", "examples")
+        self._revised = Metrics.counter("join", "examples_revised")
+
+    def process(self, element: Tuple[str, DecodedEvent], events=beam.DoFn.StateParam(EVENTS),
+                progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
+        _user, event = element
+        event_ms = event.datum["event_time_ms"]
+        last_fired, version, held = progress.read() or (-1, 0, ())
+        lateness = lateness_ms(event, self._allowed_lateness_ms, last_fired)
+        if lateness > 0:
+            self._late.inc()
+            yield beam.pvalue.TaggedOutput(LATE, LateEvent(event, lateness))
+            return
+        identity = _identity(event)
+        if identity in held:
+            self._duplicates.inc()
+            return
+        if event_ms <= last_fired:  # behind the last release: it may concern examples already out
+            changes = _released_changes(list(events.read()), event, self._config, last_fired)
+            if changes:
+                version += 1
+                self._revised.inc(len(changes))
+                yield from (Revision(example, version, withdrawn) for example, withdrawn in changes)
+        events.add(event)
+        progress.write((last_fired, version, (*held, identity)))
+        hint = _release_hint_ms(event, self._config)
+        if hint is not None:
+            _set_release(release, max(hint, last_fired + 1))
+
+    @on_timer(RELEASE)
+    def on_release(self, fire=beam.DoFn.TimestampParam, events=beam.DoFn.StateParam(EVENTS),
+                   progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
+        now_ms = from_micros(fire.micros)
+        last_fired, version, _ = progress.read() or (-1, 0, ())
+        if now_ms <= last_fired:
+            return  # a release this one's predecessor already covered
+        held = list(events.read())
+        # Every example still to come, as if every event were in: those due now, and when the next one is.
+        pending = label_user_events([(e.name, e.datum) for e in held], self._config, _NEVER,
+                                    since_ms=last_fired if last_fired >= 0 else None)
+        due = bisect.bisect_right(pending, now_ms, key=lambda e: e.label_time_ms)  # sorted by label time
+        if due:
+            version += 1
+            self._examples.inc(due)
+            yield from (Revision(example, version) for example in pending[:due])
+        # Keep only what a later example can still need: nothing older than the longest window and the lateness.
+        keep_after = now_ms - self._config.horizon_ms - self._allowed_lateness_ms
+        kept = [e for e in held if e.datum["event_time_ms"] >= keep_after]
+        if len(kept) < len(held):
+            events.clear()
+            for e in kept:
+                events.add(e)
+        progress.write((now_ms, version, tuple(_identity(e) for e in kept)))
+        if due < len(pending):
+            _set_release(release, pending[due].label_time_ms)
+
+
+class LabelImpressions(beam.PTransform):
+    """Decoded events to labeled examples, by the rules of `labeling`; to the late output, events delivered more
+    than `allowed_lateness_ms` after their event time. Bounded or streaming is the `watermark`:
+
+    - a singleton PCollection (a bounded read, see `EstimateWatermark`): the input is (user shard,
+      [DecodedEvent]) pairs, each with every event of its users (`decode.GroupByUserShard`), and the output the
+      examples of the impressions in [from_ms, to_ms) that the watermark settles, as (partition,
+      [`partitions.serialized` example]) pairs, several per partition;
+    - None (a stream, the runner's watermark): the input is DecodedEvents stamped with event time, held per user
+      in state and released by event-time timers, and the output example `Revision`s: each example as the
+      watermark releases it, and a newer revision whenever an event within the allowed lateness changes it
+      afterwards. `from_ms` and `to_ms` apply to the bounded path only.
     """
 
-    def __init__(self, config: LabelConfig, watermark, from_ms: int | None = None, to_ms: int | None = None,
+    def __init__(self, config: LabelConfig, watermark=None, from_ms: int | None = None, to_ms: int | None = None,
                  allowed_lateness_ms: int = DAY_MS):
         super().__init__()
-        self._fn = _LabelShard(config, from_ms, to_ms, allowed_lateness_ms)
         self._watermark = watermark
+        self._fn = _LabelUser(config, allowed_lateness_ms) if watermark is None else \
+            _LabelShard(config, from_ms, to_ms, allowed_lateness_ms)
 
-    def expand(self, shard_events):
-        outputs = shard_events | "Label each user's impressions" >> beam.ParDo(
-            self._fn, watermark_ms=beam.pvalue.AsSingleton(self._watermark, default_value=NO_WATERMARK)
-        ).with_output_types(Tuple[str, List[Tuple[tuple, bytes]]]).with_outputs(LATE, main=EXAMPLES)
+    def expand(self, events):
+        if self._watermark is None:
+            outputs = (events
+                       | "Key by user" >> beam.Map(lambda e: (e.datum["user_id"], e)).with_output_types(
+                           Tuple[str, DecodedEvent])
+                       | "Hold and release by event time" >> beam.ParDo(self._fn).with_output_types(Revision)
+                       .with_outputs(LATE, main=EXAMPLES))
+        else:
+            outputs = events | "Label each user's impressions" >> beam.ParDo(
+                self._fn, watermark_ms=beam.pvalue.AsSingleton(self._watermark, default_value=NO_WATERMARK)
+            ).with_output_types(Tuple[str, List[Tuple[tuple, bytes]]]).with_outputs(LATE, main=EXAMPLES)
         return LabeledStreams(outputs[EXAMPLES], outputs[LATE])
 
 

@@ -18,7 +18,6 @@ Events repeated under the same id count once.
 """
 from __future__ import annotations
 
-import enum
 from typing import Iterable, NamedTuple
 
 from config.join import LabelConfig, LabelStrategy

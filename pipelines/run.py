@@ -22,8 +22,8 @@ from config.join import JoinSettings, LatenessReference
 from config.kafka import KafkaSettings
 from kafka_io.metadata import topic_configs
 from pipelines.dead_letters import WriteDeadLetters, already_written, topic_limit
-from pipelines.decode import DecodeEventGroups, DecodeEvents, EventTimeStamps, GroupByUserShard, RecordClock
-from pipelines.examples import RecordLateEvents, WriteExamples, WriteExamplesStreaming
+from pipelines.decode import DecodeEvents, EventTimeStamps, GroupByUserShard, RecordClock
+from pipelines.examples import RecordLateEvents, WriteExamples
 from pipelines.flink import flink_pipeline_options
 from pipelines.join import EstimateWatermark, LabelImpressions
 from pipelines.kafka_source import (
@@ -36,7 +36,6 @@ from pipelines.kafka_source import (
     start_positions,
 )
 from pipelines.partitions import describe_partition
-from pipelines.streaming import LabelImpressionsStreaming
 from schemas import BadEventError, EventDecoder
 from schemas.units import HOUR_MS, now_ms
 
@@ -224,15 +223,15 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
             max_batch_bytes=max_batch_bytes)
         decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics, clock)
         decoded.dead_letters | "Dead letters" >> dead_letters
-        labeled = decoded.events | "Label impressions" >> LabelImpressionsStreaming(
-            settings.labels, settings.allowed_lateness_ms)
+        labeled = decoded.events | "Label impressions" >> LabelImpressions(
+            settings.labels, allowed_lateness_ms=settings.allowed_lateness_ms)
         revisions = labeled.examples
         if from_ms is not None:
             revisions = revisions | "Only impressions from --from" >> beam.Filter(
                 lambda change, first_ms=from_ms: change.example.event_time_ms >= first_ms)
-        written = revisions | "Write examples" >> WriteExamplesStreaming(
-            settings.output_dir, {"mode": "streaming", "from_ms": from_ms}, settings.labels.horizon_ms,
-            settings.allowed_lateness_ms)
+        written = revisions | "Write examples" >> WriteExamples(
+            settings.output_dir, {"mode": "streaming", "from_ms": from_ms}, horizon_ms=settings.labels.horizon_ms,
+            allowed_lateness_ms=settings.allowed_lateness_ms)
         written | "Report each hour written" >> beam.Map(_report_written)
         labeled.late | "Late events" >> RecordLateEvents(settings.output_dir, f"streaming-{os.getpid()}")
 
@@ -264,7 +263,7 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
         kafka.bootstrap_servers, ranges, settings.split_size, spread=spread, restamp=restamp,
         max_batch_bytes=max_batch_bytes)
     groups = chunks | "Group by user" >> GroupByUserShard(settings.user_shards)
-    decoded = groups | "Decode events" >> DecodeEventGroups(kafka.event_topics, clock)
+    decoded = groups | "Decode events" >> DecodeEvents(kafka.event_topics, clock, grouped=True)
     decoded.dead_letters | "Dead letters" >> dead_letters
     watermark = chunks | "Estimate the watermark" >> EstimateWatermark(
         settings.out_of_orderness_ms, kafka.event_topics, clock)

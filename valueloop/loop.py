@@ -15,7 +15,7 @@ import json
 import logging
 from pathlib import Path
 
-from config import Settings
+from config import Settings, alert_book
 from config.loop import LoopSettings
 from config.trainer import preset
 from ope.check import offpolicy_check as check
@@ -221,10 +221,6 @@ def promote_candidate(settings: Settings, day: str, audited: Audited, sinks: lis
 
 
 HELD = "promotion_held"
-
-
-def alert_book(settings: Settings) -> Path:
-    return Path(settings.loop.alerts_file or Path(settings.kafka.run_dir).parent / "alerts.json")
 
 
 def hold_candidate(settings: Settings, day: str, audited: Audited, sinks: list | None = None) -> Held:

@@ -9,7 +9,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline  
 from apache_beam.testing.util import assert_that, equal_to
 
 from kafka_io._records import pack_records, unpack_records
-from pipelines.decode import DecodeEventGroups, GroupByUserShard, RecordClock, user_shard
+from pipelines.decode import DecodeEvents, GroupByUserShard, RecordClock, user_shard
 from pipelines.examples import WriteExamples
 from pipelines.join import LabelImpressions
 from config.join import LabelConfig
@@ -59,7 +59,7 @@ def test_decode_event_groups_gives_each_shards_events_and_routes_the_rest_with_t
               PackedChunk("dwl", 2, pack_records([record(5, negative)])),
               PackedChunk("clk", 0, pack_records([record(9, click("a", T0 + 2 * S), delivered_ms=T0 + 40 * 24 * H)]))]
     with pipeline() as p:
-        decoded = p | beam.Create([(3, packed)]) | DecodeEventGroups(TOPICS, CLOCK)
+        decoded = p | beam.Create([(3, packed)]) | DecodeEvents(TOPICS, CLOCK, grouped=True)
         events = decoded.events | beam.MapTuple(lambda shard, events: (shard, [(e.name, e.datum["event_id"],
                                                                                 e.delivered_ms) for e in events]))
         assert_that(events, equal_to([(3, [("Impression", "a", T0)])]), label="events")

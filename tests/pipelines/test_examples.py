@@ -1,6 +1,7 @@
 """tf.Example serialization against TensorFlow's own parser, and the TFRecord framing against TFRecordDataset."""
 import pytest
 
+from pipelines.examples import WriteExamples
 from pipelines.tf_example import _framed, _serialize_any, example_fields, serialize_example
 from pipelines.labeling import label_user_events
 from config.join import LabelConfig
@@ -92,14 +93,13 @@ def write_streaming(tmp_path, stream, horizon_ms: int):
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
-    from pipelines.examples import WriteExamplesStreaming
 
     from pipelines.partitions import partition_of
 
     options = PipelineOptions(flags=[])
     options.view_as(StandardOptions).streaming = True
     with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        _ = p | stream | WriteExamplesStreaming(str(tmp_path), {"test": True}, horizon_ms, allowed_lateness_ms=D)
+        _ = p | stream | WriteExamples(str(tmp_path), {"test": True}, horizon_ms=horizon_ms, allowed_lateness_ms=D)
     return tmp_path / partition_of(T0)
 
 
@@ -170,7 +170,6 @@ def test_streaming_writer_writes_an_hour_whose_settling_and_expiry_the_watermark
     from apache_beam.testing.test_stream import TestStream as BeamTestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    from pipelines.examples import WriteExamplesStreaming
 
     from pipelines.partitions import partition_of
     from pipelines.flink import flink_pipeline_options
@@ -188,7 +187,7 @@ def test_streaming_writer_writes_an_hour_whose_settling_and_expiry_the_watermark
                else PipelineOptions(flags=[], runner=runner, streaming=True))
     with beam.Pipeline(options=options) as p:
         _ = (p | stream.with_output_types(bytes) | beam.Map(pickle.loads).with_output_types(Revision)
-             | WriteExamplesStreaming(str(tmp_path), {"test": True}, horizon, allowed_lateness_ms=D))
+             | WriteExamples(str(tmp_path), {"test": True}, horizon_ms=horizon, allowed_lateness_ms=D))
     manifest = json.loads((tmp_path / partition_of(T0) / "_manifest.json").read_text())
     assert (manifest["examples"], manifest["revision"]) == (2, 1)
 

@@ -12,7 +12,8 @@ from apache_beam.transforms.window import TimestampedValue
 
 from config.join import LabelConfig, LabelStrategy
 from pipelines.records import DecodedEvent
-from pipelines.streaming import LabelImpressionsStreaming
+from pipelines.examples import WriteExamples
+from pipelines.join import LabelImpressions
 from tests.pipelines.events import D, H, S, T0, cart, click, dwell, impression, purchase
 
 CONFIG = LabelConfig(click_window_s=1800, cart_window_s=3600, purchase_window_s=86400)
@@ -53,7 +54,7 @@ def _emitted(change, ts=beam.DoFn.TimestampParam):
 def labels_of(stream, options, config, check_examples, check_late=None, check_withdrawn=None):
     """Asserts the examples emitted (with their emission time), the late events, and the examples withdrawn."""
     with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        out = p | stream | LabelImpressionsStreaming(config, allowed_lateness_ms=LATENESS)
+        out = p | stream | LabelImpressions(config, allowed_lateness_ms=LATENESS)
         emitted = (out.examples | "Emitted" >> beam.Filter(lambda change: not change.withdrawn)
                    | "With emission time" >> beam.Map(_emitted))
         assert_that(emitted, check_examples, label="examples")
@@ -168,7 +169,6 @@ def test_fake_negative_corrects_for_a_conversion_that_comes_after_its_release_ti
                                              ("BundleBasedDirectRunner", LabelStrategy.FAKE_NEGATIVE),
                                              ("flink", LabelStrategy.FAKE_NEGATIVE)])
 def test_revisions_for_events_behind_the_release_leave_the_hours_the_bounded_join_writes(tmp_path, runner, strategy):
-    from pipelines.examples import WriteExamplesStreaming
     from pipelines.partitions import partition_of, write_partition
     from pipelines.flink import flink_pipeline_options
     from pipelines.labeling import label_user_events
@@ -189,8 +189,8 @@ def test_revisions_for_events_behind_the_release_leave_the_hours_the_bounded_joi
                else PipelineOptions(flags=[], runner=runner, streaming=True))
     with beam.Pipeline(options=options) as p:
         out = (p | stream.with_output_types(bytes) | beam.Map(pickle.loads).with_output_types(DecodedEvent)
-               | LabelImpressionsStreaming(config, allowed_lateness_ms=LATENESS))
-        _ = out.examples | WriteExamplesStreaming(str(tmp_path / "streaming"), {}, HORIZON, LATENESS)
+               | LabelImpressions(config, allowed_lateness_ms=LATENESS))
+        _ = out.examples | WriteExamples(str(tmp_path / "streaming"), {}, horizon_ms=HORIZON, allowed_lateness_ms=LATENESS)
 
     every = label_user_events(on_time + late, config, T0 + 30 * D)
     by_hour: dict[str, list] = {}

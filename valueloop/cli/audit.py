@@ -7,9 +7,9 @@ from typing import Optional
 import typer
 
 from audit.windows import WindowError
+from config import alert_book
 from valueloop.audit import run_audit
 from valueloop.cli.common import ConfigOption, fail, hour_option, parse_hour, settings_from
-from valueloop.loop import alert_book
 
 
 def audit(

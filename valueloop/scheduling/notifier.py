@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from airflow.sdk import BaseNotifier
 
+from config import alert_book
 from promotion.alerts import (
     PAGERDUTY_EVENTS_URL,
     Alert,
@@ -20,13 +21,11 @@ from promotion.alerts import (
     WebhookSink,
     sinks_from_environment,
 )
-from valueloop.loop import alert_book
 from valueloop.scheduling.assets import settings
 
 
 def _connection_sinks() -> list:
     from airflow.sdk import Connection
-
 
     sinks = []
     for conn_id, build in (("valueloop_webhook", lambda url, c: WebhookSink(url)),
