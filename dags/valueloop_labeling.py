@@ -75,9 +75,9 @@ with DAG(
 
         summary = hour_manifest(settings(), planned["hour_ms"])
         outlet_events[LABELED_HOURS].add_partitions(planned["hour"])
-        outlet_events[LABELED_HOURS].extra = {"uri": summary["uri"], "partition": summary["partition"],
-                                              "examples": summary["examples"]}
-        return summary
+        outlet_events[LABELED_HOURS].extra = {"uri": summary.uri, "partition": summary.partition,
+                                              "examples": summary.examples}
+        return summary.as_dict()
 
     planned = plan()
     label(planned) >> publish(planned)

@@ -47,9 +47,9 @@ with DAG(
         hours = manifests_to_publish(found, ledger)
         if not hours:
             raise AirflowSkipException(f"no new hour under {found.join.output_dir}")
-        outlet_events[LABELED_HOURS].add_partitions([h["key"] for h in hours])
-        outlet_events[LABELED_HOURS].extra = {"source": "manifests", "partitions": {h["key"]: h["uri"] for h in hours}}
+        outlet_events[LABELED_HOURS].add_partitions([h.key for h in hours])
+        outlet_events[LABELED_HOURS].extra = {"source": "manifests", "partitions": {h.key: h.uri for h in hours}}
         mark_published(ledger, hours)
-        return [h["key"] for h in hours]
+        return [h.key for h in hours]
 
     publish_new_hours()

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--hour {options.hour!r} is not on the hour")
 
     settings = load_settings(Path(options.config) if options.config else None)
-    print(json.dumps(label_hour(settings, epoch_ms(hour), runner)))
+    print(json.dumps(label_hour(settings, epoch_ms(hour), runner).as_dict()))
     return 0
 
 

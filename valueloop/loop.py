@@ -45,6 +45,33 @@ class ManifestsChecked:
 
 
 @dataclasses.dataclass(frozen=True)
+class HourManifest:
+    """What an hour's partition holds, as the labeling DAG publishes it: the hour, the partition, its examples,
+    its URI and its label counts. Crosses Airflow's XCom as `as_dict`."""
+
+    hour: str
+    partition: str
+    examples: int
+    uri: str
+    labels: dict
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class HourToPublish:
+    """An hour whose complete partition is not yet published at its current revision: its asset partition key
+    (`scheduling.assets.HOUR_KEY`), the partition, the revision, its examples and its URI."""
+
+    key: str
+    partition: str
+    revision: int
+    examples: int
+    uri: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Audited:
     """What the audit of a day's candidate hands the decision: the verdict, whether it may be promoted, why, the
     report, and the production version it was judged against. Crosses Airflow's XCom as `as_dict`."""
@@ -92,22 +119,22 @@ def hour_to_label(settings: Settings, interval_end_ms: int) -> int:
     return (interval_end_ms - labeling_lag_ms(settings)) // HOUR_MS * HOUR_MS - HOUR_MS
 
 
-def label_hour(settings: Settings, hour_ms: int, runner: str = "direct") -> dict:
+def label_hour(settings: Settings, hour_ms: int, runner: str = "direct") -> HourManifest:
     """The bounded join of one hour: the Kafka offsets that hold it, labeled into its partition. Returns the
     partition's manifest summary (`hour_manifest`)."""
     run_bounded_join(settings.kafka, settings.join, runner=runner, from_ms=hour_ms, to_ms=hour_ms + HOUR_MS)
     return hour_manifest(settings, hour_ms)
 
 
-def hour_manifest(settings: Settings, hour_ms: int) -> dict:
+def hour_manifest(settings: Settings, hour_ms: int) -> HourManifest:
     """What an hour's partition holds (its manifest's partition, examples and labels) and its URI."""
     try:
         [partition] = find_partitions(settings.join.output_dir, hour_ms, hour_ms + HOUR_MS)
     except FileNotFoundError:
         raise ManifestsMissing(f"{settings.join.output_dir}: no complete partition for {hour_text(hour_ms)}") from None
     manifest = partition.manifest
-    return {"hour": hour_text(hour_ms), "partition": manifest["partition"], "examples": manifest["examples"],
-            "uri": partition.path.parent.resolve().as_uri(), "labels": manifest.get("labels", {})}
+    return HourManifest(hour_text(hour_ms), manifest["partition"], manifest["examples"],
+                        partition.path.parent.resolve().as_uri(), manifest.get("labels", {}))
 
 
 def check_manifests(settings: Settings, loop: LoopSettings, day: str) -> ManifestsChecked:
@@ -236,9 +263,9 @@ def hold_candidate(settings: Settings, day: str, audited: Audited, sinks: list |
     return Held(audited.production, audited.version, [d.sink for d in deliveries if d.delivered])
 
 
-def manifests_to_publish(settings: Settings, ledger: Path) -> list[dict]:
+def manifests_to_publish(settings: Settings, ledger: Path) -> list[HourToPublish]:
     """The hours whose complete partitions (of any writer: the streaming join, a bounded one) are not yet
-    published at their current revision, per the `ledger` file; each as `hour_manifest` gives it, with its key."""
+    published at their current revision, per the `ledger` file."""
     published = json.loads(ledger.read_text()) if ledger.exists() else {}
     try:
         partitions = find_partitions(settings.join.output_dir)
@@ -250,16 +277,15 @@ def manifests_to_publish(settings: Settings, ledger: Path) -> list[dict]:
         if published.get(manifest["partition"]) == manifest["revision"]:
             continue
         day, hour = manifest["partition"].split("/")
-        out.append({"key": f"{day[3:]}T{hour[5:]}:00:00", "partition": manifest["partition"],
-                    "revision": manifest["revision"], "examples": manifest["examples"],
-                    "uri": partition.path.parent.resolve().as_uri()})
+        out.append(HourToPublish(f"{day[3:]}T{hour[5:]}:00:00", manifest["partition"], manifest["revision"],
+                                 manifest["examples"], partition.path.parent.resolve().as_uri()))
     return out
 
 
-def mark_published(ledger: Path, hours: list[dict]) -> None:
+def mark_published(ledger: Path, hours: list[HourToPublish]) -> None:
     """Records `hours` (from `manifests_to_publish`) as published at their revisions."""
     published = json.loads(ledger.read_text()) if ledger.exists() else {}
-    published.update({h["partition"]: h["revision"] for h in hours})
+    published.update({h.partition: h.revision for h in hours})
     ledger.parent.mkdir(parents=True, exist_ok=True)
     temporary = ledger.with_suffix(".tmp")
     temporary.write_text(json.dumps(published, indent=1, sort_keys=True) + "\n")
