@@ -117,8 +117,9 @@ class OriginReader:
         return read.get(offset)
 
     def close(self) -> None:
-        if self._origins is not None:
-            self._origins.close()
+        if self._fetcher is not None:
+            self._fetcher.close()
+            self._fetcher = None
 
 
 def topic_limit(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> int:

@@ -2,8 +2,9 @@
 import hashlib
 
 from confluent_kafka import KafkaError
+from kafka import KafkaProducer
 
-from pipelines.dead_letters import PREFIX_BYTES, _describe_failures, dead_letter_message
+from pipelines.dead_letters import PREFIX_BYTES, OriginReader, _describe_failures, dead_letter_message
 from pipelines.records import DeadLetter
 
 
@@ -68,3 +69,20 @@ def test_the_original_headers_follow_valueloops_own_under_a_prefix_pure_function
     assert kept == [f"original.h{n}" for n in range(len(kept))] and 50 < len(kept) < 66
     assert dict(headers)["source.headers_truncated"] == b"true" and dict(headers)["source.header_count"] == b"100"
     assert len(value) + sum(len(n) + len(v or b"") for n, v in headers) < (1 << 20) - (8 << 10)
+
+
+def test_the_origin_reader_reads_a_records_time_and_headers_back_and_closes_whether_or_not_it_connected(
+        kafka_settings):
+    OriginReader(kafka_settings.bootstrap_servers, 0).close()  # never connected: nothing to close
+    topic = kafka_settings.event_topics["Click"]
+    producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers)
+    sent = producer.send(topic, b"not an event", partition=0, headers=[("traceparent", b"00-ab-cd-01")],
+                         timestamp_ms=1_700_000_000_000).get(timeout=30)
+    producer.close()
+    reader = OriginReader(kafka_settings.bootstrap_servers, 0)
+    try:
+        origin = reader.origin(topic, 0, sent.offset)
+    finally:
+        reader.close()
+    reader.close()  # twice: a teardown after a failed close
+    assert origin.timestamp_ms == 1_700_000_000_000 and origin.headers == [("traceparent", b"00-ab-cd-01")]
