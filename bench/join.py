@@ -56,7 +56,7 @@ def reference_path(settings: Settings) -> dict:
     consumer.close()
     labels = settings.join.labels
     watermark = max(d["event_time_ms"] for _, d in events)
-    examples = reference_labels(events, labels.click_window_s, labels.cart_window_s, labels.purchase_window_s, watermark)
+    examples = reference_labels(events, labels.click_window_ms, labels.cart_window_ms, labels.purchase_window_ms, watermark)
     return {"events": read, "seconds": time.perf_counter() - start, "examples": len(examples)}
 
 

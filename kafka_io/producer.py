@@ -11,7 +11,6 @@ from collections import Counter
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from schemas.units import ms
 
 
 class DeliveryError(RuntimeError):
@@ -23,7 +22,7 @@ class EventProducer:
     DeliveryError for any message that failed."""
 
     def __init__(self, bootstrap_servers: str, client_id: str = "valueloop", compression: str = "zstd",
-                 delivery_timeout_s: float = 120.0, **config):
+                 delivery_timeout_ms: int = 120_000, **config):
         self._failures: Counter = Counter()
         self._first_failure: dict[str, str] = {}
         self._producer = Producer({
@@ -31,7 +30,7 @@ class EventProducer:
             "enable.idempotence": True, "compression.type": compression, "linger.ms": 50,
             "batch.size": 1 << 20, "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1 << 20, "partitioner": "murmur2_random",
-            "message.timeout.ms": ms(delivery_timeout_s), "log_level": 3,
+            "message.timeout.ms": delivery_timeout_ms, "log_level": 3,
             "on_delivery": self._delivered, **config})
         self._unpolled = 0
 

@@ -6,10 +6,9 @@ all events into memory at once; it is not a pipeline.
 from __future__ import annotations
 
 from collections import defaultdict
-from schemas.units import ms
 
 
-def reference_labels(events, click_window_s: float, cart_window_s: float, purchase_window_s: float,
+def reference_labels(events, click_window_ms: int, cart_window_ms: int, purchase_window_ms: int,
                      watermark_ms: int) -> dict[str, dict]:
     """Final (wait-for-window) labels of every impression settled by `watermark_ms`, by impression id.
 
@@ -28,7 +27,7 @@ def reference_labels(events, click_window_s: float, cart_window_s: float, purcha
         shown = impressions.get(click["impression_id"])
         if shown is None or shown["user_id"] != click["user_id"]:
             continue
-        if shown["event_time_ms"] <= click["event_time_ms"] <= shown["event_time_ms"] + ms(click_window_s):
+        if shown["event_time_ms"] <= click["event_time_ms"] <= shown["event_time_ms"] + click_window_ms:
             if click["impression_id"] not in click_of or click["event_time_ms"] < click_of[click["impression_id"]]:
                 click_of[click["impression_id"]] = click["event_time_ms"]
 
@@ -36,21 +35,21 @@ def reference_labels(events, click_window_s: float, cart_window_s: float, purcha
     for imp, t in click_of.items():
         clicks_on[(impressions[imp]["user_id"], impressions[imp]["item_id"])].append((t, imp))
 
-    def owner(conversion, window_s):
+    def owner(conversion, window_ms):
         candidates = [(t, imp) for t, imp in clicks_on[(conversion["user_id"], conversion["item_id"])]
                       if t <= conversion["event_time_ms"]]
         if not candidates:
             return None
         t, imp = max(candidates)
-        return imp if conversion["event_time_ms"] - t <= ms(window_s) else None
+        return imp if conversion["event_time_ms"] - t <= window_ms else None
 
     carted, bought = set(), defaultdict(float)
     for cart in by_kind["AddToCart"]:
-        imp = owner(cart, cart_window_s)
+        imp = owner(cart, cart_window_ms)
         if imp is not None:
             carted.add(imp)
     for purchase in by_kind["Purchase"]:
-        imp = owner(purchase, purchase_window_s)
+        imp = owner(purchase, purchase_window_ms)
         if imp is not None:
             bought[imp] += purchase["value"]
 
@@ -59,7 +58,7 @@ def reference_labels(events, click_window_s: float, cart_window_s: float, purcha
         if d["impression_id"] in click_of:
             dwell[d["impression_id"]] += d["dwell_ms"]
 
-    horizon_ms = ms(click_window_s + max(cart_window_s, purchase_window_s))
+    horizon_ms = click_window_ms + max(cart_window_ms, purchase_window_ms)
     return {
         imp: {"clicked": imp in click_of, "click_time_ms": click_of.get(imp),
               "dwell_ms": dwell[imp] if imp in dwell else None, "added_to_cart": imp in carted,

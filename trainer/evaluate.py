@@ -19,7 +19,6 @@ import numpy as np
 from config.join import LabelStrategy
 from config.trainer import TASKS, ModelConfig
 from pipelines.labeling import bounce_probability, long_dwell
-from schemas.units import ms
 from trainer import metrics
 from trainer.data import find_partitions, label_strategy, load_columns
 from trainer.exported import ExportedModel
@@ -28,9 +27,9 @@ RELEVANCE = {"purchase": 3, "add_to_cart": 2, "long_dwell": 1}  # graded gain of
 LOGGED = "logged policy"
 
 
-def observed_labels(columns: dict, long_dwell_s: float) -> dict[str, np.ndarray]:
+def observed_labels(columns: dict, long_dwell_ms: int) -> dict[str, np.ndarray]:
     clicked = columns["clicked"] > 0
-    return {"click": clicked, "long_dwell": long_dwell(clicked, columns["dwell_ms"], ms(long_dwell_s)),
+    return {"click": clicked, "long_dwell": long_dwell(clicked, columns["dwell_ms"], long_dwell_ms),
             "add_to_cart": columns["added_to_cart"] > 0, "purchase": columns["purchased"] > 0}
 
 
@@ -81,7 +80,7 @@ def evaluate(models: list, columns: dict, k: int = 3, world=None) -> dict:
     """Report for `models` (ExportedModel) on the examples in `columns`; the first model's config sets the
     dwell threshold and the value weights used to price the hidden truth."""
     reference = ModelConfig.model_validate(models[0].metadata["config"]["model"])
-    labels = observed_labels(columns, reference.long_dwell_s)
+    labels = observed_labels(columns, reference.long_dwell_ms)
     request_ids = columns["request_id"]
     if world is not None:
         users = np.array([int(u[1:]) for u in columns["user_id"].astype(str)])

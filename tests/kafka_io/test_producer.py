@@ -41,7 +41,7 @@ def test_keys_land_where_kafka_pythons_producer_puts_them_in_order(kafka_setting
 
 def test_an_unknown_topic_is_named_with_its_count(kafka_settings):
     with pytest.raises(DeliveryError, match=r"3 messages to no\.such\.topic failed \(.*does the topic exist"):
-        with EventProducer(kafka_settings.bootstrap_servers, delivery_timeout_s=5) as producer:
+        with EventProducer(kafka_settings.bootstrap_servers, delivery_timeout_ms=5_000) as producer:
             for n in range(3):
                 producer.send("no.such.topic", b"v", b"k", 1)
             producer.flush()

@@ -67,8 +67,8 @@ def test_labels_equal_the_reference_labeler_example_by_example(joined):
             assert value(ex, "impression_id") not in written
             written[value(ex, "impression_id")] = ex
     settled_end = (watermark - LABELS.horizon_ms) // 3_600_000 * 3_600_000
-    expected = reference_labels([(e.name, e.datum) for e in events], LABELS.click_window_s, LABELS.cart_window_s,
-                                LABELS.purchase_window_s, watermark)
+    expected = reference_labels([(e.name, e.datum) for e in events], LABELS.click_window_ms, LABELS.cart_window_ms,
+                                LABELS.purchase_window_ms, watermark)
     impressions = {e.datum["event_id"]: e.datum for e in events if e.name == "Impression"}
     expected = {k: v for k, v in expected.items() if impressions[k]["event_time_ms"] < settled_end}
     assert len(expected) > 3_000

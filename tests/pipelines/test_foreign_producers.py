@@ -151,8 +151,8 @@ def test_a_replay_without_record_timestamps_fails_loudly_and_labels_everything_m
     watermark = result.manifests[0]["watermark_ms"]
     assert watermark < SIM.start_ms + 2 * 86_400_000  # event time, not the replay's clock
     settled_end = (watermark - LABELS.horizon_ms) // 3_600_000 * 3_600_000
-    expected = reference_labels([(e.name, e.datum) for e in events], LABELS.click_window_s, LABELS.cart_window_s,
-                                LABELS.purchase_window_s, watermark)
+    expected = reference_labels([(e.name, e.datum) for e in events], LABELS.click_window_ms, LABELS.cart_window_ms,
+                                LABELS.purchase_window_ms, watermark)
     impressions = {e.datum["event_id"]: e.datum for e in events if e.name == "Impression"}
     expected = {k for k in expected if impressions[k]["event_time_ms"] < settled_end}
     assert sum(m["examples"] for m in result.manifests) == len(expected) > 2000

@@ -22,7 +22,7 @@ def test_files_label_like_the_reference_labeler_and_write_one_partition_per_hour
     manifests = label_files(tmp_path / "sim", tmp_path / "examples", LABELS)
 
     watermark = max(d["event_time_ms"] for _, d in events)
-    expected = reference_labels(events, LABELS.click_window_s, LABELS.cart_window_s, LABELS.purchase_window_s,
+    expected = reference_labels(events, LABELS.click_window_ms, LABELS.cart_window_ms, LABELS.purchase_window_ms,
                                 watermark)
     assert sum(m["examples"] for m in manifests) == len(expected) > 1000
     assert sum(m["labels"]["purchased"] for m in manifests) == sum(v["purchased"] for v in expected.values())

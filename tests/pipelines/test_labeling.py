@@ -127,7 +127,7 @@ def test_labels_match_the_reference_labeler_on_simulated_traffic():
         per_user[datum["user_id"]].append((name, datum))
     ours = {e.impression_id: e for user_events in per_user.values()
             for e in label_user_events(user_events, CONFIG, watermark)}
-    expected = reference_labels(events, CONFIG.click_window_s, CONFIG.cart_window_s, CONFIG.purchase_window_s, watermark)
+    expected = reference_labels(events, CONFIG.click_window_ms, CONFIG.cart_window_ms, CONFIG.purchase_window_ms, watermark)
     assert len(expected) > 5_000
     assert set(ours) == set(expected)
     for impression_id, labels in expected.items():

@@ -79,7 +79,7 @@ def test_the_loss_is_the_weighted_sum_of_each_task_cross_entropy_over_impression
                                              "value_weights": {"purchase": 1.0}})
     model = build_model(CONFIG.model_copy(update={"model": config}), find_partitions(examples_dir))
     p = {k: v.numpy().astype(np.float64) for k, v in model(batch).items()}
-    y = {k: v.astype(np.float64) for k, v in observed_labels({k: v.numpy() for k, v in batch.items()}, 30.0).items()}
+    y = {k: v.astype(np.float64) for k, v in observed_labels({k: v.numpy() for k, v in batch.items()}, 30_000).items()}
 
     def cross_entropy(task):
         return -np.mean(y[task] * np.log(p[task]) + (1 - y[task]) * np.log(1 - p[task]))
@@ -112,7 +112,7 @@ def test_the_ctr_baseline_is_the_same_class_trained_on_clicks_alone(examples_dir
 def test_a_tiny_seeded_run_clearly_beats_chance_on_a_later_range(trained, examples_dir):
     later = load_columns(find_partitions(examples_dir, TRAIN_END_MS, None))
     predictions = trained[1].predict(later)
-    labels = observed_labels(later, 30.0)
+    labels = observed_labels(later, 30_000)
     assert auc(labels["click"], predictions["click"]) > 0.65
     assert auc(labels["purchase"], predictions["purchase"]) > 0.65
     # mean predictions near the observed rates: the ESMM products are calibrated, not just ordered
@@ -148,7 +148,7 @@ def test_fake_negative_weighting_brings_conversion_rates_back_toward_the_truth(t
     fake_negative_dir = _write_world(tmp_path / "fn", LabelStrategy.FAKE_NEGATIVE)
     partitions = find_partitions(fake_negative_dir, None, TRAIN_END_MS)
     later = load_columns(find_partitions(examples_dir, TRAIN_END_MS, None))  # final labels to judge by
-    observed = observed_labels(later, 30.0)
+    observed = observed_labels(later, 30_000)
     mean_cart = {}
     for weighting in (True, False):
         config = CONFIG.model_copy(update={"model": CONFIG.model.model_copy(
