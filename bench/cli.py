@@ -147,6 +147,26 @@ def loop(
                out)
 
 
+@app.command("gate")
+def gate(
+    config: Optional[Path] = ConfigOption,
+    seed: list[int] = typer.Option([7, 8, 9], help="World and traffic seeds; each runs the value loop."),
+    rounds: int = typer.Option(8, min=3, help="Rounds (simulated days) per loop; every round from the third is an "
+                                              "audited day."),
+    requests: int = typer.Option(4_000, min=100, help="Requests per round."),
+    out: Path = typer.Option(Path("bench/results/gate.json"), help="Where the JSON result goes."),
+):
+    """The gate's decisions against the simulator's truth: false blocks of healthy candidates, misses of harmful
+    ones, the A/A (goals: at most 5%, at most 5%, at least 95% passing)."""
+    from bench.gate import run_gate_benchmark
+
+    settings = settings_from(config)
+    broker_up(settings)
+    with tempfile.TemporaryDirectory(prefix="valueloop-bench-gate-") as scratch:
+        record(run_gate_benchmark(settings, seed, rounds, requests, Path(scratch),
+                                  echo=lambda line: print(line, flush=True)), out)
+
+
 def census(
     seed: int = typer.Option(0, help="Seed of the 80/20 split."),
     epochs: int = typer.Option(30, min=1, help="Most passes per model; a tenth of the training split stops it early."),

@@ -81,6 +81,16 @@ class AuditConfig(BaseModel):
     offpolicy_min_ess: float = Field(1000.0, ge=0, description="The effective sample size of the off-policy "
                                      "weights below which the check reports its estimate but does not judge: the "
                                      "candidate ranks too differently from production for production's log to say.")
+    served_purchase_drop: float = Field(0.05, ge=0, lt=1, description="How far below production's the "
+                                        "candidate's predicted purchases in its top `offpolicy_slots` slots, at the "
+                                        "95% lower bound, may be before the served check blocks (gate.served).")
+    served_bait_points: float = Field(3.0, ge=0, description="How many points more of its top slots than "
+                                      "production's may show sensational headlines, at the 95% upper bound, "
+                                      "before the served check blocks.")
+    bait_headline_score: float = Field(0.5, ge=0, le=1, description="The headline score from which a served item "
+                                       "counts as sensational, the served check's proxy for bait.")
+    served_bootstrap_draws: int = Field(400, ge=20, description="Poisson bootstrap draws over requests for the "
+                                        "served check's intervals.")
     gate: tuple[Threshold, ...] = Field(DEFAULT_GATE, description="The model gate's thresholds; a failed one blocks.")
     gate_bootstrap_draws: int = Field(200, ge=20, description="Poisson bootstrap draws over requests for the "
                                       "intervals of the gate's changes.")

@@ -19,7 +19,7 @@ from config.audit import AuditConfig
 from config.trainer import LONG_DWELL_MS, ModelConfig
 from gate.metrics import MetricCheck, clickbait_model_signature, gate
 from pipelines.labeling import long_dwell
-from trainer.exported import ExportedModel
+from trainer.exported import Predictor, predictor
 
 LABELS = ("click", "long_dwell", "add_to_cart", "purchase")
 
@@ -36,9 +36,10 @@ def labels_of(window: Window, long_dwell_ms: int) -> dict[str, np.ndarray]:
             "purchase": (window.arrived("purchase_time_ms") >= 0).astype(np.float64)}
 
 
-def score(model_dir: Path, window: Window) -> dict[str, np.ndarray]:
-    """A SavedModel's predictions on the window: each task it was trained for, and its ranking score `value`."""
-    model = ExportedModel(model_dir)
+def score(model: Path | Predictor, window: Window) -> dict[str, np.ndarray]:
+    """A model's predictions on the window (a SavedModel's directory, or a `Predictor`): each task it was trained
+    for, and its ranking score `value`."""
+    model = predictor(model)
     config = ModelConfig.model_validate(model.metadata["config"]["model"])
     predictions = model.predict(window.columns)
     return {task: np.asarray(p, np.float64) for task, p in predictions.items()

@@ -13,9 +13,10 @@ from the same served features production did.
 
 The check fails when that estimate's 95% lower bound is more than `offpolicy_purchase_drop` below the purchases
 per impression production's slates actually earned in the same slots. Where the weights' effective sample size
-is below `offpolicy_min_ess` (a candidate whose rankings production's log rarely shows), the estimate is
-reported but not judged: a bootstrap over a handful of huge weights gives intervals that look tight and mean
-nothing.
+is below `offpolicy_min_ess` (a candidate whose rankings production's log rarely shows), the check is
+inconclusive and does not pass: a bootstrap over a handful of huge weights gives intervals that look tight and
+mean nothing, and a candidate too different from production for its log to evaluate is exactly the one a gate
+must not wave through.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class OffPolicyCheck:
     production: Estimate  # what production's slates earned there (on-policy)
     slots: int
     drop: float
-    judged: bool  # False: too little overlap (effective sample size) to judge; it passes then, and says so
+    judged: bool  # False: too little overlap (effective sample size) to judge: inconclusive, so not passed
     passed: bool
     reason: str
 
@@ -71,8 +72,8 @@ def offpolicy_check(log: ServingLog, target: Callable[[np.ndarray], np.ndarray],
                 f"{candidate.value:.5f} [{candidate.interval[0]:.5f}, {candidate.interval[1]:.5f}] against "
                 f"production's {production.value:.5f} on {log.policy}'s log")
     if candidate.effective_sample_size < min_ess:
-        return OffPolicyCheck(candidate, production, slots, drop, False, True,
-                              f"{estimate}: not judged, effective sample size {candidate.effective_sample_size:,.0f} "
+        return OffPolicyCheck(candidate, production, slots, drop, False, False,
+                              f"{estimate}: inconclusive, effective sample size {candidate.effective_sample_size:,.0f} "
                               f"of {len(rewards):,} logged slots is below {min_ess:,.0f} (the candidate ranks too "
                               "differently from production for its log to tell)")
     passed = candidate.interval[0] >= floor

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.policies import candidate_features
-from trainer.exported import ExportedModel
+from trainer.exported import Predictor, predictor
 
 TABLES = ("item_category", "item_headline_score", "item_price", "item_published_ms", "item_rating", "user_affinity",
           "user_device", "user_tenure_days")
@@ -75,10 +75,16 @@ class ServingLog:
                                          for f in fields(cls) if f.name != "tables"})
 
 
-def candidate_scores(log: ServingLog, model_dir: Path, output: str = "value") -> np.ndarray:
-    """The candidate model's `output` scores of every logged request's candidates, from the served features
-    (the log's tables), (requests, candidates)."""
-    model = ExportedModel(model_dir)
+def candidate_predictions(log: ServingLog, model: Path | Predictor) -> dict[str, np.ndarray]:
+    """Every output of the model (a SavedModel's directory, or a `Predictor`) for every logged request's
+    candidates, from the served features (the log's tables), each (requests, candidates)."""
+    model = predictor(model)
     columns = candidate_features(log.tables, log.users, log.candidates, log.tables.surfaces, log.surfaces,
                                  log.tables.devices, log.request_ms)
-    return model.predict(columns)[output].reshape(log.candidates.shape).astype(np.float64)
+    return {name: values.reshape(log.candidates.shape).astype(np.float64)
+            for name, values in model.predict(columns).items()}
+
+
+def candidate_scores(log: ServingLog, model: Path | Predictor, output: str = "value") -> np.ndarray:
+    """The candidate model's `output` scores of every logged request's candidates, (requests, candidates)."""
+    return candidate_predictions(log, model)[output]

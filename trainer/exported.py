@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -42,3 +43,18 @@ class ExportedModel:
             for name, value in self._serve(**batch).items():
                 chunks[name].append(value.numpy())
         return {name: np.concatenate(parts) if parts else np.zeros(0, np.float32) for name, parts in chunks.items()}
+
+
+class Predictor(Protocol):
+    """What scores candidates: an `ExportedModel`, or anything that predicts its outputs from the same raw
+    feature columns and describes itself with the same metadata."""
+
+    name: str
+    metadata: dict
+
+    def predict(self, columns: dict) -> dict: ...
+
+
+def predictor(model: Path | Predictor) -> Predictor:
+    """A model given as its SavedModel directory, loaded; anything that already predicts, as it is."""
+    return model if hasattr(model, "predict") else ExportedModel(Path(model))

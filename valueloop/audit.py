@@ -19,6 +19,7 @@ from config.trainer import LONG_DWELL_MS
 from gate.models import audit_models, score
 from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
 from schemas.units import hour_text
+from trainer.exported import Predictor
 
 CHECK = "drift_audit"
 
@@ -69,9 +70,13 @@ def maturity(reference: Window, current: Window, config: AuditConfig) -> dict:
     return out
 
 
+def _named(model: Path | Predictor | None) -> str | None:
+    return None if model is None else str(getattr(model, "path", model))
+
+
 def run_audit(examples: Path, reference: tuple[int | None, int | None], current: tuple[int | None, int | None],
               now_ms: int | None, config: AuditConfig, out: Path, alert_book: Path | None = None,
-              candidate: Path | None = None, production: Path | None = None,
+              candidate: Path | Predictor | None = None, production: Path | Predictor | None = None,
               long_dwell_ms: int = LONG_DWELL_MS) -> Verdict:
     """Audits `current` against `reference` (each an event-time range of the partitions under `examples`) and,
     with a `candidate` SavedModel, the candidate against `production` (None: the first model) on `current`;
@@ -91,8 +96,7 @@ def run_audit(examples: Path, reference: tuple[int | None, int | None], current:
     report = {**verdict.as_dict(), "window": window, "reference": f"{_hour(reference[0])}..{_hour(reference[1])}",
               "now_ms": now_ms, "impressions": {"reference": reference_window.size, "current": current_window.size},
               "maturity": maturity(reference_window, current_window, config),
-              "models": {"candidate": str(candidate) if candidate else None,
-                         "production": str(production) if production else None},
+              "models": {"candidate": _named(candidate), "production": _named(production)},
               "config": config.model_dump(mode="json"), "long_dwell_ms": long_dwell_ms}
     if model is not None:
         report["model"] = model.as_dict()

@@ -37,8 +37,12 @@ from promotion.registry import Registry
 from schemas.units import DAY_MS, HOUR_MS, seconds, utc
 from simulator import Simulation
 from simulator.served import ServedLog
+from serving.log import ServingLog, candidate_scores
+from serving.policies import LoggingPolicy
 from simulator.sinks import KafkaSink
+from simulator.truth import ServedTruth, health, logging_marginals, ranker_marginals, served_truth
 from simulator.world import World
+from trainer.exported import Predictor
 from valueloop import loop
 from valueloop.demo import loop_settings
 from valueloop.loop import labeling_lag_ms
@@ -86,6 +90,28 @@ def serving_policy(settings: Settings, objective: Objective):
     Returns it with the production version (None for the logging policy)."""
     version = Registry(settings.registry).production()
     return policy_from(settings, LOGGING if version is None else "production", output=objective.output), version
+
+
+def truth_of(settings: Settings, world: World, log: ServingLog, candidate: Path | Predictor,
+             production: Path | Predictor | None) -> dict:
+    """What the candidate, and production (None: the world's logging policy), would truly earn serving the
+    audited day's logged requests, and whether the candidate is healthy or harmful (`simulator.truth`): the
+    yardstick the gate's decision is scored against."""
+    serving, slots = settings.loop, settings.audit.offpolicy_slots
+
+    def of_model(model: Path | Predictor) -> ServedTruth:
+        return served_truth(world, log, ranker_marginals(candidate_scores(log, model), slots,
+                                                         serving.serving_exploration, serving.serving_temperature,
+                                                         serving.serving_epsilon))
+
+    truth_of_candidate = of_model(candidate)
+    if production is None:
+        logging = LoggingPolicy(settings.simulator.logging_policy, list(settings.simulator.surfaces))
+        baseline = served_truth(world, log, logging_marginals(logging, log, slots))
+    else:
+        baseline = of_model(production)
+    return {"candidate": truth_of_candidate.as_dict(), "production": baseline.as_dict(),
+            "health": health(truth_of_candidate, baseline).value}
 
 
 def unsettled_from(settings: Settings, start_ms: int) -> int:
@@ -146,6 +172,10 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
         version = loop.register_candidate(settings, day, model)
         lap("train")
         audited = loop.audit_candidate(settings, settings.loop, day, version)
+        production = None if audited.production is None else \
+            Registry(settings.registry).version(audited.production).model_dir
+        truth = truth_of(settings, world, loop.serving_log(settings.loop, day), model, production)
+        (loop.day_dir(settings.loop, day) / "audit" / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
         promoted = audited.promotable or gate is GateMode.RECORD
         if audited.promotable:
             loop.promote_candidate(settings, day, audited)
@@ -156,8 +186,15 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
             loop.hold_candidate(settings, day, audited)  # alerts on-call through the environment's sinks
         lap("audit")
         outcome["gate"] = {"day": day, "candidate": version, "status": audited.status, "mode": gate.value,
-                           "promoted": promoted, "reasons": audited.reasons[:3], "offpolicy": audited.offpolicy}
+                           "promoted": promoted, "reasons": audited.reasons, "offpolicy": audited.offpolicy,
+                           "served": audited.served, "truth": truth}
     return {**outcome, "seconds": seconds}, ranges
+
+
+def run_settings(settings: Settings, out: Path, objective: Objective, seed: int) -> Settings:
+    """The settings a run of the closed loop under `out` works with: its directories, objective and seed."""
+    settings = round_settings(settings, Path(out) / objective.value, objective)
+    return settings.model_copy(update={"simulator": settings.simulator.model_copy(update={"seed": seed})})
 
 
 def run_closed_loop(settings: Settings, objective: Objective, rounds: int, requests: int, seed: int, out: Path,
@@ -166,8 +203,7 @@ def run_closed_loop(settings: Settings, objective: Objective, rounds: int, reque
     (examples, registry, models, audits); returns every round's outcome and writes it to `rounds.json` there."""
     directory = Path(out) / objective.value
     shutil.rmtree(directory, ignore_errors=True)
-    settings = round_settings(settings, directory, objective)
-    settings = settings.model_copy(update={"simulator": settings.simulator.model_copy(update={"seed": seed})})
+    settings = run_settings(settings, out, objective, seed)
     KafkaBroker(settings.kafka).up()
     world = World.create(settings.simulator)
     outcomes, ranges = [], None

@@ -15,18 +15,23 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from config import Settings, alert_book
 from config.loop import LoopSettings
 from config.trainer import preset
+from audit.drift import Verdict
+from ope.check import OffPolicyCheck
 from ope.check import offpolicy_check as check
 from pipelines.run import run_bounded_join
 from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
 from promotion.registry import Registry
 from schemas.units import DAY_MS, HOUR_MS, epoch_ms, hour_text, utc
-from serving.log import ServingLog, candidate_scores
-from serving.propensities import target_probability
+from gate.served import Served, ServedCheck, served_check
+from serving.log import ServingLog, candidate_predictions
+from serving.propensities import target_probability, top_slot_marginals
 from trainer.data import find_partitions
-from trainer.exported import METADATA_FILE
+from trainer.exported import METADATA_FILE, Predictor
 from valueloop.audit import run_audit
 
 _LOG = logging.getLogger("valueloop.loop")
@@ -83,6 +88,7 @@ class Audited:
     production: int | None  # the version production held when the candidate was judged
     version: int
     offpolicy: dict | None  # the off-policy check (`ope.check.OffPolicyCheck.as_dict`), where it ran
+    served: dict | None = None  # the served check (`gate.served.ServedCheck.as_dict`), where it ran
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -164,19 +170,70 @@ def serving_log_path(loop: LoopSettings, day: str) -> Path:
     return Path(loop.serving_logs) / f"{day}.npz" if loop.serving_logs else day_dir(loop, day) / "serving_log.npz"
 
 
-def offpolicy_check(settings: Settings, loop: LoopSettings, day: str, candidate_dir: Path):
-    """The gate's off-policy check of the candidate on the day's serving log (`ope.check`), or None
-    when the day has no serving log."""
+def serving_log(loop: LoopSettings, day: str) -> ServingLog | None:
+    """Production's serving log of `day`, or None when the day has none."""
     path = serving_log_path(loop, day)
     if not path.exists():
-        _LOG.info("no serving log for %s at %s: the off-policy check does not run", day, path)
+        _LOG.info("no serving log for %s at %s: the off-policy and served checks do not run", day, path)
         return None
-    log = ServingLog.load(path)
-    scores = candidate_scores(log, candidate_dir)
+    return ServingLog.load(path)
+
+
+def offpolicy_check(settings: Settings, loop: LoopSettings, log: ServingLog, candidate: dict[str, np.ndarray]):
+    """The gate's off-policy check (`ope.check`) of the candidate, given its `candidate_predictions` on the log."""
+    scores = candidate["value"]
     return check(log, lambda order: target_probability(scores, order, loop.serving_exploration,
                                                        loop.serving_temperature, loop.serving_epsilon),
                  settings.audit.offpolicy_slots, settings.audit.offpolicy_purchase_drop,
                  settings.audit.offpolicy_min_ess)
+
+
+def served(loop: LoopSettings, predictions: dict[str, np.ndarray], slots: int) -> Served:
+    """How a model (its `candidate_predictions` on a log) would serve the log's requests, as production serves."""
+    return Served(top_slot_marginals(predictions["value"], slots, loop.serving_exploration, loop.serving_temperature,
+                                     loop.serving_epsilon), predictions.get("purchase"))
+
+
+def logged(log: ServingLog, slots: int) -> Served:
+    """What the log's own policy showed in its first `slots` slots: each request's logged slate, a draw from how
+    it serves. Production's side of the served check when production is no model (the first candidate)."""
+    marginals = np.zeros((*log.candidates.shape, slots))
+    rows = np.arange(len(log.candidates))
+    for slot in range(slots):
+        marginals[rows, log.order[:, slot], slot] = 1.0
+    return Served(marginals, None)
+
+
+def served_check_of(settings: Settings, loop: LoopSettings, log: ServingLog, candidate: dict[str, np.ndarray],
+                    production: Path | Predictor | None) -> ServedCheck:
+    """The gate's served check (`gate.served`) of the candidate against production (the log's own slates when
+    production is no model)."""
+    audit = settings.audit
+    slots = min(audit.offpolicy_slots, log.order.shape[1])
+    baseline = served(loop, candidate_predictions(log, production), slots) if production is not None \
+        else logged(log, slots)
+    return served_check(log, served(loop, candidate, slots), baseline, audit.served_purchase_drop,
+                        audit.served_bait_points, audit.bait_headline_score, audit.served_bootstrap_draws)
+
+
+def decide(verdict: Verdict, served_on_log: ServedCheck | None,
+           offpolicy: OffPolicyCheck | None) -> tuple[str, list[str], bool]:
+    """The gate's decision from the audit's verdict (drift and the model gate) and, where the day has a serving
+    log, the served and off-policy checks: (status, reasons with the deciding ones first, promotable).
+
+    A failed check blocks, its reasons first; an off-policy check too little overlap can judge makes the
+    candidate inconclusive, its reason last; either way it stays out of production. It is promotable only when the verdict passes (or warns) and every
+    check that ran passed."""
+    status, reasons = verdict.status.value, list(verdict.reasons)
+    if offpolicy is not None:
+        if not offpolicy.judged:  # after what blocks: it did not decide against the candidate
+            status, reasons = ("block" if status == "block" else "inconclusive"), [*reasons, offpolicy.reason]
+        elif not offpolicy.passed:
+            status, reasons = "block", [offpolicy.reason, *reasons]
+    if served_on_log is not None and not served_on_log.passed:
+        status, reasons = "block", [*served_on_log.reasons, *reasons]
+    promotable = verdict.status.exit_code == 0 and all(c is None or c.passed for c in (served_on_log, offpolicy))
+    return status, reasons, promotable
 
 
 def train_candidate(settings: Settings, loop: LoopSettings, day: str) -> Path:
@@ -220,16 +277,20 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
     verdict = run_audit(settings.join.output_dir, (start - DAY_MS, start), (start, end), None, settings.audit, out,
                         candidate=candidate_dir, production=production_dir if production != version else None,
                         long_dwell_ms=settings.trainer.model.long_dwell_ms)
-    status, reasons = verdict.status.value, list(verdict.reasons)
-    check = offpolicy_check(settings, loop, day, candidate_dir)
-    if check is not None:
+    check = served_on_log = None
+    log = serving_log(loop, day)
+    if log is not None:
+        predictions = candidate_predictions(log, candidate_dir)
+        served_on_log = served_check_of(settings, loop, log, predictions,
+                                        production_dir if production not in (None, version) else None)
+        (out / "served.json").write_text(json.dumps(served_on_log.as_dict(), indent=2) + "\n")
+        check = offpolicy_check(settings, loop, log, predictions)
         (out / "offpolicy.json").write_text(json.dumps(check.as_dict(), indent=2) + "\n")
-        if not check.passed:  # blocks, and says so first
-            status, reasons = "block", [check.reason, *reasons]
+    status, reasons, promotable = decide(verdict, served_on_log, check)
     registry.record_verdict(version, status, reasons, [out / "verdict.json", out / "report.html"])
-    audited = Audited(status, verdict.status.exit_code == 0 and (check is None or check.passed), reasons,
-                      str((out / "report.html").resolve()), production, version,
-                      check.as_dict() if check is not None else None)
+    audited = Audited(status, promotable, reasons, str((out / "report.html").resolve()), production, version,
+                      check.as_dict() if check is not None else None,
+                      served_on_log.as_dict() if served_on_log is not None else None)
     done.write_text(json.dumps(audited.as_dict(), indent=2) + "\n")
     return audited
 

@@ -1,0 +1,250 @@
+"""`valueloop bench gate`: the gate's decisions scored against the simulator's truth, as a confusion matrix.
+
+The closed loop (`valueloop.closed_loop`) runs under the value objective from several seeds, in `record` mode
+so that production moves every round as a heeded gate's would when it passes. On every audited day the gate
+then judges, against that day's production, the loop's own candidate and candidates made good or bad on
+purpose from it:
+- **retrains**: production's own training run again with another seed (the gate's A/A), and the CTR preset
+  trained on the candidate's days;
+- **re-weighted**: the candidate's heads ranked by other value weights (leaning to clicks, or to long dwell),
+  or with a bonus on the headline score, exactly as a model exported with those weights would rank;
+- **broken**: the candidate served with a feature zeroed (the user's category affinity), and a stale model
+  (the first model the loop promoted).
+
+Each candidate goes through the whole gate as the retraining DAG runs it (the drift audit and the model gate on
+the day's examples, the served check and the off-policy check on production's serving log, `loop.decide`),
+and its truth comes from the world (`simulator.truth`): healthy, harmful or neither against production's.
+Recorded: every decision beside its truth, the false-block rate on healthy candidates and the miss rate on
+harmful ones with Wilson 95% intervals, which check decided each wrong call, and how often the A/A passes.
+
+Goals: at most 5% false blocks, at most 5% misses, the A/A passing at least 95% of the time, over at least 60
+healthy and 60 harmful candidates.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from bench.environment import describe
+from config import Settings
+from config.trainer import TrainConfig, preset
+from promotion.registry import Registry
+from schemas.units import DAY_MS
+from serving.log import candidate_predictions
+from trainer.exported import ExportedModel, Predictor
+from valueloop import loop
+from valueloop.audit import run_audit
+from valueloop.closed_loop import GateMode, Objective, run_closed_loop, run_settings, truth_of
+from simulator.world import World
+
+GOAL_FALSE_BLOCKS = 0.05
+GOAL_MISSES = 0.05
+GOAL_AA_PASSES = 0.95
+GOAL_CANDIDATES = 60
+DEFAULT_VALUE = {"purchase": 1.0, "add_to_cart": 0.3, "long_dwell": 0.1, "bounce": -0.1}
+REWEIGHTED = {
+    "click-only": {"click": 1.0},
+    "click-leaning": {"click": 1.0, "purchase": 0.2},
+    "click-and-purchase": {"click": 0.3, "purchase": 1.0, "add_to_cart": 0.3},
+    "plus-a-little-click": {**DEFAULT_VALUE, "click": 0.15},
+    "purchase-and-dwell": {"purchase": 1.0, "long_dwell": 1.0},
+    "purchase-only": {"purchase": 1.0},
+}
+HEADLINE_BONUS = {"headline-bonus-small": 0.002, "headline-bonus-large": 0.01}
+ZEROED = {"affinity-zeroed": ("user_category_affinity",)}
+
+
+@dataclass
+class Variant:
+    """A candidate model served otherwise: its ranking score recomputed from its heads with other value weights,
+    plus a bonus on the headline score, or some of its served features zeroed. A `Predictor`, as a model
+    exported with those weights, or fed those features, would predict."""
+
+    base: ExportedModel
+    name: str
+    value_weights: dict[str, float] | None = None
+    headline_bonus: float = 0.0
+    zeroed: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.path = f"{self.base.path}~{self.name}"
+        model = dict(self.base.metadata["config"]["model"])
+        if self.value_weights is not None:
+            model["value_weights"] = self.value_weights
+        self.metadata = {**self.base.metadata, "config": {**self.base.metadata["config"], "model": model}}
+
+    def predict(self, columns: dict) -> dict:
+        if self.zeroed:
+            columns = {**columns, **{name: np.zeros_like(np.asarray(columns[name])) for name in self.zeroed}}
+        out = self.base.predict(columns)
+        if self.value_weights is not None:
+            out["value"] = sum(weight * out[term] for term, weight in self.value_weights.items())
+        if self.headline_bonus:
+            out["value"] = out["value"] + self.headline_bonus * np.asarray(columns["headline_score"], np.float32)
+        return out
+
+
+def judge(settings: Settings, world: World, day: str, candidate: Path | Predictor,
+          production: Path | Predictor | None, out: Path) -> dict:
+    """The gate's decision on `candidate` for `day` against `production` (None: the logging policy), as the
+    retraining DAG decides it, beside the candidate's truth."""
+    start, end = loop.day_range(day)
+    verdict = run_audit(settings.join.output_dir, (start - DAY_MS, start), (start, end), None, settings.audit, out,
+                        candidate=candidate, production=production,
+                        long_dwell_ms=settings.trainer.model.long_dwell_ms)
+    log = loop.serving_log(settings.loop, day)
+    predictions = candidate_predictions(log, candidate)
+    served = loop.served_check_of(settings, settings.loop, log, predictions, production)
+    offpolicy = loop.offpolicy_check(settings, settings.loop, log, predictions)
+    status, reasons, promotable = loop.decide(verdict, served, offpolicy)
+    truth = truth_of(settings, world, log, candidate, production)
+    return {"status": status, "promotable": promotable, "reasons": reasons, "truth": truth,
+            "served": {"purchases": served.purchases.change, "purchases_interval": served.purchases.interval,
+                       "bait_points": served.bait_proxy.change, "bait_interval": served.bait_proxy.interval},
+            "offpolicy": {"judged": offpolicy.judged, "passed": offpolicy.passed,
+                          "effective_sample_size": offpolicy.candidate.effective_sample_size}}
+
+
+def _retrained(settings: Settings, config: TrainConfig, start_ms: int, end_ms: int, out: Path) -> Path:
+    from trainer.train import train
+
+    if not (out / "saved_model.pb").exists():
+        train(config, settings.join.output_dir, start_ms, end_ms, out, verbose=0)
+    return out
+
+
+def candidates_of_day(settings: Settings, day: str, candidate_dir: Path, production: int | None,
+                      scratch: Path) -> list[tuple[str, str, Path | Predictor]]:
+    """(name, kind, model) of every candidate judged on `day`: the loop's own and those made from it."""
+    registry = Registry(settings.registry)
+    base = ExportedModel(candidate_dir)
+    made: list[tuple[str, str, Path | Predictor]] = [("loop", "loop", candidate_dir)]
+    made += [(name, "reweighted", Variant(base, name, value_weights=weights)) for name, weights in REWEIGHTED.items()]
+    made += [(name, "headline", Variant(base, name, headline_bonus=bonus)) for name, bonus in HEADLINE_BONUS.items()]
+    made += [(name, "broken", Variant(base, name, zeroed=features)) for name, features in ZEROED.items()]
+    data = base.metadata["data"]
+    config = TrainConfig.model_validate(base.metadata["config"])
+    made.append(("ctr-preset", "retrain", _retrained(settings, preset(config, "ctr"), data["start_ms"],
+                                                     data["end_ms"], scratch / day / "ctr-preset")))
+    if production is not None:
+        produced = ExportedModel(registry.version(production).model_dir).metadata
+        again = TrainConfig.model_validate(produced["config"])
+        again = again.model_copy(update={"seed": again.seed + 1000})
+        made.append(("a/a", "retrain", _retrained(settings, again, produced["data"]["start_ms"],
+                                                  produced["data"]["end_ms"], scratch / day / "a-a")))
+        first = min(v.version for v in registry.versions())
+        if first != production:
+            made.append(("stale", "broken", registry.version(first).model_dir))
+    return made
+
+
+def wilson(k: int, n: int) -> list[float] | None:
+    if n == 0:
+        return None
+    interval = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return [round(interval.low, 4), round(interval.high, 4)]
+
+
+def check_of(reason: str) -> str:
+    """The check a reason comes from: `served`, `off-policy`, `gate: <metric>`, the signatures, drift."""
+    if reason.startswith(("served", "off-policy")):
+        return reason.split(":")[0]
+    if reason.startswith("gate: "):
+        return "gate: " + reason.split(" ")[1]
+    if reason.startswith("clickbait signature in the candidate's predictions"):
+        return "model-side clickbait signature"
+    if reason.startswith("clickbait signature"):
+        return "clickbait signature in the data"
+    return reason.split(":")[0]
+
+
+def summarise(rows: list[dict]) -> dict:
+    healthy = [r for r in rows if r["truth"]["health"] == "healthy"]
+    harmful = [r for r in rows if r["truth"]["health"] == "harmful"]
+    false_blocks = [r for r in healthy if not r["promotable"]]
+    misses = [r for r in harmful if r["promotable"]]
+    aa = [r for r in rows if r["name"] == "a/a"]
+    aa_passed = sum(r["promotable"] for r in aa)
+
+    def decided_by(wrong: list[dict]) -> dict:
+        """How many wrong calls each check had a part in (a block can have several)."""
+        counts: dict[str, int] = {}
+        for r in wrong:
+            for key in sorted({check_of(reason) for reason in r["reasons"]}) or ["passed every check"]:
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    by_name: dict[str, dict] = {}
+    for r in rows:
+        line = by_name.setdefault(r["name"], {"healthy": 0, "harmful": 0, "neither": 0, "blocked": 0})
+        line[r["truth"]["health"]] += 1
+        line["blocked"] += not r["promotable"]
+    false_block_rate = len(false_blocks) / len(healthy) if healthy else None
+    miss_rate = len(misses) / len(harmful) if harmful else None
+    aa_rate = aa_passed / len(aa) if aa else None
+    return {
+        "candidates": len(rows), "healthy": len(healthy), "harmful": len(harmful),
+        "neither": len(rows) - len(healthy) - len(harmful),
+        "false_block_rate": false_block_rate, "false_block_interval": wilson(len(false_blocks), len(healthy)),
+        "false_blocks_decided_by": decided_by(false_blocks),
+        "miss_rate": miss_rate, "miss_interval": wilson(len(misses), len(harmful)),
+        "misses_decided_by": decided_by(misses),
+        "aa_pass_rate": aa_rate, "aa_interval": wilson(aa_passed, len(aa)), "aa_candidates": len(aa),
+        "by_candidate": by_name,
+        "goals": {"false_block_rate_at_most": GOAL_FALSE_BLOCKS, "miss_rate_at_most": GOAL_MISSES,
+                  "aa_pass_rate_at_least": GOAL_AA_PASSES, "each_class_at_least": GOAL_CANDIDATES},
+        "goal_met": (false_block_rate is not None and false_block_rate <= GOAL_FALSE_BLOCKS
+                     and miss_rate is not None and miss_rate <= GOAL_MISSES
+                     and aa_rate is not None and aa_rate >= GOAL_AA_PASSES
+                     and min(len(healthy), len(harmful)) >= GOAL_CANDIDATES),
+    }
+
+
+def judge_loop(settings: Settings, loop_out: Path, objective: Objective, seed: int, scratch: Path,
+               echo=print) -> list[dict]:
+    """Every candidate of every audited day of one closed-loop run under `loop_out`, judged."""
+    run = run_settings(settings, loop_out, objective, seed)
+    rounds = json.loads((loop_out / objective.value / "rounds.json").read_text())["rounds"]
+    world = World.create(run.simulator)
+    registry = Registry(run.registry)
+    rows = []
+    for outcome in rounds:
+        gate = outcome["gate"]
+        if gate is None:
+            continue
+        day, version = gate["day"], gate["candidate"]
+        production = json.loads((loop.day_dir(run.loop, day) / "audit" / "audited.json").read_text())["production"]
+        production_model = ExportedModel(registry.version(production).model_dir) if production is not None else None
+        for name, kind, model in candidates_of_day(run, day, registry.version(version).model_dir, production,
+                                                   scratch / f"seed-{seed}"):
+            row = {"seed": seed, "objective": objective.value, "day": day, "name": name, "kind": kind,
+                   "production": production,
+                   **judge(run, world, day, model, production_model, scratch / f"seed-{seed}" / day / "audits" / name)}
+            echo(f"seed {seed} {day} {name:<22} {row['truth']['health']:<8} "
+                 f"{'promoted' if row['promotable'] else row['status']:<12} {row['reasons'][:1]}")
+            rows.append(row)
+    return rows
+
+
+def run_gate_benchmark(settings: Settings, seeds: list[int], rounds: int, requests: int, scratch: Path,
+                       echo=print) -> dict:
+    rows = []
+    for seed in seeds:
+        loop_out = scratch / f"seed-{seed}" / "loop"
+        run_closed_loop(settings, Objective.VALUE, rounds, requests, seed, loop_out, gate=GateMode.RECORD,
+                        echo=echo)
+        rows += judge_loop(settings, loop_out, Objective.VALUE, seed, scratch, echo)
+    return {
+        "benchmark": "gate",
+        "environment": describe(("apache-beam", "tensorflow", "scipy")),
+        "settings": {"seeds": seeds, "rounds": rounds, "requests_per_round": requests, "objective": "value",
+                     "audit": settings.audit.model_dump(mode="json", include={
+                         "served_purchase_drop", "served_bait_points", "bait_headline_score", "offpolicy_slots",
+                         "offpolicy_purchase_drop", "offpolicy_min_ess"})},
+        "results": {"candidates": rows},
+        "summary": summarise(rows),
+    }
