@@ -26,14 +26,14 @@ def ranker(scores, purchase=PURCHASE) -> Served:
     return Served(top_slot_marginals(scores, 3, "epsilon-greedy", 0.5, 0.1), purchase)
 
 
-def test_a_candidate_that_ranks_as_production_does_passes():
+def test_a_candidate_that_ranks_as_production_does_passes_pure_function():
     scores = PURCHASE + np.random.default_rng(0).normal(0, 1e-4, PURCHASE.shape)
     check = served_check(log(), ranker(scores), ranker(scores), 0.05, 3.0, 0.5, draws=200)
     assert check.passed and check.reasons == []
     assert check.purchases.change == pytest.approx(0.0) and check.bait_proxy.change == pytest.approx(0.0)
 
 
-def test_a_candidate_that_puts_sensational_items_on_top_is_blocked_on_both_counts():
+def test_a_candidate_that_puts_sensational_items_on_top_is_blocked_on_both_counts_pure_function():
     production = ranker(PURCHASE)
     bait_first = ranker(np.tile(HEADLINE, (REQUESTS, 1)))
     check = served_check(log(), bait_first, production, 0.05, 3.0, 0.5, draws=200)
@@ -43,11 +43,11 @@ def test_a_candidate_that_puts_sensational_items_on_top_is_blocked_on_both_count
     assert "predicted purchases" in check.reasons[0] and "sensational headlines" in check.reasons[1]
 
 
-def test_with_no_purchase_predictions_the_check_cannot_decide_and_blocks():
+def test_with_no_purchase_predictions_the_check_cannot_decide_and_blocks_pure_function():
     check = served_check(log(), ranker(PURCHASE, None), ranker(PURCHASE, None), 0.05, 3.0, 0.5, draws=200)
     assert not check.passed and "cannot be compared" in check.reasons[0]
 
 
-def test_production_without_a_model_is_priced_by_the_candidates_predictions():
+def test_production_without_a_model_is_priced_by_the_candidates_predictions_pure_function():
     check = served_check(log(), ranker(PURCHASE), ranker(PURCHASE, None), 0.05, 3.0, 0.5, draws=200)
     assert check.passed and check.purchases.candidate == pytest.approx(check.purchases.production)

@@ -21,7 +21,7 @@ def enumerated_epsilon_greedy(scores: np.ndarray, slots: int, epsilon: float) ->
 
 
 @pytest.mark.parametrize("slots", [1, 2, 3])
-def test_plackett_luce_top_marginals_equal_the_sum_over_prefixes(slots):
+def test_plackett_luce_top_marginals_equal_the_sum_over_prefixes_pure_function(slots):
     scores = np.random.default_rng(slots).normal(size=(6, 8))
     closed = top_slot_marginals(scores, slots, "plackett-luce", 0.5, 0.1)
     assert closed == pytest.approx(plackett_luce_marginals(standardised_logits(scores, 0.5), slots), abs=1e-12)
@@ -29,19 +29,19 @@ def test_plackett_luce_top_marginals_equal_the_sum_over_prefixes(slots):
 
 
 @pytest.mark.parametrize("slots", [1, 2, 3])
-def test_epsilon_greedy_top_marginals_equal_the_sum_over_prefixes(slots):
+def test_epsilon_greedy_top_marginals_equal_the_sum_over_prefixes_pure_function(slots):
     scores = np.random.default_rng(10 + slots).normal(size=(4, 6))
     closed = top_slot_marginals(scores, slots, "epsilon-greedy", 0.5, 0.3)
     assert closed == pytest.approx(enumerated_epsilon_greedy(scores, slots, 0.3), abs=1e-12)
 
 
-def test_a_greedy_ranker_shows_its_top_three_in_order():
+def test_a_greedy_ranker_shows_its_top_three_in_order_pure_function():
     scores = np.array([[0.1, 0.9, 0.5, 0.7]])
     marginals = top_slot_marginals(scores, 3, "epsilon-greedy", 0.5, 0.0)
     assert marginals[0].argmax(axis=0).tolist() == [1, 3, 2] and marginals.max() == 1.0
 
 
-def test_more_than_three_slots_or_too_few_candidates_are_refused():
+def test_more_than_three_slots_or_too_few_candidates_are_refused_pure_function():
     with pytest.raises(ValueError, match="slots must be 1, 2 or 3"):
         top_slot_marginals(np.zeros((1, 5)), 4, "plackett-luce", 0.5, 0.1)
     with pytest.raises(ValueError, match="2 candidates cannot fill 3 slots"):

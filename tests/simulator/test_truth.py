@@ -29,7 +29,7 @@ def truth_of(world, log, scores):
     return served_truth(world, log, ranker_marginals(scores, 3, "epsilon-greedy", 0.5, 0.0))
 
 
-def test_a_greedy_ranker_by_bait_shows_bait_and_one_by_worth_sells_more(world_and_log):
+def test_a_greedy_ranker_by_bait_shows_bait_and_one_by_worth_sells_more_pure_function(world_and_log):
     world, log = world_and_log
     bait = truth_of(world, log, world.item_bait[log.candidates])
     worth = truth_of(world, log, world.expected_outcomes(log.users[:, None], log.candidates,
@@ -40,7 +40,7 @@ def test_a_greedy_ranker_by_bait_shows_bait_and_one_by_worth_sells_more(world_an
     assert health(worth, worth) is Health.HEALTHY
 
 
-def test_the_truth_of_one_slot_is_the_worlds_expectation_at_the_first_position(world_and_log):
+def test_the_truth_of_one_slot_is_the_worlds_expectation_at_the_first_position_pure_function(world_and_log):
     world, log = world_and_log
     scores = world.item_quality[log.candidates]
     truth = served_truth(world, log, ranker_marginals(scores, 1, "epsilon-greedy", 0.5, 0.0))
@@ -50,7 +50,7 @@ def test_the_truth_of_one_slot_is_the_worlds_expectation_at_the_first_position(w
     assert truth.bait_share == pytest.approx(world.item_is_bait[top].mean())
 
 
-def test_health_bounds():
+def test_health_bounds_pure_function():
     production = ServedTruth(50.0, 0.10, 3, 1000)
     assert health(ServedTruth(49.5, 0.11, 3, 1000), production) is Health.HEALTHY
     assert health(ServedTruth(47.0, 0.10, 3, 1000), production) is Health.NEITHER
