@@ -11,9 +11,12 @@ means the assignment or the logging is broken, and then no lift is to be believe
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
+
+from trainer.data import find_partitions, load_columns
 
 SRM_P = 0.0005  # below this the split is taken as broken (a false alarm once in 2000 healthy tests)
 
@@ -188,3 +191,11 @@ def analyse(impressions: dict[str, np.ndarray], control: str, treatment: str,
         if covariates:
             lifts.append(ratio_lift(metric, *pair, cuped=True))
     return ABResult(control, treatment, srm, lifts)
+
+
+def load_impressions(examples: Path, start_ms: int, end_ms: int) -> dict:
+    """user_id, arm (the logged policy), clicked and purchased of every labeled impression in the window of the
+    partitions under `examples`: `analyse`'s input."""
+    columns = load_columns(find_partitions(examples, start_ms, end_ms))
+    return {"user_id": columns["user_id"], "arm": np.char.decode(columns["policy"].astype(bytes)),
+            "clicked": columns["clicked"] > 0, "purchased": columns["purchased"] > 0}

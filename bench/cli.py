@@ -155,15 +155,18 @@ def gate(
                                               "audited day."),
     requests: int = typer.Option(4_000, min=100, help="Requests per round."),
     out: Path = typer.Option(Path("bench/results/gate.json"), help="Where the JSON result goes."),
+    keep: Optional[Path] = typer.Option(None, help="Keep the loops' runs here, and judge the candidates of runs "
+                                                   "already there again rather than run their loops anew."),
 ):
     """The gate's decisions against the simulator's truth: false blocks of healthy candidates, misses of harmful
-    ones, the A/A (goals: at most 5%, at most 5%, at least 95% passing)."""
+    ones, the A/A, the off-policy intervals' coverage of the truth (goals: at most 5%, at most 5%, at least 95%
+    passing, at least 90%)."""
     from bench.gate import run_gate_benchmark
 
     settings = settings_from(config)
     broker_up(settings)
     with tempfile.TemporaryDirectory(prefix="valueloop-bench-gate-") as scratch:
-        record(run_gate_benchmark(settings, seed, rounds, requests, Path(scratch),
+        record(run_gate_benchmark(settings, seed, rounds, requests, keep or Path(scratch),
                                   echo=lambda line: print(line, flush=True)), out)
 
 

@@ -22,6 +22,7 @@ healthy and 60 harmful candidates.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +35,20 @@ from config import Settings
 from config.trainer import TrainConfig, preset
 from promotion.registry import Registry
 from schemas.units import DAY_MS
-from serving.log import candidate_predictions
+from serving.log import ServingLog, candidate_scores
+from serving.propensities import Sampling
+from simulator.truth import ranker_marginals, served_truth
 from trainer.exported import ExportedModel, Predictor
 from valueloop import loop
 from valueloop.audit import run_audit
-from valueloop.closed_loop import GateMode, Objective, run_closed_loop, run_settings, truth_of
+from valueloop.closed_loop import GateMode, Objective, run_closed_loop, run_settings, truth_of_marginals
 from simulator.world import World
 
 GOAL_FALSE_BLOCKS = 0.05
 GOAL_MISSES = 0.05
 GOAL_AA_PASSES = 0.95
 GOAL_CANDIDATES = 60
+GOAL_COVERAGE = 0.90  # of the loop's candidates, the paired off-policy interval holding the true difference
 DEFAULT_VALUE = {"purchase": 1.0, "add_to_cart": 0.3, "long_dwell": 0.1, "bounce": -0.1}
 REWEIGHTED = {
     "click-only": {"click": 1.0},
@@ -89,24 +93,50 @@ class Variant:
 
 
 def judge(settings: Settings, world: World, day: str, candidate: Path | Predictor,
-          production: Path | Predictor | None, out: Path) -> dict:
+          production: Path | Predictor | None, out: Path, logged: loop.Ranker | None = None) -> dict:
     """The gate's decision on `candidate` for `day` against `production` (None: the logging policy), as the
-    retraining DAG decides it, beside the candidate's truth."""
+    retraining DAG decides it, beside the candidate's truth and the off-policy estimate's; `logged` is how the
+    day's log was served (`loop.logged_ranker`), when the caller has it already."""
     start, end = loop.day_range(day)
     verdict = run_audit(settings.join.output_dir, (start - DAY_MS, start), (start, end), None, settings.audit, out,
                         candidate=candidate, production=production,
-                        long_dwell_ms=settings.trainer.model.long_dwell_ms)
+                        long_dwell_ms=settings.trainer.model.long_dwell_ms, report_html=False)
     log = loop.serving_log(settings.loop, day)
-    predictions = candidate_predictions(log, candidate)
-    served = loop.served_check_of(settings, settings.loop, log, predictions, production)
-    offpolicy = loop.offpolicy_check(settings, settings.loop, log, predictions)
+    logged = logged or loop.logged_ranker(settings, log)
+    judged = loop.ranker_of(settings, log, candidate)
+    against = loop.ranker_of(settings, log, production) if production is not None else logged
+    served = loop.served_check_of(settings, log, judged, against)
+    offpolicy = loop.offpolicy_check(settings, log, judged, against, logged)
     status, reasons, promotable = loop.decide(verdict, served, offpolicy)
-    truth = truth_of(settings, world, log, candidate, production)
-    return {"status": status, "promotable": promotable, "reasons": reasons, "truth": truth,
+    truth = truth_of_marginals(world, log, judged.marginals, against.marginals)
+    estimate = offpolicy.estimate
+    # the truth of the paired estimate: the candidate's expected purchases per request in the slots, minus
+    # production's, on the same requests
+    true_difference = (truth["candidate"]["purchases_per_1000"] - truth["production"]["purchases_per_1000"]) \
+        * offpolicy.slots / 1000
+    return {"status": status, "promotable": promotable, "reasons": reasons[:3], "truth": truth,
             "served": {"purchases": served.purchases.change, "purchases_interval": served.purchases.interval,
                        "bait_points": served.bait_proxy.change, "bait_interval": served.bait_proxy.interval},
             "offpolicy": {"judged": offpolicy.judged, "passed": offpolicy.passed,
-                          "effective_sample_size": offpolicy.candidate.effective_sample_size}}
+                          "effective_sample_size": estimate.effective_sample_size,
+                          "relative": estimate.relative, "relative_interval": estimate.relative_interval,
+                          "difference": estimate.difference, "interval": estimate.interval,
+                          "true_difference": true_difference,
+                          "covers_truth": estimate.interval[0] <= true_difference <= estimate.interval[1],
+                          "requests_to_decide": offpolicy.requests_to_decide},
+            "decided_by": [] if promotable else [loop.cause_of(reasons[0])]}
+
+
+def floor_cost(settings: Settings, world: World, log: ServingLog, production: Path | Predictor) -> dict:
+    """What the support floor costs production on the day: its true purchases per 1000 served with the floor
+    and without it."""
+    scores = candidate_scores(log, production)
+    slots = min(settings.audit.offpolicy_slots, log.order.shape[1])
+    sampling = Sampling.of(settings.loop)
+    with_floor, without = (served_truth(world, log, ranker_marginals(scores, slots, s)).purchases_per_1000
+                           for s in (sampling, dataclasses.replace(sampling, floor=0.0)))
+    return {"floor": sampling.floor, "purchases_per_1000": with_floor, "without_floor": without,
+            "cost": 1 - with_floor / without}
 
 
 def _retrained(settings: Settings, config: TrainConfig, start_ms: int, end_ms: int, out: Path) -> Path:
@@ -122,23 +152,23 @@ def candidates_of_day(settings: Settings, day: str, candidate_dir: Path, product
     """(name, kind, model) of every candidate judged on `day`: the loop's own and those made from it."""
     registry = Registry(settings.registry)
     base = ExportedModel(candidate_dir)
-    made: list[tuple[str, str, Path | Predictor]] = [("loop", "loop", candidate_dir)]
+    made: list[tuple[str, str, Path | Predictor]] = [("loop", "loop", base)]
     made += [(name, "reweighted", Variant(base, name, value_weights=weights)) for name, weights in REWEIGHTED.items()]
     made += [(name, "headline", Variant(base, name, headline_bonus=bonus)) for name, bonus in HEADLINE_BONUS.items()]
     made += [(name, "broken", Variant(base, name, zeroed=features)) for name, features in ZEROED.items()]
     data = base.metadata["data"]
     config = TrainConfig.model_validate(base.metadata["config"])
-    made.append(("ctr-preset", "retrain", _retrained(settings, preset(config, "ctr"), data["start_ms"],
-                                                     data["end_ms"], scratch / day / "ctr-preset")))
+    made.append(("ctr-preset", "retrain", ExportedModel(_retrained(settings, preset(config, "ctr"), data["start_ms"],
+                                                                   data["end_ms"], scratch / day / "ctr-preset"))))
     if production is not None:
         produced = ExportedModel(registry.version(production).model_dir).metadata
         again = TrainConfig.model_validate(produced["config"])
         again = again.model_copy(update={"seed": again.seed + 1000})
-        made.append(("a/a", "retrain", _retrained(settings, again, produced["data"]["start_ms"],
-                                                  produced["data"]["end_ms"], scratch / day / "a-a")))
+        made.append(("a/a", "retrain", ExportedModel(_retrained(settings, again, produced["data"]["start_ms"],
+                                                                produced["data"]["end_ms"], scratch / day / "a-a"))))
         first = min(v.version for v in registry.versions())
         if first != production:
-            made.append(("stale", "broken", registry.version(first).model_dir))
+            made.append(("stale", "broken", ExportedModel(registry.version(first).model_dir)))
     return made
 
 
@@ -147,19 +177,6 @@ def wilson(k: int, n: int) -> list[float] | None:
         return None
     interval = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
     return [round(interval.low, 4), round(interval.high, 4)]
-
-
-def check_of(reason: str) -> str:
-    """The check a reason comes from: `served`, `off-policy`, `gate: <metric>`, the signatures, drift."""
-    if reason.startswith(("served", "off-policy")):
-        return reason.split(":")[0]
-    if reason.startswith("gate: "):
-        return "gate: " + reason.split(" ")[1]
-    if reason.startswith("clickbait signature in the candidate's predictions"):
-        return "model-side clickbait signature"
-    if reason.startswith("clickbait signature"):
-        return "clickbait signature in the data"
-    return reason.split(":")[0]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -174,10 +191,13 @@ def summarise(rows: list[dict]) -> dict:
         """How many wrong calls each check had a part in (a block can have several)."""
         counts: dict[str, int] = {}
         for r in wrong:
-            for key in sorted({check_of(reason) for reason in r["reasons"]}) or ["passed every check"]:
+            for key in r["decided_by"] or ["passed every check"]:
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
+    loop_rows = [r for r in rows if r["name"] == "loop"]
+    covered = sum(r["offpolicy"]["covers_truth"] for r in loop_rows)
+    costs = [r["floor_cost"]["cost"] for r in loop_rows if r.get("floor_cost")]
     by_name: dict[str, dict] = {}
     for r in rows:
         line = by_name.setdefault(r["name"], {"healthy": 0, "harmful": 0, "neither": 0, "blocked": 0})
@@ -194,13 +214,23 @@ def summarise(rows: list[dict]) -> dict:
         "miss_rate": miss_rate, "miss_interval": wilson(len(misses), len(harmful)),
         "misses_decided_by": decided_by(misses),
         "aa_pass_rate": aa_rate, "aa_interval": wilson(aa_passed, len(aa)), "aa_candidates": len(aa),
+        "offpolicy_coverage": covered / len(loop_rows) if loop_rows else None,
+        "offpolicy_coverage_of": len(loop_rows),
+        "offpolicy_coverage_all": sum(r["offpolicy"]["covers_truth"] for r in rows) / len(rows) if rows else None,
+        # an inconclusive candidate is held here; the closed loop would split-test it (a canary) instead
+        "inconclusive": {health: sum(r["status"] == "inconclusive" for r in rows if r["truth"]["health"] == health)
+                         for health in ("healthy", "harmful", "neither")},
+        "blocked_healthy": sum(r["status"] == "block" for r in healthy),
+        "floor_cost_median": float(np.median(costs)) if costs else None,
         "by_candidate": by_name,
         "goals": {"false_block_rate_at_most": GOAL_FALSE_BLOCKS, "miss_rate_at_most": GOAL_MISSES,
-                  "aa_pass_rate_at_least": GOAL_AA_PASSES, "each_class_at_least": GOAL_CANDIDATES},
+                  "aa_pass_rate_at_least": GOAL_AA_PASSES, "each_class_at_least": GOAL_CANDIDATES,
+                  "offpolicy_coverage_at_least": GOAL_COVERAGE},
         "goal_met": (false_block_rate is not None and false_block_rate <= GOAL_FALSE_BLOCKS
                      and miss_rate is not None and miss_rate <= GOAL_MISSES
                      and aa_rate is not None and aa_rate >= GOAL_AA_PASSES
-                     and min(len(healthy), len(harmful)) >= GOAL_CANDIDATES),
+                     and min(len(healthy), len(harmful)) >= GOAL_CANDIDATES
+                     and bool(loop_rows) and covered / len(loop_rows) >= GOAL_COVERAGE),
     }
 
 
@@ -219,11 +249,15 @@ def judge_loop(settings: Settings, loop_out: Path, objective: Objective, seed: i
         day, version = gate["day"], gate["candidate"]
         production = json.loads((loop.day_dir(run.loop, day) / "audit" / "audited.json").read_text())["production"]
         production_model = ExportedModel(registry.version(production).model_dir) if production is not None else None
+        log = loop.serving_log(run.loop, day)
+        cost = floor_cost(run, world, log, production_model) if production_model is not None else None
+        logged = loop.logged_ranker(run, log)
         for name, kind, model in candidates_of_day(run, day, registry.version(version).model_dir, production,
                                                    scratch / f"seed-{seed}"):
             row = {"seed": seed, "objective": objective.value, "day": day, "name": name, "kind": kind,
-                   "production": production,
-                   **judge(run, world, day, model, production_model, scratch / f"seed-{seed}" / day / "audits" / name)}
+                   "production": production, **({"floor_cost": cost} if name == "loop" else {}),
+                   **judge(run, world, day, model, production_model, scratch / f"seed-{seed}" / day / "audits" / name,
+                          logged)}
             echo(f"seed {seed} {day} {name:<22} {row['truth']['health']:<8} "
                  f"{'promoted' if row['promotable'] else row['status']:<12} {row['reasons'][:1]}")
             rows.append(row)
@@ -235,8 +269,14 @@ def run_gate_benchmark(settings: Settings, seeds: list[int], rounds: int, reques
     rows = []
     for seed in seeds:
         loop_out = scratch / f"seed-{seed}" / "loop"
-        run_closed_loop(settings, Objective.VALUE, rounds, requests, seed, loop_out, gate=GateMode.RECORD,
-                        echo=echo)
+        ran = loop_out / Objective.VALUE.value / "rounds.json"
+        if ran.exists() and json.loads(ran.read_text()).get("rounds_asked") == [rounds, requests]:
+            echo(f"seed {seed}: the closed loop already ran under {loop_out}; judging its candidates again")
+        else:
+            run_closed_loop(settings, Objective.VALUE, rounds, requests, seed, loop_out, gate=GateMode.RECORD,
+                            echo=echo)
+            recorded = json.loads(ran.read_text())
+            ran.write_text(json.dumps({**recorded, "rounds_asked": [rounds, requests]}, indent=2) + "\n")
         rows += judge_loop(settings, loop_out, Objective.VALUE, seed, scratch, echo)
     return {
         "benchmark": "gate",
@@ -244,7 +284,9 @@ def run_gate_benchmark(settings: Settings, seeds: list[int], rounds: int, reques
         "settings": {"seeds": seeds, "rounds": rounds, "requests_per_round": requests, "objective": "value",
                      "audit": settings.audit.model_dump(mode="json", include={
                          "served_purchase_drop", "served_bait_points", "bait_headline_score", "offpolicy_slots",
-                         "offpolicy_purchase_drop", "offpolicy_min_ess"})},
+                         "offpolicy_purchase_drop", "offpolicy_min_ess", "offpolicy_switch"}),
+                     "serving": settings.loop.model_dump(mode="json", include={
+                         "serving_exploration", "serving_temperature", "serving_epsilon", "serving_floor"})},
         "results": {"candidates": rows},
         "summary": summarise(rows),
     }

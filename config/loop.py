@@ -28,3 +28,10 @@ class LoopSettings(BaseModel):
     serving_temperature: float = Field(0.5, gt=0, description="The Plackett-Luce temperature, over scores "
                                        "standardised per request.")
     serving_epsilon: float = Field(0.1, ge=0, le=1, description="The exploration share of epsilon-greedy.")
+    canary_share: float = Field(0.5, ge=0, lt=1, description="The share of users a candidate the off-policy check "
+                                "cannot judge serves for a day, split by user beside production, before its split "
+                                "test decides it (`valueloop.canary`); 0 holds such a candidate instead.")
+    serving_floor: float = Field(0.05, ge=0, lt=1, description="The share of requests a model serves a uniformly "
+                                 "random slate of the candidates (`serving.propensities.Sampling`): every "
+                                 "candidate keeps a chance of every slot, so the gate's off-policy check can "
+                                 "judge a candidate that ranks unlike production. Sized in docs/audit.md.")

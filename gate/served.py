@@ -22,10 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from audit.stattests import poisson_bootstrap
 from serving.log import ServingLog
-
-BOOTSTRAP_BLOCK = 50  # draws resampled at once: memory is (requests x this), whatever the draws
-
 
 @dataclass(frozen=True)
 class Served:
@@ -57,23 +55,9 @@ class ServedCheck:
         return asdict(self)
 
 
-def _bootstrap(per_request: np.ndarray, statistic, draws: int, seed: int) -> tuple[float, float]:
-    """The 95% percentile interval of `statistic(weighted sums)` under a Poisson bootstrap over requests;
-    `per_request` is (requests, columns), the statistic reads the columns' weighted sums."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for start in range(0, draws, BOOTSTRAP_BLOCK):
-        weights = rng.poisson(1.0, size=(min(BOOTSTRAP_BLOCK, draws - start), len(per_request)))
-        values.append(statistic(weights @ per_request))
-    low, high = np.percentile(np.concatenate(values), [2.5, 97.5])
-    return float(low), float(high)
-
-
 def served_check(log: ServingLog, candidate: Served, production: Served, purchase_drop: float, bait_points: float,
                  headline_score: float, draws: int = 400, seed: int = 0) -> ServedCheck:
     """The candidate against production on the log's requests (see the module's docstring)."""
-    if draws < 20:
-        raise ValueError(f"draws must be at least 20 for a 95% interval, not {draws}")
     if candidate.marginals.shape != production.marginals.shape or \
             candidate.marginals.shape[:2] != log.candidates.shape:
         raise ValueError(f"marginals of shapes {candidate.marginals.shape} and {production.marginals.shape} "
@@ -103,9 +87,9 @@ def served_check(log: ServingLog, candidate: Served, production: Served, purchas
         return 100 * (s[..., 2] - s[..., 3]) / s[..., 4]
 
     purchases = Difference(float(sums[0] / sums[4]), float(sums[1] / sums[4]), float(purchase_change(sums)),
-                           _bootstrap(per_request, purchase_change, draws, seed))
+                           poisson_bootstrap(per_request, purchase_change, draws, seed))
     bait = Difference(float(sums[2] / sums[4]), float(sums[3] / sums[4]), float(bait_change(sums)),
-                      _bootstrap(per_request, bait_change, draws, seed + 1))
+                      poisson_bootstrap(per_request, bait_change, draws, seed + 1))
     reasons = []
     if not purchases.interval[0] >= -purchase_drop:
         reasons.append(f"served: the candidate's top {slots} would sell {purchases.change:+.1%} "

@@ -164,6 +164,11 @@ class LogSink:
                  alert.summary, alert.dedup_key)
 
 
+def pages(sink: Sink) -> bool:
+    """Whether a sink wakes someone: PagerDuty does; the log, Slack and a webhook are read in working hours."""
+    return isinstance(sink, PagerDutySink)
+
+
 def sinks_from_environment(environ: Mapping[str, str] = os.environ) -> list[Sink]:
     """The log, and each sink whose address the environment gives: VALUELOOP_ALERT_WEBHOOK_URL,
     VALUELOOP_SLACK_WEBHOOK_URL, VALUELOOP_PAGERDUTY_ROUTING_KEY (VALUELOOP_PAGERDUTY_URL to post elsewhere

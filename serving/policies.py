@@ -8,7 +8,8 @@ slot given the items above it) and the policy's name, so that the logs support o
   `logging_policy`), sampled by Plackett-Luce.
 - `ModelPolicy`: a SavedModel exported by `valueloop train` scores each candidate from the same served features
   the events carry (its value score, or p(click) for the CTR baseline); the slate is sampled by Plackett-Luce
-  over the scores standardised within the request at a temperature, or epsilon-greedily.
+  over the scores standardised within the request at a temperature, or epsilon-greedily, and on the support
+  floor's share of requests uniformly at random (`serving.propensities.Sampling`).
 - `SplitPolicy`: users assigned to arms by a seeded hash, each arm ranked by its own policy: an A/B test.
 """
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Protocol
 import numpy as np
 
 from config.simulator import LoggingPolicyConfig
-from serving.propensities import (Exploration, epsilon_greedy_probability, plackett_luce_probability,
-                                  standardised_logits)
+from serving.propensities import (Exploration, Sampling, epsilon_greedy_probability, floored_conditional,
+                                  plackett_luce_probability, plackett_luce_top_marginals, standardised_logits,
+                                  target_probability)
 from trainer.exported import ExportedModel
 from schemas.units import HOUR_MS
 
@@ -131,6 +133,12 @@ class LoggingPolicy:
         return (headline_weight * world.item_headline_score[candidates] + policy.affinity_weight * affinity
                 + policy.rating_weight * (rating - 3.0)) / policy.temperature
 
+    def slot_marginals(self, tables: Catalogue, users: np.ndarray, candidates: np.ndarray, surfaces: np.ndarray,
+                       slots: int) -> np.ndarray:
+        """P(candidate at slot) (requests, candidates, slots) of the first `slots` slots, as this policy serves
+        the requests' `candidates`: what off-policy evaluation weighs its log by."""
+        return plackett_luce_top_marginals(self.logits(tables, users, candidates, surfaces), slots)
+
     def rank(self, world, users, surfaces, request_ms, rng):
         if surfaces.drawn:
             return self._rank(world, users, surfaces(), request_ms, rng)
@@ -177,40 +185,48 @@ def candidate_features(world, users: np.ndarray, candidates: np.ndarray, surface
 
 
 class ModelPolicy:
-    """Ranks by a SavedModel's `output` (its value score, or p(click)) with exploration; logs `name`."""
+    """Ranks by a SavedModel's `output` (its value score, or p(click)) sampled as `sampling` says; logs `name`."""
 
     def __init__(self, model_dir: Path, name: str, output: str = "value", surfaces: list[str] | None = None,
                  devices: list[str] | None = None, candidates: int = 50, slate_size: int = 10,
-                 exploration: Exploration = Exploration.PLACKETT_LUCE, temperature: float = 0.5,
-                 epsilon: float = 0.1):
+                 sampling: Sampling = Sampling()):
         self.model = ExportedModel(model_dir)
         outputs = self.model.metadata["signature"]["outputs"]
         if output not in outputs:
             raise ValueError(f"{model_dir}: the model has no output {output!r} to rank by (it has {outputs})")
-        if temperature <= 0 or not 0 <= epsilon <= 1:
-            raise ValueError("temperature must be positive and epsilon within [0, 1]")
         self.names, self.output = [name], output
         self.surfaces, self.devices = surfaces, devices
-        self.candidates, self.slate_size = candidates, slate_size
-        self.exploration, self.temperature, self.epsilon = Exploration(exploration), temperature, epsilon
+        self.candidates, self.slate_size, self.sampling = candidates, slate_size, sampling
 
     def scores(self, world, users, candidates, surface, request_ms) -> np.ndarray:
         columns = candidate_features(world, users, candidates, self.surfaces, surface, self.devices, request_ms)
         return self.model.predict(columns)[self.output].reshape(candidates.shape).astype(np.float64)
 
-    def logits(self, scores: np.ndarray) -> np.ndarray:
-        return standardised_logits(scores, self.temperature)
-
     def rank(self, world, users, surfaces, request_ms, rng):
         surfaces = surfaces()
         candidates = retrieve(world, users, self.candidates, rng)
         scores = self.scores(world, users, candidates, surfaces, request_ms)
-        k = min(self.slate_size, candidates.shape[1])
-        if self.exploration is Exploration.EPSILON_GREEDY:
-            order, propensity = epsilon_greedy(scores, k, self.epsilon, rng)
-        else:
-            order, propensity = plackett_luce(self.logits(scores), k, rng)
+        order, propensity = sample(scores, min(self.slate_size, candidates.shape[1]), self.sampling, rng)
         return np.take_along_axis(candidates, order, axis=1), propensity, np.zeros(len(users), np.int64), candidates
+
+
+def sample(scores: np.ndarray, slate_size: int, sampling: Sampling,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's slate of `slate_size` columns, sampled from `scores` as `sampling` says, and each slot's
+    conditional probability of its choice (`serving.propensities.conditional_probability`): a uniformly random
+    slate on the floor's share of rows, the policy's elsewhere."""
+    if sampling.exploration is Exploration.EPSILON_GREEDY:
+        order, policy = epsilon_greedy(scores, slate_size, sampling.epsilon, rng)
+    else:
+        order, policy = plackett_luce(standardised_logits(scores, sampling.temperature), slate_size, rng)
+    if sampling.floor == 0:
+        return order, policy
+    uniform = rng.random(len(scores)) < sampling.floor
+    if uniform.any():
+        order[uniform] = np.argsort(rng.random((int(uniform.sum()), scores.shape[1])), axis=1)[:, :slate_size]
+        policy[uniform] = target_probability(scores[uniform], order[uniform], sampling.exploration,
+                                             sampling.temperature, sampling.epsilon)
+    return order, floored_conditional(policy, scores.shape[1], sampling.floor)
 
 
 def arm_of(users: np.ndarray, shares: list[float], seed: int) -> np.ndarray:

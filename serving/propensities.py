@@ -1,19 +1,84 @@
 """What a ranker's exploration gives each logged choice: the conditional probability of each slot's item given
 the items above it, as a ranking service logs it and as off-policy evaluation recomputes it for a target
-policy. Plackett-Luce over standardised scores at a temperature, or epsilon-greedy.
+policy, and each candidate's marginal probability of each top slot. Plackett-Luce over standardised scores at a
+temperature, or epsilon-greedy, either with a support floor: a share of requests served a uniformly random
+slate of their candidates, so that every candidate keeps a chance of every slot and a log of production's
+serving can evaluate any candidate (`Sampling`).
 """
 from __future__ import annotations
 
 import enum
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
+
+from config.loop import LoopSettings
 
 
 class Exploration(str, enum.Enum):
     PLACKETT_LUCE = "plackett-luce"
     EPSILON_GREEDY = "epsilon-greedy"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a ranker samples its slates from its scores: Plackett-Luce at `temperature` or epsilon-greedy at
+    `epsilon`; and on a `floor` share of requests, drawn apart from the scores, a uniformly random slate of the
+    candidates. The floor bounds every candidate's chance of every slot below by floor / candidates, and so
+    bounds the off-policy weights of any candidate judged on the log; it costs the purchases the random slates
+    do not make."""
+
+    exploration: Exploration = Exploration.PLACKETT_LUCE
+    temperature: float = 0.5
+    epsilon: float = 0.1
+    floor: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "exploration", Exploration(self.exploration))
+        if self.temperature <= 0 or not 0 <= self.epsilon <= 1 or not 0 <= self.floor < 1:
+            raise ValueError(f"sampling needs a positive temperature, epsilon within [0, 1] and a floor within "
+                             f"[0, 1): {self}")
+
+    @classmethod
+    def of(cls, loop: LoopSettings) -> Sampling:
+        """How production serves, from the settings' `loop.serving_*`."""
+        return cls(Exploration(loop.serving_exploration), loop.serving_temperature, loop.serving_epsilon,
+                   loop.serving_floor)
+
+
+def slot_marginals(scores: np.ndarray, slots: int, sampling: Sampling) -> np.ndarray:
+    """P(column c at slot k) for k < `slots` <= 3, (rows, columns, slots), for a ranker of `scores` sampling as
+    `sampling` says: what it would show in expectation, with no sampling noise."""
+    marginals = top_slot_marginals(scores, slots, sampling.exploration, sampling.temperature, sampling.epsilon)
+    return floored_marginals(marginals, sampling.floor)
+
+
+def floored_marginals(marginals: np.ndarray, floor: float) -> np.ndarray:
+    """Slot marginals (rows, columns, slots) of a policy whose requests are, with probability `floor`, served a
+    uniformly random slate instead: each column has 1 / columns of every slot there."""
+    return marginals if floor == 0 else (1 - floor) * marginals + floor / marginals.shape[1]
+
+
+def conditional_probability(scores: np.ndarray, order: np.ndarray, sampling: Sampling) -> np.ndarray:
+    """Each slot's conditional probability of the columns `order` chose, given the columns above it, for a
+    ranker of `scores` sampling as `sampling` says: the propensity a ranking service logs. With a floor, the
+    slate is a mixture of the policy's and a uniform one, so slot k's probability is the ratio of the mixture's
+    probabilities of the prefixes through k and through k - 1."""
+    policy = target_probability(scores, order, sampling.exploration, sampling.temperature, sampling.epsilon)
+    return floored_conditional(policy, scores.shape[1], sampling.floor)
+
+
+def floored_conditional(policy: np.ndarray, columns: int, floor: float) -> np.ndarray:
+    """`conditional_probability` from the policy's own conditional probabilities (rows, slots) of a slate of
+    `columns` candidates, mixed with a uniformly random slate on a `floor` share of requests."""
+    if floor == 0:
+        return policy
+    uniform = 1.0 / (columns - np.arange(policy.shape[1]))
+    mixed = (1 - floor) * np.cumprod(policy, axis=1) + floor * np.cumprod(uniform)[None, :]
+    before = np.concatenate([np.ones((len(policy), 1)), mixed[:, :-1]], axis=1)
+    return mixed / before
 
 
 def standardised_logits(scores: np.ndarray, temperature: float) -> np.ndarray:

@@ -44,10 +44,12 @@ class ServedLog:
             if value is not None:
                 self._parts.setdefault(name, []).append(np.asarray(value))
 
-    def serving_log(self, policy: str, world: World, surfaces: list[str], devices: list[str]):
-        """What the serving system logged, with the candidate sets and the feature tables it read:
-        `ope.check.ServingLog`."""
-        a = self.arrays()
+    def serving_log(self, policy: str, world: World, surfaces: list[str], devices: list[str],
+                    arm: int | None = None):
+        """What the serving system logged, with the candidate sets and the feature tables it read
+        (`serving.log.ServingLog`); of one arm's requests only when `arm` is given (a split's control: the
+        requests one policy served)."""
+        a = self.arrays(arm)
         return ServingLog(policy, FeatureTables.of(world, surfaces, devices), a["users"], a["surfaces"],
                           a["request_ms"], a["candidates"], a["order"], a["propensity"], a["clicked"], a["bought"])
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from serving.log import ServingLog
 from serving.policies import LoggingPolicy
-from serving.propensities import plackett_luce_top_marginals, top_slot_marginals
+from serving.propensities import Sampling, slot_marginals
 from simulator.world import World
 
 
@@ -68,16 +68,16 @@ def served_truth(world: World, log: ServingLog, marginals: np.ndarray) -> Served
     return ServedTruth(float(1000 * purchases / impressions), float(bait / impressions), slots, len(log.users))
 
 
-def ranker_marginals(scores: np.ndarray, slots: int, exploration: str, temperature: float,
-                     epsilon: float) -> np.ndarray:
-    """How a model serving by `scores` of each request's candidates fills the first `slots` slots."""
-    return top_slot_marginals(scores, slots, exploration, temperature, epsilon)
+def ranker_marginals(scores: np.ndarray, slots: int, sampling: Sampling) -> np.ndarray:
+    """How a model serving by `scores` of each request's candidates, sampled as `sampling` says, fills the first
+    `slots` slots."""
+    return slot_marginals(scores, slots, sampling)
 
 
 def logging_marginals(policy: LoggingPolicy, log: ServingLog, slots: int) -> np.ndarray:
     """How the world's logging policy fills the first `slots` slots of the log's requests (Plackett-Luce over its
     logits, each surface's headline weight its own)."""
-    return plackett_luce_top_marginals(policy.logits(log.tables, log.users, log.candidates, log.surfaces), slots)
+    return policy.slot_marginals(log.tables, log.users, log.candidates, log.surfaces, slots)
 
 
 def health(candidate: ServedTruth, production: ServedTruth, bounds: Bounds = Bounds()) -> Health:

@@ -12,9 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from ab.analysis import analyse
+from ab.analysis import analyse, load_impressions
 from config import Settings
 from pipelines.kafka_source import PartitionRange, snapshot_ranges
 from pipelines.run import run_bounded_join
@@ -22,7 +20,6 @@ from serving.policies import SplitPolicy
 from simulator import Simulation
 from simulator.sinks import KafkaSink
 from simulator.world import World
-from trainer.data import find_partitions, load_columns
 from valueloop.closed_loop import drain_s
 from valueloop.demo import loop_settings
 from valueloop.policies import policy_from
@@ -59,13 +56,6 @@ def run_split_test(settings: Settings, out: Path, control: str, treatment: str, 
     echo(f"joined {len(result.manifests)} hours into {settings.join.output_dir}")
     return {"examples": str(settings.join.output_dir), "pre_period": [pre.start_ms, pre.end_ms],
             "test": [test.start_ms, test.end_ms], **names, "treatment_share": treatment_share}
-
-
-def load_impressions(examples: Path, start_ms: int, end_ms: int) -> dict:
-    """user_id, arm (the logged policy), clicked and purchased of every labeled impression in the window."""
-    columns = load_columns(find_partitions(examples, start_ms, end_ms))
-    return {"user_id": columns["user_id"], "arm": np.char.decode(columns["policy"].astype(bytes)),
-            "clicked": columns["clicked"] > 0, "purchased": columns["purchased"] > 0}
 
 
 def analyse_logs(examples: Path, test: tuple[int, int], control: str, treatment: str,

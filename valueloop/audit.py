@@ -77,11 +77,12 @@ def _named(model: Path | Predictor | None) -> str | None:
 def run_audit(examples: Path, reference: tuple[int | None, int | None], current: tuple[int | None, int | None],
               now_ms: int | None, config: AuditConfig, out: Path, alert_book: Path | None = None,
               candidate: Path | Predictor | None = None, production: Path | Predictor | None = None,
-              long_dwell_ms: int = LONG_DWELL_MS) -> Verdict:
+              long_dwell_ms: int = LONG_DWELL_MS, report_html: bool = True) -> Verdict:
     """Audits `current` against `reference` (each an event-time range of the partitions under `examples`) and,
     with a `candidate` SavedModel, the candidate against `production` (None: the first model) on `current`;
-    writes `out/verdict.json` and `out/report.html`, and, with an `alert_book`, triggers an alert when promotion
-    is blocked or inconclusive and resolves it when the same window passes."""
+    writes `out/verdict.json` and `out/report.html` (not drawn with `report_html` False, for a benchmark that
+    judges hundreds of candidates), and, with an `alert_book`, triggers an alert when promotion is blocked or
+    inconclusive and resolves it when the same window passes."""
     reference_window = load_window(examples, *reference, name="reference")
     current_window = load_window(examples, *current, now_ms=now_ms, name="current")
     verdict = audit_windows(reference_window, current_window, config, long_dwell_ms)
@@ -102,9 +103,10 @@ def run_audit(examples: Path, reference: tuple[int | None, int | None], current:
         report["model"] = model.as_dict()
         report["checks"] = [c for c in report["checks"] if not c["metric"].startswith("prediction.")]
     (out / "verdict.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    plots = figures(reference_window, current_window, report, config, model.predictions if model else None,
-                    long_dwell_ms)
-    (out / "report.html").write_text(render(report, plots))
+    if report_html:
+        plots = figures(reference_window, current_window, report, config, model.predictions if model else None,
+                        long_dwell_ms)
+        (out / "report.html").write_text(render(report, plots))
     if alert_book is not None:
         book, sinks = AlertBook(alert_book), sinks_from_environment()
         if verdict.status in (Status.BLOCK, Status.INCONCLUSIVE):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import matplotlib
+import numpy as np
 import matplotlib.pyplot as plt
 
 from config import Settings
@@ -38,11 +39,13 @@ from schemas.units import DAY_MS, HOUR_MS, seconds, utc
 from simulator import Simulation
 from simulator.served import ServedLog
 from serving.log import ServingLog, candidate_scores
+from serving.propensities import Sampling
 from serving.policies import LoggingPolicy
 from simulator.sinks import KafkaSink
-from simulator.truth import ServedTruth, health, logging_marginals, ranker_marginals, served_truth
+from simulator.truth import health, logging_marginals, ranker_marginals, served_truth
 from simulator.world import World
 from trainer.exported import Predictor
+from valueloop import canary as canaries
 from valueloop import loop
 from valueloop.demo import loop_settings
 from valueloop.loop import labeling_lag_ms
@@ -99,17 +102,20 @@ def truth_of(settings: Settings, world: World, log: ServingLog, candidate: Path 
     yardstick the gate's decision is scored against."""
     serving, slots = settings.loop, settings.audit.offpolicy_slots
 
-    def of_model(model: Path | Predictor) -> ServedTruth:
-        return served_truth(world, log, ranker_marginals(candidate_scores(log, model), slots,
-                                                         serving.serving_exploration, serving.serving_temperature,
-                                                         serving.serving_epsilon))
+    def of_model(model: Path | Predictor) -> np.ndarray:
+        return ranker_marginals(candidate_scores(log, model), slots, Sampling.of(serving))
 
-    truth_of_candidate = of_model(candidate)
     if production is None:
         logging = LoggingPolicy(settings.simulator.logging_policy, list(settings.simulator.surfaces))
-        baseline = served_truth(world, log, logging_marginals(logging, log, slots))
+        baseline = logging_marginals(logging, log, slots)
     else:
         baseline = of_model(production)
+    return truth_of_marginals(world, log, of_model(candidate), baseline)
+
+
+def truth_of_marginals(world: World, log: ServingLog, candidate: np.ndarray, production: np.ndarray) -> dict:
+    """`truth_of` from how each would fill the top slots, P(candidate at slot) (requests, candidates, slots)."""
+    truth_of_candidate, baseline = served_truth(world, log, candidate), served_truth(world, log, production)
     return {"candidate": truth_of_candidate.as_dict(), "production": baseline.as_dict(),
             "health": health(truth_of_candidate, baseline).value}
 
@@ -144,11 +150,18 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
     config = base.model_copy(update={"start": base.start + dt.timedelta(days=day_index), "days": 1.0,
                                      "requests": requests, "seed": seed * 1000 + day_index,
                                      "drain_s": drain_s(settings)})
+    today = config.start.strftime("%Y-%m-%d")
+    canary = canaries.in_flight(settings) if gate is GateMode.ENFORCE else None
+    if canary is not None and canaries.superseded(settings, canary):
+        canary = None
     policy, serving = serving_policy(settings, objective)
+    if canary is not None and canary.served_day is None:
+        policy = canaries.serve(settings, canary, today, objective.output)
     served = ServedLog()
     events = list(Simulation(config, world=world, policy=policy, served=served).events())
-    served.serving_log(policy.names[0], world, list(base.surfaces), list(base.devices)).save(
-        loop.serving_log_path(settings.loop, config.start.strftime("%Y-%m-%d")))
+    # production's own requests: a canary's split logs the control arm, which production served
+    served.serving_log(policy.names[0], world, list(base.surfaces), list(base.devices), arm=0).save(
+        loop.serving_log_path(settings.loop, today))
     lap("serving")
     topics = list(settings.kafka.event_topics.values())
     before = {(r.topic, r.partition): r.stop for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)}
@@ -162,11 +175,16 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
     run_bounded_join(settings.kafka, settings.join, runner="direct", ranges=(previous_ranges or []) + ranges,
                      from_ms=from_ms, to_ms=start_ms + DAY_MS)
     lap("join")
-    outcome = {"round": day_index, "day": config.start.strftime("%Y-%m-%d"), "served_by": policy.names[0],
-               "production": serving, "events": len(events), **served.metrics(world, seed=seed), "gate": None}
+    outcome = {"round": day_index, "day": today, "served_by": " | ".join(policy.names),
+               "production": serving, "events": len(events), **served.metrics(world, seed=seed), "gate": None,
+               "canary": None}
     if day_index >= 2:  # the previous day is complete, and the day before it is there to train on
         day = (config.start - dt.timedelta(days=1)).strftime("%Y-%m-%d")
         loop.check_manifests(settings, settings.loop, day)
+        canary = canaries.in_flight(settings)
+        if canary is not None and canary.served_day == day:  # its split day is complete: the test decides it
+            decision = canaries.decide(settings, canary)
+            outcome["canary"] = {**decision.as_dict(), **canaries.act(settings, decision)}
         with contextlib.redirect_stdout(sys.stderr):
             model = loop.train_candidate(settings, settings.loop, day)
         version = loop.register_candidate(settings, day, model)
@@ -177,16 +195,20 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
         truth = truth_of(settings, world, loop.serving_log(settings.loop, day), model, production)
         (loop.day_dir(settings.loop, day) / "audit" / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
         promoted = audited.promotable or gate is GateMode.RECORD
+        canaried = None
         if audited.promotable:
             loop.promote_candidate(settings, day, audited)
         elif gate is GateMode.RECORD:
             Registry(settings.registry).promote(version, audited.production, f"{day}: audit {audited.status} "
                                                 "recorded, not enforced (closed loop, --gate record)", override=True)
-        else:
-            loop.hold_candidate(settings, day, audited)  # alerts on-call through the environment's sinks
+        else:  # an inconclusive candidate is split-tested from tomorrow, if no other canary is in flight
+            canaried = canaries.open_canary(settings, day, audited, seed * 1000 + day_index)
+            if canaried is None:
+                loop.hold_candidate(settings, day, audited)  # alerts on-call through the environment's sinks
         lap("audit")
         outcome["gate"] = {"day": day, "candidate": version, "status": audited.status, "mode": gate.value,
-                           "promoted": promoted, "reasons": audited.reasons, "offpolicy": audited.offpolicy,
+                           "promoted": promoted, "canary": canaried is not None, "reasons": audited.reasons,
+                           "offpolicy": audited.offpolicy,
                            "served": audited.served, "truth": truth}
     return {**outcome, "seconds": seconds}, ranges
 
@@ -213,7 +235,8 @@ def run_closed_loop(settings: Settings, objective: Objective, rounds: int, reque
         echo(round_line(objective, outcome))
     result = {"objective": objective.value, "seed": seed, "requests_per_round": requests,
               "serving": {"exploration": settings.loop.serving_exploration,
-                          "temperature": settings.loop.serving_temperature, "epsilon": settings.loop.serving_epsilon},
+                          "temperature": settings.loop.serving_temperature, "epsilon": settings.loop.serving_epsilon,
+                          "floor": settings.loop.serving_floor},
               "gate": gate.value, "rounds": outcomes}
     (directory / "rounds.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -226,7 +249,11 @@ ROUND_HEADER = (f"{'objective':<10}{'round':>6}{'served by':>22}{'CTR':>8}{'buys
 def round_line(objective: Objective, o: dict) -> str:
     gate = "-" if o["gate"] is None else \
         f"{o['gate']['status']} v{o['gate']['candidate']}: " + \
-        ("promoted" if o["gate"]["status"] in ("pass", "warn") else "overridden" if o["gate"]["promoted"] else "held")
+        ("promoted" if o["gate"]["status"] in ("pass", "warn") else "overridden" if o["gate"]["promoted"]
+         else "canary from tomorrow" if o["gate"].get("canary") else "held")
+    if o.get("canary"):
+        gate += f"; canary v{o['canary']['canary']['candidate']} {o['canary']['status']}: " + \
+            ("promoted" if o["canary"]["promote"] else "held")
     return (f"{objective.value:<10}{o['round']:>6}{o['served_by']:>22}{o['ctr']:>8.3f}{o['purchases_per_1000']:>9.2f}"
             f"{o['bait_share']:>7.3f}{o['mean_true_utility']:>9.4f}{o['regret']:>8.3f}{o['homogenisation']:>9.4f}"
             f"  {gate}")

@@ -24,12 +24,13 @@ from audit.drift import Verdict
 from ope.check import OffPolicyCheck
 from ope.check import offpolicy_check as check
 from pipelines.run import run_bounded_join
-from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
+from promotion.alerts import Alert, AlertBook, Severity, pages, sinks_from_environment
 from promotion.registry import Registry
 from schemas.units import DAY_MS, HOUR_MS, epoch_ms, hour_text, utc
 from gate.served import Served, ServedCheck, served_check
 from serving.log import ServingLog, candidate_predictions
-from serving.propensities import target_probability, top_slot_marginals
+from serving.policies import LoggingPolicy
+from serving.propensities import Sampling, slot_marginals
 from trainer.data import find_partitions
 from trainer.exported import METADATA_FILE, Predictor
 from valueloop.audit import run_audit
@@ -179,40 +180,68 @@ def serving_log(loop: LoopSettings, day: str) -> ServingLog | None:
     return ServingLog.load(path)
 
 
-def offpolicy_check(settings: Settings, loop: LoopSettings, log: ServingLog, candidate: dict[str, np.ndarray]):
-    """The gate's off-policy check (`ope.check`) of the candidate, given its `candidate_predictions` on the log."""
-    scores = candidate["value"]
-    return check(log, lambda order: target_probability(scores, order, loop.serving_exploration,
-                                                       loop.serving_temperature, loop.serving_epsilon),
-                 settings.audit.offpolicy_slots, settings.audit.offpolicy_purchase_drop,
-                 settings.audit.offpolicy_min_ess)
+@dataclasses.dataclass(frozen=True)
+class Ranker:
+    """How one ranker would serve a log's requests: P(candidate at slot) over the first slots (requests,
+    candidates, slots) and its purchase predictions of every candidate (None for a ranker that has none)."""
+
+    marginals: np.ndarray
+    purchase: np.ndarray | None
+
+    @property
+    def served(self) -> Served:
+        return Served(self.marginals, self.purchase)
 
 
-def served(loop: LoopSettings, predictions: dict[str, np.ndarray], slots: int) -> Served:
-    """How a model (its `candidate_predictions` on a log) would serve the log's requests, as production serves."""
-    return Served(top_slot_marginals(predictions["value"], slots, loop.serving_exploration, loop.serving_temperature,
-                                     loop.serving_epsilon), predictions.get("purchase"))
+def ranker_of(settings: Settings, log: ServingLog, model: Path | Predictor | dict[str, np.ndarray] | None) -> Ranker:
+    """How `model` (a SavedModel, a `Predictor`, or its `candidate_predictions` on the log) would serve the log's
+    requests, sampled as production samples (`loop.serving_*`, the support floor included); None is the policy
+    that served the log (`logged_ranker`)."""
+    if model is None:
+        return logged_ranker(settings, log)
+    slots = min(settings.audit.offpolicy_slots, log.order.shape[1])
+    predictions = model if isinstance(model, dict) else candidate_predictions(log, model)
+    return Ranker(slot_marginals(predictions["value"], slots, Sampling.of(settings.loop)), predictions.get("purchase"))
 
 
-def logged(log: ServingLog, slots: int) -> Served:
-    """What the log's own policy showed in its first `slots` slots: each request's logged slate, a draw from how
-    it serves. Production's side of the served check when production is no model (the first candidate)."""
-    marginals = np.zeros((*log.candidates.shape, slots))
-    rows = np.arange(len(log.candidates))
-    for slot in range(slots):
-        marginals[rows, log.order[:, slot], slot] = 1.0
-    return Served(marginals, None)
+class UnknownLoggingPolicy(ValueError):
+    """A serving log whose policy the gate cannot recompute the chances of."""
 
 
-def served_check_of(settings: Settings, loop: LoopSettings, log: ServingLog, candidate: dict[str, np.ndarray],
-                    production: Path | Predictor | None) -> ServedCheck:
-    """The gate's served check (`gate.served`) of the candidate against production (the log's own slates when
-    production is no model)."""
+def logged_ranker(settings: Settings, log: ServingLog) -> Ranker:
+    """How the policy the log names served it: the world's logging policy (its logits known from the log's
+    tables), or a version of the registry's model (`<model>/v<N>`, as it was served). A log of any other policy
+    cannot be weighed: the audit stops with an error saying so, and nothing is promoted."""
+    logging = LoggingPolicy(settings.simulator.logging_policy, list(settings.simulator.surfaces))
+    slots = min(settings.audit.offpolicy_slots, log.order.shape[1])
+    if log.policy == logging.names[0]:
+        return Ranker(logging.slot_marginals(log.tables, log.users, log.candidates, log.surfaces, slots), None)
+    registry = Registry(settings.registry)
+    name, _, version = log.policy.rpartition("/v")
+    if name == registry.name and version.isdigit():
+        return ranker_of(settings, log, registry.version(int(version)).model_dir)
+    raise UnknownLoggingPolicy(f"the serving log is {log.policy}'s, neither the logging policy "
+                               f"{logging.names[0]!r} nor a version of {registry.name}: the chances it served with "
+                               "cannot be recomputed, so the off-policy check cannot weigh it")
+
+
+def offpolicy_check(settings: Settings, log: ServingLog, candidate: Ranker, production: Ranker,
+                    logged: Ranker) -> OffPolicyCheck:
+    """The gate's off-policy check (`ope.check`) of the candidate against production on a log `logged` served
+    (production itself, or its predecessor), the reward model the mean of their purchase predictions."""
+    priced = [r.purchase for r in (candidate, production) if r.purchase is not None]
     audit = settings.audit
-    slots = min(audit.offpolicy_slots, log.order.shape[1])
-    baseline = served(loop, candidate_predictions(log, production), slots) if production is not None \
-        else logged(log, slots)
-    return served_check(log, served(loop, candidate, slots), baseline, audit.served_purchase_drop,
+    return check(log, candidate.marginals, production.marginals,
+                 production.marginals if logged is production else logged.marginals,
+                 sum(priced) / len(priced) if priced else None,
+                 audit.offpolicy_purchase_drop, audit.offpolicy_min_ess, audit.offpolicy_switch,
+                 audit.offpolicy_bootstrap_draws)
+
+
+def served_check_of(settings: Settings, log: ServingLog, candidate: Ranker, production: Ranker) -> ServedCheck:
+    """The gate's served check (`gate.served`) of the candidate against production on production's log."""
+    audit = settings.audit
+    return served_check(log, candidate.served, production.served, audit.served_purchase_drop,
                         audit.served_bait_points, audit.bait_headline_score, audit.served_bootstrap_draws)
 
 
@@ -221,13 +250,14 @@ def decide(verdict: Verdict, served_on_log: ServedCheck | None,
     """The gate's decision from the audit's verdict (drift and the model gate) and, where the day has a serving
     log, the served and off-policy checks: (status, reasons with the deciding ones first, promotable).
 
-    A failed check blocks, its reasons first; an off-policy check too little overlap can judge makes the
-    candidate inconclusive, its reason last; either way it stays out of production. It is promotable only when the verdict passes (or warns) and every
-    check that ran passed."""
+    A failed check blocks, its reasons first. An off-policy check that cannot decide makes the candidate
+    inconclusive, its reason first unless something blocks; either way it stays out of production. It is
+    promotable only when the verdict passes (or warns) and every check that ran passed."""
     status, reasons = verdict.status.value, list(verdict.reasons)
     if offpolicy is not None:
-        if not offpolicy.judged:  # after what blocks: it did not decide against the candidate
-            status, reasons = ("block" if status == "block" else "inconclusive"), [*reasons, offpolicy.reason]
+        if not offpolicy.judged:
+            status, reasons = ("block", [*reasons, offpolicy.reason]) if status == "block" else \
+                ("inconclusive", [offpolicy.reason, *reasons])
         elif not offpolicy.passed:
             status, reasons = "block", [offpolicy.reason, *reasons]
     if served_on_log is not None and not served_on_log.passed:
@@ -280,11 +310,11 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
     check = served_on_log = None
     log = serving_log(loop, day)
     if log is not None:
-        predictions = candidate_predictions(log, candidate_dir)
-        served_on_log = served_check_of(settings, loop, log, predictions,
-                                        production_dir if production not in (None, version) else None)
+        judged, logged = ranker_of(settings, log, candidate_dir), logged_ranker(settings, log)
+        against = ranker_of(settings, log, production_dir) if production not in (None, version) else logged
+        served_on_log = served_check_of(settings, log, judged, against)
         (out / "served.json").write_text(json.dumps(served_on_log.as_dict(), indent=2) + "\n")
-        check = offpolicy_check(settings, loop, log, predictions)
+        check = offpolicy_check(settings, log, judged, against, logged)
         (out / "offpolicy.json").write_text(json.dumps(check.as_dict(), indent=2) + "\n")
     status, reasons, promotable = decide(verdict, served_on_log, check)
     registry.record_verdict(version, status, reasons, [out / "verdict.json", out / "report.html"])
@@ -297,29 +327,53 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
 
 def promote_candidate(settings: Settings, day: str, audited: Audited, sinks: list | None = None) -> dict:
     """Moves production to the audited version if production still holds what it was audited against, and
-    resolves an alert an earlier run of the day opened (to `sinks`, by default the environment's)."""
+    resolves the alerts an earlier run of the day opened (to `sinks`, by default the environment's)."""
     registry = Registry(settings.registry)
     expected = audited.production
     if registry.production() == audited.version:  # promoted by an earlier run of this day
         expected = audited.version
     entry = registry.promote(audited.version, expected, f"{day}: audit {audited.status}")
     sinks = sinks if sinks is not None else sinks_from_environment()
-    AlertBook(alert_book(settings)).resolve_passing([HELD], day, sinks)
+    book = AlertBook(alert_book(settings))
+    held = [a["check"] for a in book.open_alerts().values()
+            if a["window"] == day and a["check"].split(".")[0] == HELD]
+    book.resolve_passing(held, day, sinks)
     return entry
 
 
 HELD = "promotion_held"
 
 
+def cause_of(reason: str) -> str:
+    """The check a verdict's reason comes from: `served`, `off-policy`, `gate: <metric>`, the model-side or the
+    data's clickbait signature, or the drift check it names."""
+    if reason.startswith(("served", "off-policy")):
+        return reason.split(":")[0]
+    if reason.startswith("gate: "):
+        return "gate: " + reason.split(" ")[1]
+    if reason.startswith("clickbait signature in the candidate's predictions"):
+        return "model-side clickbait signature"
+    if reason.startswith("clickbait signature"):
+        return "clickbait signature in the data"
+    return reason.split(":")[0]
+
+
 def hold_candidate(settings: Settings, day: str, audited: Audited, sinks: list | None = None) -> Held:
-    """Keeps production and alerts on-call through `sinks` (by default the environment's), once per day: a re-run
-    finds the alert open and sends nothing."""
-    severity = Severity.CRITICAL if audited.status == "block" else Severity.WARNING
-    alert = Alert(HELD, day, severity, f"candidate v{audited.version} held back for {day}: audit "
-                  f"{audited.status}: {audited.reasons[0] if audited.reasons else 'no reason given'}",
+    """Keeps production and tells on-call through `sinks` (by default the environment's). A block pages: every
+    sink, once per cause (its top reason's check) and day. An inconclusive or warning verdict goes to the sinks
+    that do not page (the log, Slack, a webhook), never to PagerDuty: nothing is wrong in production, and a
+    person decides when. A re-run finds its alert open and sends nothing again."""
+    blocked = audited.status == "block"
+    top = audited.reasons[0] if audited.reasons else "no reason given"
+    cause = cause_of(top).replace(": ", ".").replace(" ", "_")
+    alert = Alert(f"{HELD}.{cause}", day, Severity.CRITICAL if blocked else Severity.WARNING,
+                  f"candidate v{audited.version} held back for {day}: audit {audited.status}: {top}",
                   {"version": audited.version, "production": audited.production,
-                   "reasons": "; ".join(audited.reasons)}, report_url=Path(audited.report).as_uri())
+                   "reasons": "; ".join(audited.reasons), "report": audited.report},
+                  report_url=Path(audited.report).as_uri())
     sinks = sinks if sinks is not None else sinks_from_environment()
+    if not blocked:
+        sinks = [sink for sink in sinks if not pages(sink)]
     deliveries = AlertBook(alert_book(settings)).trigger(alert, sinks)
     return Held(audited.production, audited.version, [d.sink for d in deliveries if d.delivered])
 

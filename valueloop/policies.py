@@ -6,7 +6,8 @@ the closed loop accept.
   (p(click) for a CTR-only model), logged as `<model>/v<N>`;
 - anything else: a SavedModel directory, logged under its directory's name.
 
-Models sample their slates as `loop.serving_*` says (Plackett-Luce at a temperature, or epsilon-greedy).
+Models sample their slates as `loop.serving_*` says (Plackett-Luce at a temperature, or epsilon-greedy, with a
+support floor of uniformly random slates).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from config import Settings
 from promotion.registry import Registry
 from serving.policies import LoggingPolicy, ModelPolicy
+from serving.propensities import Sampling
 
 LOGGING = "logging"
 ALIASES = ("production", "candidate")
@@ -36,7 +38,6 @@ def policy_from(settings: Settings, spec: str, name: str | None = None, output: 
         model_dir, default_name = Path(spec), Path(spec).name
     try:
         return ModelPolicy(model_dir, name or default_name, output, list(sim.surfaces), list(sim.devices),
-                           sim.logging_policy.candidates, sim.logging_policy.slate_size, loop.serving_exploration,
-                           loop.serving_temperature, loop.serving_epsilon)
+                           sim.logging_policy.candidates, sim.logging_policy.slate_size, Sampling.of(loop))
     except FileNotFoundError as error:
         raise ValueError(f"--policy {spec!r}: {error}") from None

@@ -27,12 +27,19 @@ def by_metric(checks):
     return {c.metric: c for c in checks}
 
 
+# bounds on the changes against production, as a user sets them (the defaults bound none: config.audit)
+CHANGE_BOUNDS = (*(Threshold(metric=f"auc.{task}", better=Better.HIGHER, absolute=0.55, change=0.01)
+                   for task in ("click", "purchase")),
+                 Threshold(metric="log_loss.click", better=Better.LOWER, relative_change=0.02),
+                 Threshold(metric="purchases_top3_per_1000", better=Better.HIGHER, relative_change=0.05))
+
+
 def test_a_better_candidate_passes_and_a_worse_one_fails_on_its_bound_pure_function():
     window, model = synthetic()
     production, better, worse = model(0.08, 1), model(0.02, 2), model(0.30, 3)
-    assert all(c.passed for c in gate(window, better, production, draws=60)), \
-        [c for c in gate(window, better, production, draws=60) if not c.passed]
-    checks = by_metric(gate(window, worse, production, draws=60))
+    assert all(c.passed for c in gate(window, better, production, CHANGE_BOUNDS, draws=60)), \
+        [c for c in gate(window, better, production, CHANGE_BOUNDS, draws=60) if not c.passed]
+    checks = by_metric(gate(window, worse, production, CHANGE_BOUNDS, draws=60))
     assert not checks["auc.click"].passed and "worse bound" in checks["auc.click"].reason
     low, high = checks["auc.click"].interval
     assert low <= checks["auc.click"].change <= high < 0

@@ -37,6 +37,21 @@ def test_bad_propensities_are_refused_pure_function():
         ips(SLATES, np.array([1.0, np.nan, 0.0, 1.0]), LOGGING, TARGET)
 
 
+def test_logged_arrays_of_the_wrong_shape_or_ids_are_refused_with_what_is_wrong_pure_function():
+    with pytest.raises(ValueError, match="3 slate ids for 4 logged rows"):
+        ips(SLATES[:3], REWARDS, LOGGING, TARGET)
+    with pytest.raises(ValueError, match="slate id is NaN"):
+        ips(np.array([0.0, np.nan, 1.0, 1.0]), REWARDS, LOGGING, TARGET)
+    with pytest.raises(ValueError, match=r"one value per row \(1-D\)"):
+        ips(SLATES, REWARDS.reshape(2, 2), LOGGING.reshape(2, 2), TARGET.reshape(2, 2))
+    with pytest.raises(ValueError, match=r"slate ids must be one per row"):
+        direct(SLATES.reshape(2, 2), Q_TARGET)
+    with pytest.raises(ValueError, match="draws must be at least 20"):
+        ips(SLATES, REWARDS, LOGGING, TARGET, draws=0)
+    with pytest.raises(ValueError, match="two rows at one position"):
+        rips(SLATES, np.array([0, 0, 0, 1]), REWARDS, LOGGING, TARGET)
+
+
 def _bandit(seed: int, n: int = 2_000, actions: int = 4):
     """A contextual bandit: logging picks uniformly, the target picks the action its score favours (with
     probability 0.8, else uniformly); its true value is known from the reward probabilities."""
@@ -86,30 +101,85 @@ def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of
         tmp_path):
     from ope.check import offpolicy_check
     from serving.log import ServingLog
+    from serving.propensities import plackett_luce_top_marginals as marginals
 
     logits, log = _serving_log(np.random.default_rng(3))
     saved = ServingLog.load(log.save(tmp_path / "serving_log.npz"))  # as the gate reads it
     assert saved.tables.surfaces == ["home_feed"] and np.isnan(saved.tables.item_rating).all()
     assert (saved.order == log.order).all() and saved.policy == log.policy
     log = saved
-    from serving.propensities import plackett_luce_probability as pl
+    production = marginals(logits, 3)
 
-    same = offpolicy_check(log, lambda order: pl(logits, order), slots=3, drop=0.10)
-    assert same.candidate.value == pytest.approx(same.production.value) and same.passed
+    same = offpolicy_check(log, production, production, production, None, drop=0.10)
+    assert same.estimate.difference == 0 and same.estimate.interval == (0.0, 0.0) and same.passed and same.judged
     worse = logits.copy()
     worse[:, :2] -= 1.5  # the columns that sell pushed down
-    check = offpolicy_check(log, lambda order: pl(worse, order), slots=3, drop=0.10)
-    assert not check.passed and check.candidate.interval[1] < check.production.value
-    assert "below" in check.reason and "production/v1" in check.reason
+    check = offpolicy_check(log, marginals(worse, 3), production, production, None, drop=0.10)
+    assert check.judged and not check.passed and check.estimate.relative_interval[1] < -0.10
+    assert "below -10%" in check.reason and "production/v1" in check.reason
     better = logits.copy()
     better[:, :2] += 1.0
-    assert offpolicy_check(log, lambda order: pl(better, order), slots=3, drop=0.10).candidate.value > \
-        same.production.value
-    assert same.judged and check.judged and check.candidate.effective_sample_size > 1000
+    assert offpolicy_check(log, marginals(better, 3), production, production, None, drop=0.10).estimate.relative > 0.10
     far = logits.copy()
-    far[:, 4:] += 8.0  # two columns production seldom put on top, now always there: a few rows carry the weight
-    unjudged = offpolicy_check(log, lambda order: pl(far, order), slots=3, drop=0.10, min_ess=1000)
+    far[:, 4:] += 8.0  # two columns production seldom put on top, now always there: fewer rows carry the weight
+    unjudged = offpolicy_check(log, marginals(far, 3), production, production, None, drop=0.10,
+                               min_ess=1000)
     assert not unjudged.judged and not unjudged.passed and "inconclusive, effective sample size" in unjudged.reason
+
+
+def test_a_candidate_close_to_the_margin_is_inconclusive_and_says_how_many_requests_would_decide_pure_function():
+    from ope.check import offpolicy_check
+    from serving.propensities import plackett_luce_top_marginals as marginals
+
+    logits, log = _serving_log(np.random.default_rng(4), n=1500)
+    production = marginals(logits, 3)
+    slightly_worse = logits.copy()
+    slightly_worse[:, :2] -= 0.3
+    check = offpolicy_check(log, marginals(slightly_worse, 3), production, production, None, drop=0.10)
+    low, high = check.estimate.relative_interval
+    assert low < -0.10 < high, (low, high)
+    assert not check.judged and not check.passed and "straddles -10%" in check.reason
+    assert check.requests_to_decide > 1500 and f"{check.requests_to_decide:,} requests" in check.reason
+
+
+def test_the_paired_difference_equals_its_value_worked_out_by_hand_pure_function():
+    from ope.estimators import paired_difference
+
+    rewards = np.array([[1.0, 0.0], [0.0, 1.0]])
+    logging = np.array([[0.5, 0.5], [0.25, 0.5]])
+    target = np.array([[0.25, 0.5], [0.5, 1.0]])  # weights 0.5, 1 / 2, 2: mean 1.25 and 1.5 per position
+    q = np.array([[0.6, 0.1], [0.2, 0.5]])
+    target_direct, baseline_direct = np.array([0.5, 0.4]), np.array([0.4, 0.6])
+    plain = paired_difference(rewards, logging, target, None, q, target_direct, baseline_direct,
+                              self_normalise=False, draws=40)
+    # per slate, direct + sum of w (r - q): target 0.5 + 0.5 x 0.4 + 1 x -0.1 = 0.6, 0.4 + 2 x -0.2 + 2 x 0.5 = 1.0;
+    # the logging policy itself (weights 1): 0.4 + 0.4 - 0.1 = 0.7, 0.6 - 0.2 + 0.5 = 0.9
+    assert (plain.target, plain.baseline, plain.difference) == pytest.approx((0.8, 0.8, 0.0))
+    normalised = paired_difference(rewards, logging, target, None, q, target_direct, baseline_direct, draws=40)
+    target_value = (0.9 + (0.5 * 0.4 + 2 * -0.2) / 1.25 + (1 * -0.1 + 2 * 0.5) / 1.5) / 2
+    assert normalised.target == pytest.approx(target_value) and normalised.baseline == pytest.approx(0.8)
+    assert normalised.relative == pytest.approx(target_value / 0.8 - 1)
+    # a baseline other than the logging policy is weighed as the target is
+    swapped = paired_difference(rewards, logging, logging, target, q, baseline_direct, target_direct, draws=40)
+    assert swapped.difference == pytest.approx(-normalised.difference)
+
+
+def test_the_paired_difference_refuses_what_it_cannot_weigh_pure_function():
+    from ope.estimators import paired_difference
+
+    ones = np.ones((3, 2)) * 0.5
+    with pytest.raises(ValueError, match=r"must be \(slates, positions\)"):
+        paired_difference(np.zeros(3), ones, ones)
+    with pytest.raises(ValueError, match="target_marginal is of shape"):
+        paired_difference(np.zeros((3, 2)), ones, ones[:2])
+    with pytest.raises(ValueError, match="NaN"):
+        paired_difference(np.array([[np.nan, 0], [0, 0], [0, 0]]), ones, ones)
+    with pytest.raises(ValueError, match="logging marginal outside"):
+        paired_difference(np.zeros((3, 2)), ones * 0, ones)
+    with pytest.raises(ValueError, match="draws must be at least 20"):
+        paired_difference(np.zeros((3, 2)), ones, ones, draws=0)
+    with pytest.raises(ValueError, match="one finite value per slate"):
+        paired_difference(np.zeros((3, 2)), ones, ones, None, np.zeros((3, 2)), np.zeros(2))
 
 
 def test_epsilon_greedy_probability_by_hand_pure_function():

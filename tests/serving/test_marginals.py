@@ -46,3 +46,25 @@ def test_more_than_three_slots_or_too_few_candidates_are_refused_pure_function()
         top_slot_marginals(np.zeros((1, 5)), 4, "plackett-luce", 0.5, 0.1)
     with pytest.raises(ValueError, match="2 candidates cannot fill 3 slots"):
         top_slot_marginals(np.zeros((1, 2)), 3, "epsilon-greedy", 0.5, 0.1)
+
+
+@pytest.mark.parametrize("exploration", ["plackett-luce", "epsilon-greedy"])
+def test_the_support_floor_is_sampled_as_its_marginals_and_logged_propensities_say_pure_function(exploration):
+    from serving.policies import sample
+    from serving.propensities import Sampling, conditional_probability, slot_marginals
+
+    rng = np.random.default_rng(5)
+    scores = np.tile(np.array([[2.0, 1.0, 0.0, -1.0, -3.0]]), (60_000, 1))
+    sampling = Sampling(exploration, temperature=0.5, epsilon=0.2, floor=0.2)
+    order, propensity = sample(scores, 3, sampling, rng)
+    assert np.allclose(propensity, conditional_probability(scores, order, sampling))
+    expected = slot_marginals(scores[:1], 3, sampling)[0]
+    for slot in range(3):
+        seen = np.bincount(order[:, slot], minlength=5) / len(order)
+        assert np.allclose(seen, expected[:, slot], atol=0.01), (slot, seen, expected[:, slot])
+    # every column keeps at least floor / columns of every slot
+    assert expected.min() >= 0.2 / 5 - 1e-12
+    # the logged propensities of a slate multiply to its probability: over the draws, the slates' frequencies
+    first_slate = order[0]
+    frequency = np.mean((order == first_slate).all(axis=1))
+    assert frequency == pytest.approx(np.prod(propensity[0]), abs=0.01)

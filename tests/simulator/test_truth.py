@@ -5,6 +5,7 @@ import pytest
 
 from config.simulator import SimulatorConfig
 from serving.log import FeatureTables, ServingLog
+from serving.propensities import Sampling
 from simulator.truth import Health, ServedTruth, health, ranker_marginals, served_truth
 from simulator.world import World
 
@@ -26,7 +27,7 @@ def world_and_log():
 
 
 def truth_of(world, log, scores):
-    return served_truth(world, log, ranker_marginals(scores, 3, "epsilon-greedy", 0.5, 0.0))
+    return served_truth(world, log, ranker_marginals(scores, 3, Sampling("epsilon-greedy", epsilon=0.0)))
 
 
 def test_a_greedy_ranker_by_bait_shows_bait_and_one_by_worth_sells_more_pure_function(world_and_log):
@@ -43,7 +44,7 @@ def test_a_greedy_ranker_by_bait_shows_bait_and_one_by_worth_sells_more_pure_fun
 def test_the_truth_of_one_slot_is_the_worlds_expectation_at_the_first_position_pure_function(world_and_log):
     world, log = world_and_log
     scores = world.item_quality[log.candidates]
-    truth = served_truth(world, log, ranker_marginals(scores, 1, "epsilon-greedy", 0.5, 0.0))
+    truth = served_truth(world, log, ranker_marginals(scores, 1, Sampling("epsilon-greedy", epsilon=0.0)))
     top = log.candidates[np.arange(len(log.candidates)), scores.argmax(axis=1)]
     expected = world.expected_outcomes(log.users, top, np.zeros(len(top), np.int64))["purchase"].mean() * 1000
     assert truth.purchases_per_1000 == pytest.approx(expected)

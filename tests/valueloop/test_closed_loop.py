@@ -98,20 +98,20 @@ def test_the_gate_estimates_each_candidate_off_policy_from_the_days_serving_log(
     for objective, rounds in runs.items():
         for o in rounds[2:]:
             check = o["gate"]["offpolicy"]
-            assert check["slots"] == 3 and check["candidate"]["slates"] == 4000  # the audited day's requests
-            low, high = check["candidate"]["interval"]
-            assert low <= check["candidate"]["value"] <= high
-            assert check["passed"] == (check["judged"] and low >= check["production"]["value"] * (1 - check["drop"]))
+            estimate = check["estimate"]
+            assert check["slots"] == 3 and estimate["slates"] == 4000  # the audited day's requests
+            low, high = estimate["relative_interval"]
+            assert low <= estimate["relative"] <= high
+            assert check["passed"] == (check["judged"] and low >= -check["drop"])
             if not check["passed"]:
                 assert o["gate"]["status"] in ("block", "inconclusive")
                 assert any(reason.startswith("off-policy") for reason in o["gate"]["reasons"])
     # the value candidate, trained on the logging policy's day, would have sold more than the logging policy did
     value_check = runs["value"][2]["gate"]["offpolicy"]
-    assert value_check["candidate"]["value"] > value_check["production"]["value"]
-    # but the logging policy's log barely overlaps the value ranker's rankings: too little to judge, so not passed
-    assert value_check["judged"] or not value_check["passed"]
+    assert value_check["estimate"]["target"] > value_check["estimate"]["baseline"]
+    assert value_check["judged"] or not value_check["passed"]  # an unjudged check never passes
     ctr_check = runs["ctr"][2]["gate"]["offpolicy"]
-    assert ctr_check["candidate"]["value"] < value_check["candidate"]["value"]
+    assert ctr_check["estimate"]["target"] < value_check["estimate"]["target"]
 
 
 def test_every_decision_is_recorded_beside_the_candidates_truth(looped):
@@ -203,4 +203,4 @@ def test_the_settings_files_serving_holds_where_no_option_overrides_it(kafka_bro
     run("loop", "--config", str(path), "--rounds", "2", "--requests", "500", "--objective", "value",
         "--temperature", "0.7", "--out", str(tmp_path / "out"))
     (looped_run,) = json.loads((tmp_path / "out" / "rounds.json").read_text())["runs"]
-    assert looped_run["serving"] == {"exploration": "epsilon-greedy", "temperature": 0.7, "epsilon": 0.3}
+    assert looped_run["serving"] == {"exploration": "epsilon-greedy", "temperature": 0.7, "epsilon": 0.3, "floor": 0.05}

@@ -1,0 +1,59 @@
+"""The canary, through the real loop: a candidate the off-policy check cannot judge (here every one: the check
+asks for more overlap than any log has) is split-tested by user beside production through Kafka and the join,
+and its split test, read from the joined examples, promotes or holds it."""
+import json
+import subprocess
+import sys
+
+import yaml
+
+from config.registry import RegistrySettings
+from promotion.registry import Registry
+
+from tests.conftest import _own_topics
+
+VALUELOOP = [sys.executable, "-m", "valueloop.cli"]
+
+
+def test_an_inconclusive_candidate_is_split_tested_and_its_ab_result_decides_it(kafka_broker, tmp_path):
+    kafka = _own_topics(kafka_broker)
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({
+        "kafka": json.loads(kafka.model_dump_json()),
+        "simulator": {"catalogue": {"users": 3_000, "items": 400}},
+        "trainer": {"epochs": 2, "learning_rate": 0.01, "shuffle_buffer": 20_000},
+        "audit": {"gate_bootstrap_draws": 40, "offpolicy_min_ess": 1e12},  # no log is ever enough to judge
+        "registry": {"directory": str(tmp_path / "registry")},
+    }))
+    out = tmp_path / "loop"
+    subprocess.run([*VALUELOOP, "loop", "--config", str(path), "--rounds", "5", "--requests", "4000",
+                    "--objective", "value", "--gate", "enforce", "--out", str(out)],
+                   capture_output=True, text=True, check=True, timeout=1500)
+    rounds = json.loads((out / "rounds.json").read_text())["runs"][0]["rounds"]
+    # round 2 audits the first candidate: inconclusive, so it is canaried rather than held
+    first = rounds[2]["gate"]
+    assert first["status"] == "inconclusive" and first["canary"] and not first["promoted"]
+    assert "inconclusive, effective sample size" in first["reasons"][0]
+    # round 3 serves the split: production (the logging policy) and the candidate, each to its users
+    assert rounds[3]["served_by"] == f"ctr-production-v1 | valueloop-ranker/v{first['candidate']}"
+    assert rounds[3]["production"] is None
+    # round 3's own candidate is inconclusive too, but one canary is in flight: it is held
+    assert rounds[3]["gate"]["status"] == "inconclusive" and not rounds[3]["gate"]["canary"]
+    # round 4 decides the canary from its day's split test, as `ab analyse` reads it
+    canary = rounds[4]["canary"]
+    analysis = canary["analysis"]
+    assert canary["canary"]["served_day"] == rounds[3]["day"] and analysis["valid"]
+    assert set(analysis["sample_ratio"]["users"]) == {"ctr-production-v1", f"valueloop-ranker/v{first['candidate']}"}
+    lift = next(l for l in analysis["lifts"] if l["metric"] == "purchases_per_impression" and not l["cuped"])
+    shown = lift["relative_interval"][0] >= -0.10
+    assert canary["promote"] == shown and canary["status"] == ("pass" if shown else
+                                                             "block" if lift["relative_interval"][1] < -0.10
+                                                             else "inconclusive")
+    assert (canary.get("promoted") == first["candidate"]) == shown
+    # the world's truth agrees with the split: the value candidate sells more than the click-trained logging policy
+    assert lift["relative"] > 0
+    registry = Registry(RegistrySettings(directory=out / "seed-7" / "value" / "registry"))
+    assert registry.production() == (first["candidate"] if shown else None)
+    assert registry.version(first["candidate"]).verdict == canary["status"]
+    # round 4's own candidate, inconclusive with no canary in flight any more, is the next canary
+    assert rounds[4]["gate"]["canary"]
