@@ -84,7 +84,7 @@ def figures(reference: Window, current: Window, verdict: dict, config: AuditConf
     return out
 
 
-def _svg(figure: dict) -> str:
+def svg_plot(figure: dict) -> str:
     matplotlib.rcParams["svg.fonttype"] = "none"  # text as text: small, and searchable in the page
     fig = Figure(figsize=(4.6, 2.6), dpi=100)
     ax = fig.add_subplot()
@@ -110,13 +110,13 @@ def _svg(figure: dict) -> str:
     return text[text.index("<svg"):]
 
 
-def _number(value, digits: int = 4) -> str:
+def number(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
     return f"{value:.{digits}g}" if isinstance(value, float) else html.escape(str(value))
 
 
-def _table(header: list[str], rows: list[list], cls: str) -> str:
+def html_table(header: list[str], rows: list[list], cls: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
@@ -136,9 +136,9 @@ def slice_rows(verdict: dict, age_tag: str) -> list[list]:
         ctr, bought = metrics.get("ctr"), metrics.get(f"purchase_per_impression@{age_tag}")
         if ctr is None:
             continue
-        row = [html.escape(name), _number(ctr["n_reference"]), _number(ctr["n_current"]), _number(ctr["detail"]),
-               _number(ctr["effect"])]
-        row += [_number(bought["detail"]), _number(bought["effect"])] if bought else ["–", "–"]
+        row = [html.escape(name), number(ctr["n_reference"]), number(ctr["n_current"]), number(ctr["detail"]),
+               number(ctr["effect"])]
+        row += [number(bought["detail"]), number(bought["effect"])] if bought else ["–", "–"]
         row.append(_said(ctr["drifted"] if not bought else (ctr["drifted"] or bought["drifted"])))
         rows.append(row)
     return rows
@@ -157,13 +157,13 @@ def render(report: dict, plots: list[dict]) -> str:
              f"<ul id='reasons'>{reasons}</ul></header>"]
     model = report.get("model")
     if model:
-        rows = [[html.escape(c["metric"]), html.escape(c["slice"]), _number(c["candidate"]), _number(c["production"]),
-                 _number(c["change"]), "–" if not c["interval"] else f"[{_number(c['interval'][0])}, "
-                 f"{_number(c['interval'][1])}]", "pass" if c["passed"] else '<b class="bad">fail</b>',
+        rows = [[html.escape(c["metric"]), html.escape(c["slice"]), number(c["candidate"]), number(c["production"]),
+                 number(c["change"]), "–" if not c["interval"] else f"[{number(c['interval'][0])}, "
+                 f"{number(c['interval'][1])}]", "pass" if c["passed"] else '<b class="bad">fail</b>',
                  html.escape(c["reason"])] for c in model["gate"]]
         parts.append("<section id='gate'><h2>Model gate: candidate against production</h2>"
                      + (f"<p class='bad'>{html.escape(model['signature'])}</p>" if model["signature"] else "")
-                     + _table(["metric", "slice", "candidate", "production", "change", "95% interval", "verdict",
+                     + html_table(["metric", "slice", "candidate", "production", "change", "95% interval", "verdict",
                                "why"], rows, "gate") + "</section>")
     maturity = report.get("maturity", {})
     if maturity.get("projection"):
@@ -174,18 +174,18 @@ def render(report: dict, plots: list[dict]) -> str:
                      f"{p['projected']:.4f} (95% interval {p['interval'][0]:.4f} to {p['interval'][1]:.4f}).</p>"
                      "</section>")
     tag = f"{report['config']['ages_h'][-1]:g}h"
-    parts.append("<section id='slices'><h2>Slices</h2>" + _table(
+    parts.append("<section id='slices'><h2>Slices</h2>" + html_table(
         ["slice", "impressions (reference)", "impressions (current)", "CTR (reference -> current)", "change",
          f"purchases per impression @{tag}", "change", "verdict"], slice_rows(report, tag), "slices") + "</section>")
     checks = report.get("checks", []) + (model["prediction_checks"] if model else [])
-    rows = [[html.escape(c["slice"]), html.escape(c["metric"]), html.escape(c["test"]), _number(c["effect"]),
-             "–" if not c["interval"] else f"[{_number(c['interval'][0])}, {_number(c['interval'][1])}]",
-             _number(c["p_value"]), _number(c["threshold"]), _said(c["drifted"])] for c in checks]
-    parts.append("<section id='checks'><h2>Every check</h2>" + _table(
+    rows = [[html.escape(c["slice"]), html.escape(c["metric"]), html.escape(c["test"]), number(c["effect"]),
+             "–" if not c["interval"] else f"[{number(c['interval'][0])}, {number(c['interval'][1])}]",
+             number(c["p_value"]), number(c["threshold"]), _said(c["drifted"])] for c in checks]
+    parts.append("<section id='checks'><h2>Every check</h2>" + html_table(
         ["slice", "metric", "test", "effect", "95% interval", "p (adjusted)", "threshold", "verdict"], rows,
         "checks") + "</section>")
     figures_html = "".join(f'<figure class="plot" id="plot-{html.escape(f["id"])}" data-plot="{html.escape(f["id"])}">'
-                           f"{_svg(f)}<figcaption>{html.escape(f['title'])}</figcaption></figure>" for f in plots)
+                           f"{svg_plot(f)}<figcaption>{html.escape(f['title'])}</figcaption></figure>" for f in plots)
     parts.append(f"<section id='plots'><h2>Reference against current</h2><div class='grid'>{figures_html}</div>"
                  "</section>")
     verdict_json = json.dumps(report, default=float).replace("</", "<\\/")  # a script's text is not unescaped

@@ -49,8 +49,9 @@ class Browser:
         else:
             raise RuntimeError(f"{CHROMIUM} exited with {self.process.wait()} before opening its DevTools port")
 
-    def open(self, url: str, screenshot: Path) -> dict:
-        """Loads `url` in the first tab, waits for its load event, saves a screenshot, returns the page's FACTS."""
+    def open(self, url: str, screenshot: Path, facts: str = FACTS) -> dict:
+        """Loads `url` in the first tab, waits for its load event, saves a screenshot, returns the page's `facts`
+        (a script whose value is JSON)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=10) as answer:
             page = next(t for t in json.load(answer) if t["type"] == "page")
         with connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10) as socket:
@@ -77,7 +78,7 @@ class Browser:
                     loaded.append(True)
             shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             screenshot.write_bytes(base64.b64decode(shot["data"]))
-            result = call("Runtime.evaluate", expression=FACTS, returnByValue=True)
+            result = call("Runtime.evaluate", expression=facts, returnByValue=True)
             if "exceptionDetails" in result:
                 raise RuntimeError(f"the page's facts: {result['exceptionDetails']}")
             return json.loads(result["result"]["value"])

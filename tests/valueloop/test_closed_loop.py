@@ -204,3 +204,48 @@ def test_the_settings_files_serving_holds_where_no_option_overrides_it(kafka_bro
         "--temperature", "0.7", "--out", str(tmp_path / "out"))
     (looped_run,) = json.loads((tmp_path / "out" / "rounds.json").read_text())["runs"]
     assert looped_run["serving"] == {"exploration": "epsilon-greedy", "temperature": 0.7, "epsilon": 0.3, "floor": 0.05}
+
+
+def test_the_audit_history_page_shows_every_audited_day_in_chromium(looped, config, tmp_path):
+    """`valueloop audit history` over the value loop's work directory, opened in headless Chromium as the audit
+    report is: one row per audited day, each trend drawn, the promotions and the report links there."""
+    from tests.audit.test_report_in_chromium import CHROMIUM, Browser
+    from pathlib import Path
+
+    out, _ = looped
+    root, _ = config
+    run_dir = out / "seed-7" / "value"
+    page = tmp_path / "history.html"
+    settings = tmp_path / "history.yaml"
+    settings.write_text(yaml.safe_dump({"loop": {"work_dir": str(run_dir / "work"),
+                                                 "alerts_file": str(run_dir / "alerts.json")},
+                                        "registry": {"directory": str(run_dir / "registry")}}))
+    run("audit", "history", "--config", str(settings), "--out", str(page))
+    rounds = json.loads((run_dir / "rounds.json").read_text())["rounds"]
+    audited = [o["gate"] for o in rounds if o["gate"] is not None]
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
+    browser = Browser(tmp_path / "profile")
+    try:
+        facts = browser.open(page.as_uri(), tmp_path / "history.png", HISTORY_FACTS)
+    finally:
+        browser.close()
+    assert facts["days"] == [[g["day"], g["status"]] for g in audited]
+    assert facts["summary"].startswith(f"{len(audited)} audited days")
+    assert [p["id"] for p in facts["plots"]] == ["engagement", "conversion", "candidate"]
+    for plot in facts["plots"]:
+        assert plot["width"] > 300 and plot["height"] > 150 and plot["drawn"] >= 10, plot
+    assert facts["promotions"] >= 1 and facts["reports"] == len(audited)
+
+
+HISTORY_FACTS = """JSON.stringify({
+  summary: document.getElementById('summary').textContent,
+  days: [...document.querySelectorAll('table.days tbody tr')].map(r => [r.cells[0].textContent,
+                                                                      r.cells[3].textContent]),
+  promotions: document.querySelectorAll('table.promotions tbody tr').length,
+  reports: [...document.querySelectorAll('table.days a')].filter(a => a.href.endsWith('report.html')).length,
+  plots: [...document.querySelectorAll('figure.plot')].map(f => {
+    const svg = f.querySelector('svg'), box = svg.getBoundingClientRect();
+    const drawn = [...svg.querySelectorAll('path, rect, line, use')].filter(e => {
+      const b = e.getBBox(); return b.width > 0 || b.height > 0; }).length;
+    return {id: f.dataset.plot, width: box.width, height: box.height, drawn: drawn};
+  })})"""

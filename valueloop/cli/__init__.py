@@ -19,7 +19,8 @@ app = typer.Typer(help="valueloop: a feedback-loop training pipeline that ranks 
 app.add_typer(kafka.app, name="kafka")
 app.add_typer(airflow.app, name="airflow")
 app.add_typer(ab.app, name="ab")
-for command in (simulate.simulate, join.join, join.label, model.train, model.evaluate, audit.audit, registry.models,
+app.add_typer(audit.app, name="audit")
+for command in (simulate.simulate, join.join, join.label, model.train, model.evaluate, registry.models,
                 registry.register, registry.promote, registry.rollback, loop.loop, demo.demo):
     app.command()(command)
 # Commands of other packages, declared as `valueloop.commands` entry points: the benchmarks and the census check

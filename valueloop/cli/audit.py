@@ -1,4 +1,5 @@
-"""`valueloop audit`: the drift audit of a window of labeled examples against a reference window."""
+"""`valueloop audit`: the drift audit of a window of labeled examples against a reference window; `valueloop
+audit history`: one page of every day the loop audited."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +11,14 @@ from audit.windows import WindowError
 from config import alert_book
 from valueloop.audit import run_audit
 from valueloop.cli.common import ConfigOption, fail, hour_option, parse_hour, settings_from
+from valueloop.history import write_history
+
+app = typer.Typer(invoke_without_command=True, add_completion=False)
 
 
+@app.callback()
 def audit(
+    context: typer.Context,
     config: Optional[Path] = ConfigOption,
     examples: Path = typer.Option(Path("out/examples"), help="The join's partitions (dt=.../hour=.../)."),
     reference_from: Optional[str] = hour_option("--reference-from", "The reference window's first hour (ISO, UTC)."),
@@ -31,7 +37,10 @@ def audit(
 ):
     """Compare a window's engagement and conversion with a reference's (and, given models, the candidate's
     predictions and metrics with production's on that window); exit 0 when promotion may go ahead,
-    1 when the clickbait signature blocks it, 2 when there is too little data to say."""
+    1 when the clickbait signature blocks it, 2 when there is too little data to say. `valueloop audit history`
+    writes one page of every day the loop audited."""
+    if context.invoked_subcommand is not None:
+        return
     settings = settings_from(config)
     if production is not None and candidate is None:
         fail("--production needs --candidate: the gate compares a candidate with it", code=2)
@@ -50,3 +59,17 @@ def audit(
     said = {0: "promotion may go ahead", 1: "promotion blocked", 2: "inconclusive: promotion blocked"}
     typer.echo(f"audit {verdict.status.value}: {said[verdict.status.exit_code]}")
     raise typer.Exit(verdict.status.exit_code)
+
+
+@app.command("history")
+def history(
+    config: Optional[Path] = ConfigOption,
+    out: Path = typer.Option(Path("out/audit-history.html"), help="Where the page goes."),
+):
+    """One HTML page of every day under loop.work_dir the loop audited: the verdicts and what fired, CTR and
+    purchases at equal age, the served and off-policy estimates, the truth where known, the promotions (the
+    canaries' among them) and the open alerts, with their trends."""
+    settings = settings_from(config)
+    if not Path(settings.loop.work_dir).is_dir():
+        fail(f"{settings.loop.work_dir} (loop.work_dir) holds no audited days yet", code=2)
+    typer.echo(f"written: {write_history(settings, out)}")
