@@ -231,8 +231,7 @@ def offpolicy_check(settings: Settings, log: ServingLog, candidate: Ranker, prod
     (production itself, or its predecessor), the reward model the mean of their purchase predictions."""
     priced = [r.purchase for r in (candidate, production) if r.purchase is not None]
     audit = settings.audit
-    return check(log, candidate.marginals, production.marginals,
-                 production.marginals if logged is production else logged.marginals,
+    return check(log, candidate.marginals, production.marginals, logged.marginals,
                  sum(priced) / len(priced) if priced else None,
                  audit.offpolicy_purchase_drop, audit.offpolicy_min_ess, audit.offpolicy_switch,
                  audit.offpolicy_bootstrap_draws)
