@@ -17,7 +17,7 @@ from audit.windows import Window, load_window
 from config.audit import AuditConfig
 from config.trainer import LONG_DWELL_MS
 from gate.models import audit_models, score
-from promotion.alerts import Alert, AlertBook, Severity, sinks_from_environment
+from promotion.alerts import Alert, AlertBook, Severity, pages, sinks_from_environment
 from schemas.units import hour_text
 from trainer.exported import Predictor
 
@@ -110,10 +110,11 @@ def run_audit(examples: Path, reference: tuple[int | None, int | None], current:
     if alert_book is not None:
         book, sinks = AlertBook(alert_book), sinks_from_environment()
         if verdict.status in (Status.BLOCK, Status.INCONCLUSIVE):
-            severity = Severity.CRITICAL if verdict.status is Status.BLOCK else Severity.WARNING
-            book.trigger(Alert(CHECK, window, severity, f"promotion {verdict.status.value}: {verdict.reasons[0]}",
+            blocked = verdict.status is Status.BLOCK
+            book.trigger(Alert(CHECK, window, Severity.CRITICAL if blocked else Severity.WARNING,
+                               f"promotion {verdict.status.value}: {verdict.reasons[0]}",
                                {"reasons": "; ".join(verdict.reasons)}, report_url=(out / "report.html").as_uri()),
-                         sinks)
+                         sinks if blocked else [sink for sink in sinks if not pages(sink)])  # no data: no page
         else:
             book.resolve_passing([CHECK], window, sinks)
     return verdict

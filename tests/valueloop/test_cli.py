@@ -267,3 +267,21 @@ def test_audit_keeps_its_open_alerts_where_the_settings_file_says(tmp_path):
     assert result.returncode == 2, result.stderr
     assert list(json.loads((tmp_path / "on-call.json").read_text())) == ["valueloop/drift_audit/open..open"]
     assert not (tmp_path / "run" / "alerts.json").exists()
+
+
+def test_an_inconclusive_audit_alerts_slack_and_pages_no_one(tmp_path, receiver):
+    """Against a real HTTP server: too little data to judge is told to the sinks read in working hours, never to
+    PagerDuty."""
+    import os
+
+    examples = tiny_window(tmp_path)
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"kafka:\n  run_dir: {tmp_path / 'run' / 'kafka'}\n")
+    env = {**os.environ, "VALUELOOP_SLACK_WEBHOOK_URL": f"{receiver.url}/slack",
+           "VALUELOOP_PAGERDUTY_ROUTING_KEY": "KEY", "VALUELOOP_PAGERDUTY_URL": f"{receiver.url}/v2/enqueue"}
+    result = subprocess.run([*VALUELOOP, "audit", "--config", str(config), "--examples", str(examples), "--out",
+                             str(tmp_path / "audit")], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr
+    (slack,) = receiver.bodies("/slack")
+    assert slack["text"].startswith("[WARNING] promotion inconclusive")
+    assert receiver.bodies("/v2/enqueue") == []
