@@ -12,8 +12,10 @@ import socket
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+import yaml
 
 from infra.kafka import KafkaBroker
 
@@ -56,6 +58,20 @@ def _own_topics(kafka_broker) -> KafkaSettings:
     })
     KafkaBroker(settings).create_topics()
     return settings
+
+
+def small_loop_settings(kafka_broker, root: Path, **audit) -> Path:
+    """A settings file for a small, fast closed loop on topics of its own: a world of 3,000 users and 400 items,
+    two epochs, a light bootstrap, an empty registry under `root`; `audit` overrides audit settings."""
+    path = root / "settings.yaml"
+    path.write_text(yaml.safe_dump({
+        "kafka": json.loads(_own_topics(kafka_broker).model_dump_json()),
+        "simulator": {"catalogue": {"users": 3_000, "items": 400}},
+        "trainer": {"epochs": 2, "learning_rate": 0.01, "shuffle_buffer": 20_000},
+        "audit": {"gate_bootstrap_draws": 40, **audit},
+        "registry": {"directory": str(root / "registry")},
+    }))
+    return path
 
 
 @pytest.fixture

@@ -5,26 +5,16 @@ import json
 import subprocess
 import sys
 
-import yaml
-
 from config.registry import RegistrySettings
 from promotion.registry import Registry
 
-from tests.conftest import _own_topics
+from tests.conftest import small_loop_settings
 
 VALUELOOP = [sys.executable, "-m", "valueloop.cli"]
 
 
 def test_an_inconclusive_candidate_is_split_tested_and_its_ab_result_decides_it(kafka_broker, tmp_path):
-    kafka = _own_topics(kafka_broker)
-    path = tmp_path / "settings.yaml"
-    path.write_text(yaml.safe_dump({
-        "kafka": json.loads(kafka.model_dump_json()),
-        "simulator": {"catalogue": {"users": 3_000, "items": 400}},
-        "trainer": {"epochs": 2, "learning_rate": 0.01, "shuffle_buffer": 20_000},
-        "audit": {"gate_bootstrap_draws": 40, "offpolicy_min_ess": 1e12},  # no log is ever enough to judge
-        "registry": {"directory": str(tmp_path / "registry")},
-    }))
+    path = small_loop_settings(kafka_broker, tmp_path, offpolicy_min_ess=1e12)  # no log is ever enough to judge
     out = tmp_path / "loop"
     subprocess.run([*VALUELOOP, "loop", "--config", str(path), "--rounds", "5", "--requests", "4000",
                     "--objective", "value", "--gate", "enforce", "--out", str(out)],

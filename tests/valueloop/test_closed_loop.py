@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import _own_topics
+from tests.conftest import _own_topics, small_loop_settings
 
 VALUELOOP = [sys.executable, "-m", "valueloop.cli"]
 
@@ -23,16 +23,7 @@ def run(*args, check=True):
 @pytest.fixture(scope="module")
 def config(kafka_broker, tmp_path_factory):
     root = tmp_path_factory.mktemp("closed-loop")
-    kafka = _own_topics(kafka_broker)
-    path = root / "settings.yaml"
-    path.write_text(yaml.safe_dump({
-        "kafka": json.loads(kafka.model_dump_json()),
-        "simulator": {"catalogue": {"users": 3_000, "items": 400}},
-        "trainer": {"epochs": 2, "learning_rate": 0.01, "shuffle_buffer": 20_000},
-        "audit": {"gate_bootstrap_draws": 40},
-        "registry": {"directory": str(root / "registry")},  # empty: the loop keeps a registry per objective
-    }))
-    return root, path
+    return root, small_loop_settings(kafka_broker, root)  # its registry stays empty: a registry per objective
 
 
 @pytest.fixture(scope="module")
