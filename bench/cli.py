@@ -24,7 +24,8 @@ def ingest(
     config: Optional[Path] = ConfigOption,
     requests: int = typer.Option(20_000, min=1, help="Ranking requests to simulate (about 13 events each)."),
     workers: int = typer.Option(2, min=1, help="Worker processes per path; events are split between them by key."),
-    repeats: int = typer.Option(5, min=1, help="Runs per path; the median run is reported."),
+    repeats: int = typer.Option(5, min=1, help="Rounds; each runs every path once, in turns, and the median of "
+                                               "the rounds' ratios is reported."),
     out: Path = typer.Option(Path("bench/results/ingest.json"), help="Where the JSON result goes."),
 ):
     """Events/s into the broker through valueloop's producer (librdkafka), beside kafka-python and encoding alone."""

@@ -5,9 +5,10 @@ worker processes (events split by key, so each key keeps its order). valueloop's
 `kafka_io.producer.EventProducer` (librdkafka with idempotence, one delivery callback for the producer). Peers:
 kafka-python's own KafkaProducer.send, confluent-kafka's Producer with a callback per message as its
 documentation shows it, and Avro encoding alone; the simulator's own
-speed and the single-process path from simulator to broker are recorded beside them. Each path runs several
-times and its median run is reported; figures are ratios against the peers, since the machine is shared and
-absolute numbers drift. The broker runs on the same two cores as the producers.
+speed and the single-process path from simulator to broker are recorded beside them. The paths take turns:
+each round runs every path once, each ratio is taken within a round, and the median of the rounds' ratios is
+reported with their range; figures are ratios against the peers, since the machine is shared and absolute
+numbers drift. The broker runs on the same two cores as the producers.
 """
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ from bench.topics import fresh_topics
 
 GOAL_EVENTS_PER_S = 100_000
 COMPRESSION = "zstd"
+
+SIMULATOR = "simulator alone (events in memory)"
+ENCODING = "Avro single-object encoding alone"
+OURS = "valueloop's producer (librdkafka, idempotent)"
+KAFKA_PYTHON = "kafka-python, KafkaProducer.send per message"
+CONFLUENT = "confluent-kafka Producer, a callback per message"
+END_TO_END = "simulate, encode and send in one process (valueloop simulate)"
 
 _events: list = []  # the run's events; worker processes inherit them through fork, nothing is pickled
 
@@ -89,6 +97,10 @@ def confluent(settings: KafkaSettings, events) -> None:
         raise RuntimeError(f"confluent-kafka: {len(failures)} messages failed; first: {failures[0]}")
 
 
+SENDERS = ((OURS, valueloop_producer), (KAFKA_PYTHON, kafka_python_send), (CONFLUENT, confluent))
+PATHS = (SIMULATOR, ENCODING, OURS, KAFKA_PYTHON, CONFLUENT, END_TO_END)
+
+
 def _worker(path: Callable, settings, shard: int, shards: int, errors) -> None:
     try:
         path(settings, _shard(shard, shards))
@@ -120,60 +132,78 @@ def _check_stored(settings: KafkaSettings, result: dict) -> None:
         raise RuntimeError(f"{result['path']}: {stored} messages in the broker, {result['events']} sent")
 
 
-def _median_run(label: str, path: Callable, settings: Settings, workers: int, repeats: int, to_kafka: bool) -> dict:
-    """Runs `path` `repeats` times (fresh topics each time) and keeps the median run, with every rate beside it."""
-    runs = []
-    for _ in range(repeats):
-        topics = fresh_topics(settings.kafka, path.__name__) if to_kafka else None
-        runs.append(_measure(label, path, topics, workers))
-        if to_kafka:
-            _check_stored(topics, runs[-1])
-    return median_run(runs)
-
-
-def run_ingest_benchmark(settings: Settings, requests: int, workers: int = 2, repeats: int = 5) -> dict:
-    config: SimulatorConfig = settings.simulator.model_copy(update={"requests": requests})
-    _events.clear()
+def _timed_simulation(config: SimulatorConfig) -> dict:
     start = time.perf_counter()
-    _events.extend(Simulation(config).events())
-    simulate_s = time.perf_counter() - start
-    n = len(_events)
+    n = sum(1 for _ in Simulation(config).events())
+    seconds = time.perf_counter() - start
+    return {"path": SIMULATOR, "workers": 1, "events": n, "seconds": round(seconds, 3),
+            "events_per_s": round(n / seconds)}
 
-    results = [{"path": "simulator alone (events in memory)", "workers": 1, "events": n,
-                "seconds": round(simulate_s, 3), "events_per_s": round(n / simulate_s)}]
-    results.append(_median_run("Avro single-object encoding alone", encode_only, settings, workers, repeats, False))
-    for label, path in (("valueloop's producer (librdkafka, idempotent)", valueloop_producer),
-                        ("kafka-python, KafkaProducer.send per message", kafka_python_send),
-                        ("confluent-kafka Producer, a callback per message", confluent)):
-        results.append(_median_run(label, path, settings, workers, repeats, True))
 
+def _end_to_end(settings: Settings, config: SimulatorConfig) -> dict:
     topics = fresh_topics(settings.kafka, "end_to_end")
     start = time.perf_counter()
     with KafkaSink(topics) as sink:
         sink.write(Simulation(config).events())
     seconds = time.perf_counter() - start
-    results.append({"path": "simulate, encode and send in one process (valueloop simulate)", "workers": 1,
-                    "events": n, "seconds": round(seconds, 3), "events_per_s": round(n / seconds)})
-    _check_stored(topics, results[-1])
+    n = len(_events)
+    result = {"path": END_TO_END, "workers": 1, "events": n, "seconds": round(seconds, 3),
+              "events_per_s": round(n / seconds)}
+    _check_stored(topics, result)
+    return result
 
-    rate = {r["path"]: r["events_per_s"] for r in results}
-    ours = results[2]["events_per_s"]
+
+def _round(settings: Settings, config: SimulatorConfig, workers: int) -> dict[str, dict]:
+    """One run of every path, one after another: the ratios of one round share the machine's state."""
+    runs = {SIMULATOR: _timed_simulation(config),
+            ENCODING: _measure(ENCODING, encode_only, None, workers)}
+    for label, path in SENDERS:
+        topics = fresh_topics(settings.kafka, path.__name__)
+        runs[label] = _measure(label, path, topics, workers)
+        _check_stored(topics, runs[label])
+    runs[END_TO_END] = _end_to_end(settings, config)
+    return runs
+
+
+def _ratios(runs: dict[str, dict]) -> dict[str, float]:
+    rate = {label: run["events_per_s"] for label, run in runs.items()}
+    ours = rate[OURS]
+    return {"vs_kafka_python_send_per_message": ours / rate[KAFKA_PYTHON],
+            "vs_confluent_kafka_callback_per_message": ours / rate[CONFLUENT],
+            "vs_encoding_alone": ours / rate[ENCODING],
+            "end_to_end_vs_simulator_alone": rate[END_TO_END] / rate[SIMULATOR]}
+
+
+def run_ingest_benchmark(settings: Settings, requests: int, workers: int = 2, repeats: int = 5) -> dict:
+    """Runs every path once per round, `repeats` rounds; each ratio is taken within a round and its median reported.
+
+    Taking a ratio inside one round pairs the two paths it compares in time, so a slow spell of the shared
+    machine slows both; the spread of the rounds' ratios is reported beside the median.
+    """
+    config: SimulatorConfig = settings.simulator.model_copy(update={"requests": requests})
+    _events.clear()
+    _events.extend(Simulation(config).events())
+    rounds = [_round(settings, config, workers) for _ in range(repeats)]
+    results = [median_run([r[label] for r in rounds]) for label in PATHS]
+    per_round = [_ratios(r) for r in rounds]
+    ratios = {name: sorted(r[name] for r in per_round) for name in per_round[0]}
+    ours = median_run([r[OURS] for r in rounds])["events_per_s"]
     return {
         "benchmark": "ingest",
         "environment": describe(("kafka-python", "confluent-kafka", "fastavro")),
         "settings": {"acks": "all", "compression": COMPRESSION, "partitions_per_topic": settings.kafka.partitions,
-                     "requests": requests, "workers": workers, "repeats": repeats, "reported": "median run per path"},
+                     "requests": requests, "workers": workers, "rounds": repeats,
+                     "reported": "every path once per round, in turns; the median of the rounds' ratios, "
+                                 "with their range; the median run per path"},
         "results": results,
         "summary": {
-            "events": n,
+            "events": len(_events),
             "producer": "kafka_io.producer.EventProducer (librdkafka)",
             "producer_events_per_s": ours,
-            "vs_kafka_python_send_per_message": round(ours / results[3]["events_per_s"], 2),
-            "vs_confluent_kafka_callback_per_message": round(ours / results[4]["events_per_s"], 2),
-            "vs_encoding_alone": round(ours / results[1]["events_per_s"], 2),
-            "end_to_end_vs_simulator_alone": round(results[5]["events_per_s"] / results[0]["events_per_s"], 2),
+            **{name: round(values[len(values) // 2], 2) for name, values in ratios.items()},
+            "ratio_ranges": {name: [round(values[0], 2), round(values[-1], 2)] for name, values in ratios.items()},
             "goal_events_per_s": GOAL_EVENTS_PER_S,
             "goal_met": ours >= GOAL_EVENTS_PER_S,
         },
-        "rates": rate,
+        "rates": {r["path"]: r["events_per_s"] for r in results},
     }
