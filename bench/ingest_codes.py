@@ -1,9 +1,9 @@
 """`python -m bench.ingest_codes --before REV`: `bench ingest`'s ratios of two codes, measured in turns in one run.
 
 A restructuring is held to "no slower than before", but the ingest ratios of one code move by more than 10%
-between runs on this shared machine. So the two codes take turns here: a worktree at REV and this checkout
-each run the current harness (`bench/ingest.py`, copied into the worktree so the two are measured alike) in
-a child process, alternately, `--turns` times each. Reported: each code's ratios per turn, their medians, and
+between runs on this shared machine. So the two codes take turns here: worktrees at REV and at `--after`
+(HEAD by default) each run the harness of `--after` (`bench/ingest.py`, copied into REV's worktree so the two
+are measured alike) in a child process, alternately, `--turns` times each. Reported: each code's ratios per turn, their medians, and
 the current code's medians over REV's.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ CHILD = ("import json, sys; from config import load_settings; from bench.ingest 
          "print(json.dumps(run_ingest_benchmark(load_settings(None), int(sys.argv[1]), 2, int(sys.argv[2]))))")
 
 
-def worktree(rev: str, where: Path) -> Path:
+def worktree(rev: str, where: Path, harness: str) -> Path:
     """A checkout of `rev` with the current harness and the built extensions (their C sources must be unchanged)."""
     if where.exists():
         subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
@@ -39,7 +39,8 @@ def worktree(rev: str, where: Path) -> Path:
         if changed:
             raise SystemExit(f"{source} differs between {rev} and HEAD: build {rev}'s extensions first")
         shutil.copy(ROOT / built, where / built)
-    shutil.copy(ROOT / "bench/ingest.py", where / "bench/ingest.py")
+    (where / "bench/ingest.py").write_bytes(subprocess.run(["git", "show", f"{harness}:bench/ingest.py"], cwd=ROOT,
+                                                           check=True, capture_output=True).stdout)
     return where
 
 
@@ -52,22 +53,26 @@ def one_run(tree: Path, requests: int, rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="the code to compare with (a commit)")
+    parser.add_argument("--after", default="HEAD", help="the code compared (a commit)")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of `bench ingest` per turn")
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/ingest_codes.json")
     options = parser.parse_args()
-    before = worktree(options.before, Path("/tmp/valueloop-ingest-before"))
+    after = subprocess.run(["git", "rev-parse", "--short", options.after], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.strip()
+    trees = {"before": worktree(options.before, Path("/tmp/valueloop-ingest-before"), after),
+             "after": worktree(after, Path("/tmp/valueloop-ingest-after"), after)}
     turns = {"before": [], "after": []}
     for _ in range(options.turns):
-        for name, tree in (("before", before), ("after", ROOT)):
+        for name, tree in trees.items():
             turns[name].append(one_run(tree, options.requests, options.rounds))
             print(name, json.dumps({r: turns[name][-1][r] for r in RATIOS}), flush=True)
     medians = {name: {r: statistics.median(t[r] for t in runs) for r in RATIOS} for name, runs in turns.items()}
     result = {
         "benchmark": "ingest_codes",
         "environment": describe(("kafka-python", "confluent-kafka", "fastavro")),
-        "settings": {"before": options.before, "turns": options.turns, "rounds_per_turn": options.rounds,
+        "settings": {"before": options.before, "after": after, "turns": options.turns, "rounds_per_turn": options.rounds,
                      "requests": options.requests, "order": "before, after, in turns"},
         "turns": {name: [{r: t[r] for r in RATIOS} for t in runs] for name, runs in turns.items()},
         "medians": medians,
