@@ -101,7 +101,7 @@ def judge(settings: Settings, world: World, day: str, candidate: Path | Predicto
     verdict = run_audit(settings.join.output_dir, (start - DAY_MS, start), (start, end), None, settings.audit, out,
                         candidate=candidate, production=production,
                         long_dwell_ms=settings.trainer.model.long_dwell_ms, report_html=False)
-    log = loop.serving_log(settings.loop, day)
+    log = loop.serving_log(settings, day)
     logged = logged or loop.logged_ranker(settings, log)
     judged = loop.ranker_of(settings, log, candidate)
     against = loop.ranker_of(settings, log, production) if production is not None else logged
@@ -249,7 +249,7 @@ def judge_loop(settings: Settings, loop_out: Path, objective: Objective, seed: i
         day, version = gate["day"], gate["candidate"]
         production = json.loads((loop.day_dir(run.loop, day) / "audit" / "audited.json").read_text())["production"]
         production_model = ExportedModel(registry.version(production).model_dir) if production is not None else None
-        log = loop.serving_log(run.loop, day)
+        log = loop.serving_log(run, day)
         cost = floor_cost(run, world, log, production_model) if production_model is not None else None
         logged = loop.logged_ranker(run, log)
         for name, kind, model in candidates_of_day(run, day, registry.version(version).model_dir, production,

@@ -14,6 +14,7 @@ def fresh_topics(settings: KafkaSettings, label: str) -> KafkaSettings:
     fresh = settings.model_copy(update={
         "event_topics": {name: f"{prefix}.{name.lower()}" for name in settings.event_topics},
         "dead_letter_topic": f"{prefix}.dead_letter",
+        "serving_log_topic": f"{prefix}.serving_log",
     })
     KafkaBroker(fresh).create_topics()
     return fresh

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.units import DAY_MS
-from schemas.topics import DEAD_LETTER_TOPIC, EVENT_TOPICS
+from schemas.topics import DEAD_LETTER_TOPIC, EVENT_TOPICS, SERVING_LOG_TOPIC
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JAR_DIR = PROJECT_ROOT / "infra" / "kafka" / "target" / "lib"
@@ -29,6 +29,9 @@ class KafkaSettings(BaseModel):
     start_timeout_s: float = Field(90.0, gt=0)
     event_topics: dict[str, str] = Field(default_factory=lambda: dict(EVENT_TOPICS))
     dead_letter_topic: str = DEAD_LETTER_TOPIC
+    serving_log_topic: str = Field(SERVING_LOG_TOPIC, description="The ranking service's serving log: one "
+                                   "ServedRequest a request, landed by the hourly labeling for the gate's "
+                                   "off-policy check.")
     event_max_bytes: int = Field(10_485_760, ge=65_536, description="The event topics' max.message.bytes: the "
                                  "largest record batch the broker appends to them, and so the largest the join "
                                  "must read. A larger batch is refused at produce time.")
@@ -43,7 +46,7 @@ class KafkaSettings(BaseModel):
 
     @property
     def topics(self) -> list[str]:
-        return [*self.event_topics.values(), self.dead_letter_topic]
+        return [*self.event_topics.values(), self.serving_log_topic, self.dead_letter_topic]
 
     def topic_configs(self, topic: str) -> dict[str, str]:
         """The configs valueloop sets on a topic it creates: each with its size limit, the dead-letter topic with

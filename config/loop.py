@@ -22,6 +22,9 @@ class LoopSettings(BaseModel):
                                       "(`ope.check.ServingLog`); for a day that has one, the gate "
                                       "estimates the candidate's purchases off-policy. By default "
                                       "<work_dir>/<day>/serving_log.npz.")
+    feature_store: Path = Field(Path("out/features"), description="The feature tables the ranking service "
+                                "read, one <version>.npz each (`serving.log.FeatureStore`); a served request "
+                                "names its version.")
     serving_exploration: str = Field("plackett-luce", pattern="^(plackett-luce|epsilon-greedy)$",
                                      description="How production samples its slates; the candidate is judged as "
                                      "it would serve.")

@@ -1,7 +1,8 @@
 """valueloop_labeling: every hour, the bounded Beam join of the event hour that is now old enough to be final
-(the run's time minus the longest attribution window and the allowed lateness), started by the Beam provider's
-BeamHook on the project's interpreter; each hour written is an update of the `valueloop_labeled_hours` asset,
-partitioned by the hour, with the partition's URI.
+(the run's time minus the longest attribution window and the allowed lateness), and the landing of that hour's
+serving log, started by the Beam provider's BeamHook on the project's interpreter; each hour written is an
+update of the `valueloop_labeled_hours` asset, partitioned by the hour, with the partition's URI and the
+requests landed.
 
 The provider's BeamRunPythonPipelineOperator cannot be used without the Google provider (6.2.3 and 6.3.1: its
 Dataflow mixin refuses to construct the operator, and `execute` builds a DataflowConfiguration), which would
@@ -60,7 +61,8 @@ with DAG(
 
     @task(execution_timeout=dt.timedelta(hours=1))
     def label(planned: dict) -> None:
-        """The bounded join of the hour, as a Beam pipeline process on the project's interpreter."""
+        """The bounded join of the hour and the landing of its serving log, as Beam pipelines in a process on
+        the project's interpreter (`valueloop/label_hour.py`)."""
         from airflow.providers.apache.beam.hooks.beam import BeamHook
 
         BeamHook(runner=planned["runner"]).start_python_pipeline(
@@ -76,7 +78,8 @@ with DAG(
         summary = hour_manifest(settings(), planned["hour_ms"])
         outlet_events[LABELED_HOURS].add_partitions(planned["hour"])
         outlet_events[LABELED_HOURS].extra = {"uri": summary.uri, "partition": summary.partition,
-                                              "examples": summary.examples}
+                                              "examples": summary.examples, "served_requests": summary.served_requests,
+                                              "serving_log_dead_letters": summary.serving_log_dead_letters}
         return summary.as_dict()
 
     planned = plan()

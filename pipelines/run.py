@@ -1,4 +1,5 @@
-"""`valueloop join`: the bounded join from the Kafka topics to TFRecord partitions, on a named runner.
+"""`valueloop join`: the bounded join from the Kafka topics to TFRecord partitions, on a named runner; and the
+landing of the serving log's hours beside them (`land_serving_log`).
 
 Sources and sinks live here, at the edge; the composites in decode, join and examples see only PCollections.
 """
@@ -35,7 +36,8 @@ from pipelines.kafka_source import (
     snapshot_ranges,
     start_positions,
 )
-from pipelines.partitions import describe_partition
+from pipelines.partitions import describe_partition, partition_of
+from pipelines.serving_log import LandServedRequests, landed_manifests, record_dead_letters, write_hour
 from schemas import BadEventError, EventDecoder
 from schemas.units import HOUR_MS, now_ms
 
@@ -288,3 +290,54 @@ def run_bounded_join(kafka: KafkaSettings, settings: JoinSettings, runner: str =
         raise MostlyLateError(joined, settings, [topic for topic, config in configs.items()
                                                  if config.timestamp_type == "LogAppendTime"])
     return joined
+
+
+@dataclasses.dataclass
+class Landed:
+    """What `land_serving_log` wrote: each hour's manifest, and the dead letters of the records it read."""
+
+    manifests: list[dict]
+    dead_letters: int
+
+    @property
+    def requests(self) -> int:
+        return sum(m["requests"] for m in self.manifests)
+
+
+def land_serving_log(kafka: KafkaSettings, settings: JoinSettings, from_ms: int, to_ms: int,
+                     runner: str = "direct") -> Landed:
+    """Lands the serving log's requests served in [from_ms, to_ms) (whole hours) under `settings.serving_log_dir`:
+    reads the offsets whose record time is in [from_ms, to_ms + the out-of-orderness bound), writes each hour's
+    file and manifest (an hour without requests gets a manifest that says so), and the dead letters to their
+    topic, once per origin."""
+    if from_ms % HOUR_MS or to_ms % HOUR_MS:
+        raise ValueError("the serving log lands in whole event hours")
+    topic = kafka.serving_log_topic
+    ranges = ranges_for_times(kafka.bootstrap_servers, [topic], from_ms, to_ms + settings.out_of_orderness_ms,
+                              settings.stable_offsets_wait_s)
+    ranges = [r for r in ranges if r.stop > r.start]
+    source = {"ranges": [r._asdict() for r in ranges],
+              "ranges_digest": hashlib.sha256(json.dumps([list(r) for r in ranges]).encode()).hexdigest()[:16]}
+    dead_letters = 0
+    if ranges:
+        clock = RecordClock(settings.max_record_time_ahead_ms, now_ms())
+        max_batch_bytes = largest_batch_bytes(kafka.bootstrap_servers, [topic], settings.max_batch_bytes)
+        runner_impl, options = _runner(runner, settings)
+        pipeline = beam.Pipeline(runner=runner_impl, options=options)
+        chunks = pipeline | "Read the serving log" >> ReadKafkaRanges(
+            kafka.bootstrap_servers, ranges, settings.split_size, spread=False, max_batch_bytes=max_batch_bytes)
+        letters, _manifests = chunks | "Land served requests" >> LandServedRequests(
+            topic, clock, settings.serving_log_dir, from_ms, to_ms, source)
+        letters | "Dead letters" >> _dead_letter_sink(kafka, ranges, max_batch_bytes)
+        result = pipeline.run()
+        result.wait_until_finish()
+        dead_letters = sum(c.committed for c in result.metrics().query()["counters"]
+                           if c.key.metric.namespace == "dead_letters"
+                           and c.key.metric.name not in ("origin_unread", "written", "already_written"))
+    manifests = []
+    for hour_ms in range(from_ms, to_ms, HOUR_MS):
+        [manifest] = landed_manifests(settings.serving_log_dir, hour_ms, hour_ms + HOUR_MS) or [None]
+        if manifest is None or manifest["source"]["ranges_digest"] != source["ranges_digest"]:
+            manifest = write_hour(settings.serving_log_dir, partition_of(hour_ms), [], source)
+        manifests.append(record_dead_letters(settings.serving_log_dir, manifest, dead_letters))
+    return Landed(manifests, dead_letters)

@@ -11,7 +11,7 @@ from typing import Iterable, NamedTuple
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
-from schemas._native import decode_known, peek_known
+from schemas._native import Check, decode_known, peek_known
 from schemas.compiled import UnsupportedSchema, compile_field_reader, compile_reader, compile_record
 from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
 from schemas.units import now_ms, seconds
@@ -210,7 +210,8 @@ class EventDecoder:
             events.append(tuple.__new__(event_type, (event.name, event.datum, timestamp_ms)))
             fp = bytes(raw[2:HEADER_SIZE])
             compiled = self._readers[fp][3]
-            if compiled is not None and fp not in self._known:
+            # the short path takes a check in C; a record checked in Python as well (a served slate) stays here
+            if compiled is not None and fp not in self._known and isinstance(self._checks[event.name], Check):
                 self._known[fp] = (event.name, compiled, self._checks[event.name])
 
     def peek(self, raw: bytes, field: str):

@@ -1,4 +1,5 @@
-"""The topics of the event contract: which record each event topic carries, and where dead letters go."""
+"""The topics of the event contract: which record each event topic carries, where the serving log goes, and
+where dead letters go."""
 
 EVENT_TOPICS = {
     "Impression": "valueloop.impressions",
@@ -8,3 +9,4 @@ EVENT_TOPICS = {
     "Purchase": "valueloop.purchases",
 }
 DEAD_LETTER_TOPIC = "valueloop.dead_letter"
+SERVING_LOG_TOPIC = "valueloop.serving_log"  # ServedRequest: what the ranking service chose from, with what chance

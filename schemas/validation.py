@@ -2,7 +2,8 @@
 
 The rules are data (`_ID_FIELDS`, `_VALUE_RULES`), read two ways: `find_problem` says what is wrong with a datum,
 and `compile_check` makes a fast yes-or-no test for one record type's fields (run in C, `_native.Check`), which a
-decoder runs on every event and follows with `find_problem` only when it says no.
+decoder runs on every event and follows with `find_problem` only when it says no. A served request's slate
+(`candidates`, `shown`, `propensities`) is checked as a whole, in Python (`slate_problem`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ _VALUE_RULES = (
     ("quantity", 1, True, None, True, "is below 1"),
     ("value", 0.0, True, None, True, "is negative"),
 )
+
+_SLATE_FIELDS = frozenset({"candidates", "shown", "propensities"})
 
 # An event whose time is further ahead than this of the moment it was produced comes from a broken clock.
 DEFAULT_MAX_FUTURE_SKEW_MS = HOUR_MS
@@ -52,6 +55,27 @@ def find_problem(datum: dict, reference_time_ms: int, max_future_skew_ms: int = 
         value = datum.get(field)
         if value is not None and not _within(value, low, low_allowed, high, high_allowed):
             return f"{field} {value} {complaint}"
+    return slate_problem(datum) if _SLATE_FIELDS <= datum.keys() else None
+
+
+def slate_problem(datum: dict) -> str | None:
+    """Why a served request's slate cannot be weighed, or None: each slot shows a distinct candidate that exists,
+    with a propensity in (0, 1], and no candidate is listed twice."""
+    candidates, shown, propensities = datum["candidates"], datum["shown"], datum["propensities"]
+    if not shown:
+        return "shown is empty"
+    if len(propensities) != len(shown):
+        return f"{len(propensities)} propensities for {len(shown)} shown slots"
+    if len(set(candidates)) != len(candidates):
+        return "candidates lists an item twice"
+    outside = [k for k in shown if not 0 <= k < len(candidates)]
+    if outside:
+        return f"shown index {outside[0]} is outside the {len(candidates)} candidates"
+    if len(set(shown)) != len(shown):
+        return "shown repeats a candidate"
+    wrong = [p for p in propensities if not 0.0 < p <= 1.0]
+    if wrong:
+        return f"propensity {wrong[0]} is outside (0, 1]"
     return None
 
 
@@ -63,4 +87,7 @@ def compile_check(fields: Iterable[str]) -> Callable[[dict, int], bool]:
     if "event_time_ms" in fields:
         rules.append(("event_time_ms", _native.CHECK_EVENT_TIME, 0, False, None, True))
     rules += [(f, _native.CHECK_BOUNDS, *bounds) for f, *bounds, _ in _VALUE_RULES if f in fields]
-    return _native.Check(tuple(rules))
+    check = _native.Check(tuple(rules))
+    if not _SLATE_FIELDS <= fields:
+        return check
+    return lambda datum, latest_ms: check(datum, latest_ms) and slate_problem(datum) is None

@@ -15,7 +15,8 @@ from simulator.traffic import SimEvent
 
 
 class KafkaSink:
-    """Sends each event to its topic, keyed by user id, with the delivery time as the record timestamp."""
+    """Sends each event to its topic (a served request to the serving log's), keyed by user id, with the delivery
+    time as the record timestamp."""
 
     def __init__(self, settings: KafkaSettings, encoder: EventEncoder | None = None, **producer_options):
         self.settings = settings
@@ -23,7 +24,7 @@ class KafkaSink:
         self._producer = EventProducer(settings.bootstrap_servers, client_id="valueloop-simulator", **producer_options)
 
     def write(self, events: Iterable[SimEvent]) -> Counter:
-        topics = self.settings.event_topics
+        topics = {**self.settings.event_topics, "ServedRequest": self.settings.serving_log_topic}
         encode, send = self._encoder.encode, self._producer.send
         sent: Counter = Counter()
         for event in events:

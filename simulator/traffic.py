@@ -2,6 +2,8 @@
 
 Simulated time runs as fast as the machine allows. Events come out in delivery order, the order in which
 at-least-once producers would hand them to Kafka, so event time is out of order across and within topics.
+`traffic()` adds the serving log to them: each request as the ranking service served it (a ServedRequest,
+delivered at the moment it was served, naming the version of the feature tables it read, `feature_tables`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 from config.simulator import LogNormalDelay, SimulatorConfig
 from schemas.units import DAY_MS, HOUR_MS, SECOND_MS, seconds
 from simulator.served import ServedLog
+from serving.log import FeatureTables
 from serving.policies import LoggingPolicy, Policy, Surfaces
 from simulator.world import World
 
@@ -56,6 +59,7 @@ class SimulationSummary:
     late: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(EVENT_NAMES, 0))
     beyond_horizon: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(EVENT_NAMES, 0))
     organic_purchases: int = 0
+    served_requests: int = 0  # the serving log's records, beside the delivered events
     bait: OutcomeTally = dataclasses.field(default_factory=OutcomeTally)
     non_bait: OutcomeTally = dataclasses.field(default_factory=OutcomeTally)
     cart_delays_s: list = dataclasses.field(default_factory=list)
@@ -69,6 +73,7 @@ class SimulationSummary:
         return {
             "delivered": self.delivered, "duplicates": self.duplicates, "late": self.late,
             "beyond_horizon": self.beyond_horizon, "organic_purchases": self.organic_purchases,
+            "served_requests": self.served_requests,
             "bait_items": self.bait.rates(), "non_bait_items": self.non_bait.rates(),
         }
 
@@ -103,9 +108,20 @@ class Simulation:
         self._headline = self.world.item_headline_score.astype(np.float32).tolist()
         self._rating = [None if r != r else r for r in self.world.item_rating.astype(np.float32).tolist()]
         self._affinity = self.world.user_affinity.astype(np.float32)
+        self.feature_tables = FeatureTables.of(self.world, self._surfaces, self._devices)
+        self._snapshot: str | None = None  # the tables' version while the serving log is generated
 
     def events(self) -> Iterator[SimEvent]:
         """Every delivered event, in delivery order, up to the end of simulated time."""
+        return self._delivered(serving_log=False)
+
+    def traffic(self) -> Iterator[SimEvent]:
+        """The events and the serving log (a ServedRequest a request, delivered when it was served), in delivery
+        order; the events are those `events()` yields."""
+        return self._delivered(serving_log=True)
+
+    def _delivered(self, serving_log: bool) -> Iterator[SimEvent]:
+        self._snapshot = self.feature_tables.version if serving_log else None
         cfg = self.config
         request_ms = np.sort(self._rng.uniform(cfg.start_ms, cfg.end_ms, cfg.requests)).astype(np.int64)
         chunk_ms = cfg.chunk_ms
@@ -121,15 +137,21 @@ class Simulation:
             pending = [e for e in pending if e[0] >= chunk_end]
             ready.sort(key=lambda e: (e[0], e[1]))
             for event in ready:
-                self.summary.delivered[event.name] += 1
+                self._count(event)
                 yield event
         drained = cfg.end_ms + cfg.drain_ms
         for event in sorted(e for e in pending if e[0] < drained):
-            self.summary.delivered[event.name] += 1
+            self._count(event)
             yield event
         for event in pending:
             if event[0] >= drained:
                 self.summary.beyond_horizon[event.name] += 1
+
+    def _count(self, event: SimEvent) -> None:
+        if event.name == "ServedRequest":
+            self.summary.served_requests += 1
+        else:
+            self.summary.delivered[event.name] += 1
 
     # -- one chunk of requests ---------------------------------------------------------------------
 
@@ -168,6 +190,9 @@ class Simulation:
         self.summary.purchase_delays_s.extend(seconds(purchase_delay_ms[bought]).tolist())
 
         events: list[tuple] = []
+        if self._snapshot is not None:
+            self._log_requests(events, request_index, request_ms, users, surfaces, arm, candidates, slates,
+                               propensities)
         emit = self._emitter(events)
         slate_size = slates.shape[1]
         price = world.item_price
@@ -204,6 +229,20 @@ class Simulation:
                     "event_time_ms": int(purchase_ms[k]), "quantity": q, "value": value})
         self._organic_purchases(request_index, request_ms, users, emit)
         return events
+
+    def _log_requests(self, events: list, request_index, request_ms, users, surfaces, arm, candidates, slates,
+                      propensities) -> None:
+        """One ServedRequest a request, delivered when it was served (the ranking service logs as it answers)."""
+        shown = np.argmax(candidates[:, :, None] == slates[:, None, :], axis=1).tolist()
+        names, item_ids = self.policy.names, self._item_ids
+        for r, (req, t, user) in enumerate(zip(request_index.tolist(), request_ms.tolist(), users.tolist())):
+            user_id = self._user_ids[user]
+            self._seq += 1
+            events.append(SimEvent(t, self._seq, "ServedRequest", user_id.encode(), {
+                "request_id": f"req-{req:09d}", "user_id": user_id, "surface": self._surfaces[surfaces[r]],
+                "event_time_ms": t, "policy": names[arm[r]],
+                "candidates": [item_ids[i] for i in candidates[r].tolist()], "shown": shown[r],
+                "propensities": propensities[r].tolist(), "feature_snapshot": self._snapshot}))
 
     def _features(self, user: int, item: int, t_ms: int) -> dict:
         world = self.world

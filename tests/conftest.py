@@ -55,6 +55,7 @@ def _own_topics(kafka_broker) -> KafkaSettings:
     settings = kafka_broker.settings.model_copy(update={
         "event_topics": {name: f"{prefix}.{topic.split('.', 1)[1]}" for name, topic in kafka_broker.settings.event_topics.items()},
         "dead_letter_topic": f"{prefix}.dead_letter",
+        "serving_log_topic": f"{prefix}.serving_log",
     })
     KafkaBroker(settings).create_topics()
     return settings

@@ -17,6 +17,7 @@ from config import Settings
 from pipelines.kafka_source import PartitionRange, snapshot_ranges
 from pipelines.run import run_bounded_join
 from serving.policies import SplitPolicy
+from serving.log import FeatureStore
 from simulator import Simulation
 from simulator.sinks import KafkaSink
 from simulator.world import World
@@ -47,8 +48,9 @@ def run_split_test(settings: Settings, out: Path, control: str, treatment: str, 
     echo(f"serving a pre-period day ({requests_per_day:,} requests) with the logging policy, then {days} test "
          f"day(s) split {1 - treatment_share:.0%}/{treatment_share:.0%} by user: {control} | {treatment}")
     with KafkaSink(settings.kafka) as sink:
-        sink.write(Simulation(pre, world=world).events())
-        sink.write(Simulation(test, world=world, policy=split).events())
+        for simulation in (Simulation(pre, world=world), Simulation(test, world=world, policy=split)):
+            FeatureStore(settings.loop.feature_store).put(simulation.feature_tables)
+            sink.write(simulation.traffic())
     ranges = [PartitionRange(r.topic, r.partition, before.get((r.topic, r.partition), r.start), r.stop)
               for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)]
     result = run_bounded_join(settings.kafka, settings.join, runner="direct", ranges=ranges, from_ms=pre.start_ms,

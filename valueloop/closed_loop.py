@@ -38,7 +38,7 @@ from promotion.registry import Registry
 from schemas.units import DAY_MS, HOUR_MS, seconds, utc
 from simulator import Simulation
 from simulator.served import ServedLog
-from serving.log import ServingLog, candidate_scores
+from serving.log import FeatureStore, ServingLog, candidate_scores
 from serving.propensities import Sampling
 from serving.policies import LoggingPolicy
 from simulator.sinks import KafkaSink
@@ -158,7 +158,9 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
     if canary is not None and canary.served_day is None:
         policy = canaries.serve(settings, canary, today, objective.output)
     served = ServedLog()
-    events = list(Simulation(config, world=world, policy=policy, served=served).events())
+    simulation = Simulation(config, world=world, policy=policy, served=served)
+    FeatureStore(settings.loop.feature_store).put(simulation.feature_tables)
+    events = list(simulation.traffic())
     # production's own requests: a canary's split logs the control arm, which production served
     served.serving_log(policy.names[0], world, list(base.surfaces), list(base.devices), arm=0).save(
         loop.serving_log_path(settings.loop, today))
@@ -192,7 +194,7 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
         audited = loop.audit_candidate(settings, settings.loop, day, version)
         production = None if audited.production is None else \
             Registry(settings.registry).version(audited.production).model_dir
-        truth = truth_of(settings, world, loop.serving_log(settings.loop, day), model, production)
+        truth = truth_of(settings, world, loop.serving_log(settings, day), model, production)
         (loop.day_dir(settings.loop, day) / "audit" / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
         promoted = audited.promotable or gate is GateMode.RECORD
         canaried = None

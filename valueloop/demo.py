@@ -21,6 +21,7 @@ from infra.kafka import KafkaBroker
 from pipelines.kafka_source import PartitionRange, snapshot_ranges
 from pipelines.run import run_bounded_join
 from schemas.units import DAY_MS, utc
+from serving.log import FeatureStore
 from simulator import Simulation
 from simulator.run import Destination, simulate
 from simulator.sinks import KafkaSink
@@ -47,7 +48,8 @@ def run_demo(settings: Settings, requests: int, days: float, train_days: float, 
     ends_before = {(r.topic, r.partition): r.stop for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)}
     echo(f"kafka up on {settings.kafka.bootstrap_servers}; simulating {requests:,} requests over {days:g} days ...")
     config = settings.simulator.model_copy(update={"requests": requests, "days": days})
-    summary, _truth = simulate(config, Destination.KAFKA, DEMO_DIR, settings.kafka)
+    summary, _truth = simulate(config, Destination.KAFKA, DEMO_DIR, settings.kafka,
+                               feature_store=settings.loop.feature_store)
     _echo_traffic(echo, topics, before, broker.status().topic_messages, summary)
     # Only this run's offsets: the topics may hold earlier runs' traffic, of other worlds.
     ranges = [PartitionRange(r.topic, r.partition, max(r.start, ends_before.get((r.topic, r.partition), r.start)),
@@ -143,7 +145,9 @@ def run_loop(settings: Settings, requests_per_day: int,
          f"{2 * requests_per_day:,} over two days from a policy that shows more bait ...")
     with KafkaSink(settings.kafka) as sink:
         for config in (first, bait):
-            sink.write(Simulation(config, world=world).events())
+            simulation = Simulation(config, world=world)
+            FeatureStore(settings.loop.feature_store).put(simulation.feature_tables)
+            sink.write(simulation.traffic())
     ranges = [PartitionRange(r.topic, r.partition, max(r.start, ends_before.get((r.topic, r.partition), r.start)),
                              r.stop) for r in snapshot_ranges(settings.kafka.bootstrap_servers, topics)]
     result = run_bounded_join(settings.kafka, settings.join, runner="direct", ranges=ranges,

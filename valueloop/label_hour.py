@@ -3,8 +3,9 @@ interpreter:
 
     .venv/bin/python valueloop/label_hour.py --runner=DirectRunner --hour=2026-11-02T05:00:00 [--config=FILE]
 
-Reads the Kafka offsets that hold the hour, labels its impressions and writes its partition (the same files a
-second run writes again); prints the partition's manifest summary as JSON. `--runner` takes Beam's names
+Reads the Kafka offsets that hold the hour, labels its impressions and writes its partition, then lands the
+hour's serving log beside it (the same files a second run writes again); prints the partition's manifest
+summary as JSON. `--runner` takes Beam's names
 (DirectRunner for the FnApiRunner, FlinkRunner) or valueloop's (direct, flink); other options the operator adds
 (its labels) are ignored.
 """

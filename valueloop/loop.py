@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,15 @@ from config.trainer import preset
 from audit.drift import Verdict
 from ope.check import OffPolicyCheck
 from ope.check import offpolicy_check as check
-from pipelines.run import run_bounded_join
+from pipelines.run import land_serving_log, run_bounded_join
+from pipelines.partitions import partition_of
+from pipelines.serving_log import landed_manifests, read_landed
+from pipelines.tf_example import parse_example_fields, read_records
 from promotion.alerts import Alert, AlertBook, Severity, pages, sinks_from_environment
 from promotion.registry import Registry
 from schemas.units import DAY_MS, HOUR_MS, epoch_ms, hour_text, utc
 from gate.served import Served, ServedCheck, served_check
-from serving.log import ServingLog, candidate_predictions
+from serving.log import FeatureStore, ServingLog, assemble, candidate_predictions
 from serving.policies import LoggingPolicy
 from serving.propensities import Sampling, slot_marginals
 from trainer.data import find_partitions
@@ -53,13 +57,16 @@ class ManifestsChecked:
 @dataclasses.dataclass(frozen=True)
 class HourManifest:
     """What an hour's partition holds, as the labeling DAG publishes it: the hour, the partition, its examples,
-    its URI and its label counts. Crosses Airflow's XCom as `as_dict`."""
+    its URI and its label counts; and the requests of the hour's serving log landed beside it, with the dead
+    letters of that landing. Crosses Airflow's XCom as `as_dict`."""
 
     hour: str
     partition: str
     examples: int
     uri: str
     labels: dict
+    served_requests: int = 0
+    serving_log_dead_letters: int = 0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,21 +134,27 @@ def hour_to_label(settings: Settings, interval_end_ms: int) -> int:
 
 
 def label_hour(settings: Settings, hour_ms: int, runner: str = "direct") -> HourManifest:
-    """The bounded join of one hour: the Kafka offsets that hold it, labeled into its partition. Returns the
-    partition's manifest summary (`hour_manifest`)."""
+    """The bounded join of one hour: the Kafka offsets that hold it, labeled into its partition; then the hour's
+    serving log landed beside it (`pipelines.run.land_serving_log`). Returns the partition's manifest summary
+    (`hour_manifest`) with the requests landed and their dead letters."""
     run_bounded_join(settings.kafka, settings.join, runner=runner, from_ms=hour_ms, to_ms=hour_ms + HOUR_MS)
-    return hour_manifest(settings, hour_ms)
+    landed = land_serving_log(settings.kafka, settings.join, hour_ms, hour_ms + HOUR_MS, runner)
+    return dataclasses.replace(hour_manifest(settings, hour_ms), served_requests=landed.requests,
+                               serving_log_dead_letters=landed.dead_letters)
 
 
 def hour_manifest(settings: Settings, hour_ms: int) -> HourManifest:
-    """What an hour's partition holds (its manifest's partition, examples and labels) and its URI."""
+    """What an hour's partition holds (its manifest's partition, examples and labels) and its URI, with the
+    requests of its serving log landed and that landing's dead letters (none where nothing was landed)."""
     try:
         [partition] = find_partitions(settings.join.output_dir, hour_ms, hour_ms + HOUR_MS)
     except FileNotFoundError:
         raise ManifestsMissing(f"{settings.join.output_dir}: no complete partition for {hour_text(hour_ms)}") from None
     manifest = partition.manifest
+    [landed] = landed_manifests(settings.join.serving_log_dir, hour_ms, hour_ms + HOUR_MS) or [{}]
     return HourManifest(hour_text(hour_ms), manifest["partition"], manifest["examples"],
-                        partition.path.parent.resolve().as_uri(), manifest.get("labels", {}))
+                        partition.path.parent.resolve().as_uri(), manifest.get("labels", {}),
+                        landed.get("requests", 0), landed.get("dead_letters", 0))
 
 
 def check_manifests(settings: Settings, loop: LoopSettings, day: str) -> ManifestsChecked:
@@ -171,13 +184,61 @@ def serving_log_path(loop: LoopSettings, day: str) -> Path:
     return Path(loop.serving_logs) / f"{day}.npz" if loop.serving_logs else day_dir(loop, day) / "serving_log.npz"
 
 
-def serving_log(loop: LoopSettings, day: str) -> ServingLog | None:
-    """Production's serving log of `day`, or None when the day has none."""
-    path = serving_log_path(loop, day)
-    if not path.exists():
-        _LOG.info("no serving log for %s at %s: the off-policy and served checks do not run", day, path)
+class ServingLogIncomplete(RuntimeError):
+    """A day whose serving log is landed for some hours only: the gate does not judge on part of a day."""
+
+
+def serving_log(settings: Settings, day: str) -> ServingLog | None:
+    """Production's serving log of `day`, or None when the day has none: the file of it (`serving_log_path`, the
+    closed loop writes one) where there is one, else the requests the hourly labeling landed from the serving
+    log topic (`pipelines.serving_log`), with the outcomes of their impressions from the day's labeled examples
+    and the feature tables they name (`serving.log.assemble`). A day landed for some hours only raises
+    ServingLogIncomplete: the audit stops, and nothing is promoted on part of a day."""
+    path = serving_log_path(settings.loop, day)
+    if path.exists():
+        return ServingLog.load(path)
+    start, end = day_range(day)
+    landed = landed_manifests(settings.join.serving_log_dir, start, end)
+    if not landed:
+        _LOG.info("no serving log for %s (no %s, nothing landed under %s): the off-policy and served checks do "
+                  "not run", day, path, settings.join.serving_log_dir)
         return None
-    return ServingLog.load(path)
+    if len(landed) < (end - start) // HOUR_MS:
+        have = {m["partition"] for m in landed}
+        missing = [hour_text(h) for h in range(start, end, HOUR_MS) if partition_of(h) not in have]
+        raise ServingLogIncomplete(f"the serving log of {day} is landed for {len(landed)} of its "
+                                   f"{(end - start) // HOUR_MS} hours under {settings.join.serving_log_dir} "
+                                   f"(missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}): "
+                                   "the labeling DAG lands each hour; the candidate is not judged on part of a day")
+    requests = read_landed(settings.join.serving_log_dir, start, end)
+    if not requests:
+        raise ServingLogIncomplete(f"the serving log of {day} is landed but holds no request")
+    snapshots = Counter(r["feature_snapshot"] for r in requests)
+    snapshot = max(sorted(snapshots), key=snapshots.get)
+    assembled = assemble([r for r in requests if r["feature_snapshot"] == snapshot],
+                         FeatureStore(settings.loop.feature_store).get(snapshot),
+                         labeled_outcomes(settings.join.output_dir, start, end))
+    _LOG.info("serving log of %s: %d of %d landed requests (%d of other feature snapshots, %s of other policies, "
+              "%d of another shape, %d not labeled yet)", day, assembled.kept, len(requests),
+              len(requests) - snapshots[snapshot], assembled.other_policies,
+              assembled.other_shapes, assembled.unlabeled)
+    return assembled.log
+
+
+def labeled_outcomes(examples: Path, start_ms: int, end_ms: int) -> dict[tuple[str, int], tuple[bool, bool]]:
+    """(request id, position) -> (clicked, purchased) of every labeled impression served in [start_ms, end_ms)."""
+    outcomes: dict[tuple[str, int], tuple[bool, bool]] = {}
+    try:
+        partitions = find_partitions(examples, start_ms, end_ms)
+    except FileNotFoundError:
+        return outcomes
+    for partition in partitions:
+        for record in read_records(partition.path):
+            fields = parse_example_fields(record)
+            request_id = fields["request_id"]
+            key = (request_id.decode() if isinstance(request_id, bytes) else request_id, int(fields["position"]))
+            outcomes[key] = (bool(fields["clicked"]), bool(fields["purchased"]))
+    return outcomes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +368,7 @@ def audit_candidate(settings: Settings, loop: LoopSettings, day: str, version: i
                         candidate=candidate_dir, production=production_dir if production != version else None,
                         long_dwell_ms=settings.trainer.model.long_dwell_ms)
     check = served_on_log = None
-    log = serving_log(loop, day)
+    log = serving_log(settings, day)
     if log is not None:
         judged, logged = ranker_of(settings, log, candidate_dir), logged_ranker(settings, log)
         against = ranker_of(settings, log, production_dir) if production not in (None, version) else logged

@@ -26,6 +26,7 @@ def loop_data(kafka_broker, tmp_path_factory) -> dict:
     """Settings file and days: day 0 and day 1 served by the logging policy, day 2 by one that shows more bait;
     all of it through the broker and the bounded join."""
     from pipelines.run import run_bounded_join
+    from serving.log import FeatureStore
     from simulator import Simulation, SimulatorConfig, World
     from simulator.sinks import KafkaSink
     from tests.conftest import _own_topics
@@ -42,14 +43,17 @@ def loop_data(kafka_broker, tmp_path_factory) -> dict:
     bait = bait.model_copy(update={"start": first.start + dt.timedelta(days=2)})
     with KafkaSink(kafka) as sink:
         for config in (first, bait):
-            sink.write(Simulation(config, world=world).events())
+            simulation = Simulation(config, world=world)
+            FeatureStore(root / "features").put(simulation.feature_tables)
+            sink.write(simulation.traffic())
     settings = Settings.model_validate({
         "kafka": kafka.model_dump(mode="json"),
-        "join": {"output_dir": str(root / "examples"), "allowed_lateness_s": 3600,
+        "join": {"output_dir": str(root / "examples"), "serving_log_dir": str(root / "serving_log"),
+                 "allowed_lateness_s": 3600,
                  "labels": {"click_window_s": 1800, "cart_window_s": 3600, "purchase_window_s": 6 * 3600}},
         "trainer": {"batch_size": 1024, "epochs": 2, "learning_rate": 0.01, "shuffle_buffer": 20_000},
         "registry": {"directory": str(root / "registry")},
-        "loop": {"work_dir": str(root / "work"), "train_days": 1},
+        "loop": {"work_dir": str(root / "work"), "train_days": 1, "feature_store": str(root / "features")},
         "audit": {"gate_bootstrap_draws": 40},
     })
     path = root / "settings.yaml"
@@ -57,6 +61,20 @@ def loop_data(kafka_broker, tmp_path_factory) -> dict:
     days = [(first.start + dt.timedelta(days=d)).strftime("%Y-%m-%d") for d in range(3)]
     run_bounded_join(settings.kafka, settings.join, from_ms=first.start_ms, to_ms=first.start_ms + 3 * DAY_MS)
     return {"config": path, "settings": settings, "days": days, "root": root}
+
+
+def own_config(loop_data: dict, directory: Path, **sections) -> Path:
+    """The loop's settings file with a serving log directory, work directory and registry of its own under
+    `directory` (and the `sections` changed), for a test whose runs must not meet another test's."""
+    settings = yaml.safe_load(loop_data["config"].read_text())
+    settings["join"]["serving_log_dir"] = str(directory / "serving_log")
+    settings["loop"]["work_dir"] = str(directory / "work")
+    settings["registry"]["directory"] = str(directory / "registry")
+    for section, values in sections.items():
+        settings[section].update(values)
+    path = directory / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
 
 
 def run_dag(env: dict, dag_id: str, conf: dict, extra_env: dict | None = None) -> dict:

@@ -13,7 +13,8 @@ ALL_VERSIONS = [v for name in REGISTRY.names for v in REGISTRY.versions(name)]
 
 
 def test_every_record_of_the_contract_is_kept():
-    assert set(REGISTRY.names) >= {"Impression", "Click", "Dwell", "AddToCart", "Purchase", "LabeledExample"}
+    assert set(REGISTRY.names) >= {"Impression", "Click", "Dwell", "AddToCart", "Purchase", "LabeledExample",
+                                   "ServedRequest"}
 
 
 def test_kept_versions_are_fully_transitively_compatible():
@@ -27,6 +28,9 @@ SAMPLES = {
     "AddToCart": {"event_id": "a", "user_id": "u", "item_id": "i", "event_time_ms": CLICK["event_time_ms"], "quantity": 1, "value": 2.5},
     "Purchase": {"event_id": "p", "order_id": "o", "user_id": "u", "item_id": "i", "event_time_ms": CLICK["event_time_ms"],
                  "quantity": 2, "value": 5.0},
+    "ServedRequest": {"request_id": "r", "user_id": "u", "surface": "search", "event_time_ms": CLICK["event_time_ms"],
+                      "policy": "p", "candidates": ["i", "j"], "shown": [1], "propensities": [0.5],
+                      "feature_snapshot": "v"},
 }
 
 

@@ -31,6 +31,6 @@ def simulate(
     with running_job(settings, "the events sent so far stay in the topics"):
         serving = policy_from(settings, policy)
         summary, truth = run_simulation(settings.simulator.model_copy(update=overrides), to, out, settings.kafka,
-                                        serving)
+                                        serving, settings.loop.feature_store)
     typer.echo(f"ground truth (evaluation only): {truth}", err=True)
     typer.echo(json.dumps(summary.as_dict(), indent=2))
