@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.units import DAY_MS
+from schemas.units import DAY_MS, HOUR_MS
 from valueloop.scheduling.dag_test import environment, migrate, run
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -21,10 +21,28 @@ def airflow_home(tmp_path_factory) -> tuple[Path, dict]:
     return home, env
 
 
+def _malformed_serving_records(kafka, at_ms: int) -> None:
+    """A message that is not single-object Avro and a ServedRequest whose slate shows one candidate twice, into
+    the serving log topic in their place in time."""
+    from confluent_kafka import Producer
+
+    from schemas import EventEncoder
+
+    unweighable = EventEncoder().encode("ServedRequest", {
+        "request_id": "req-unweighable", "user_id": "u0000001", "surface": "home_feed", "event_time_ms": at_ms,
+        "policy": "logging", "candidates": ["i000001", "i000002"], "shown": [0, 0], "propensities": [0.5, 0.5],
+        "feature_snapshot": "any"})
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for value in (b"\xc3\x01not a served request", unweighable):
+        producer.produce(kafka.serving_log_topic, value, key=b"u0000001", timestamp=at_ms)
+    assert producer.flush(30) == 0
+
+
 @pytest.fixture(scope="session")
 def loop_data(kafka_broker, tmp_path_factory) -> dict:
     """Settings file and days: day 0 and day 1 served by the logging policy, day 2 by one that shows more bait;
-    all of it through the broker and the bounded join."""
+    all of it through the broker and the bounded join, with the serving log beside it on its topic (two records
+    in day 1's hour 05 that are no served request)."""
     from pipelines.run import run_bounded_join
     from serving.log import FeatureStore
     from simulator import Simulation, SimulatorConfig, World
@@ -41,11 +59,16 @@ def loop_data(kafka_broker, tmp_path_factory) -> dict:
     bait = SimulatorConfig.model_validate({**base, "requests": 14_000, "days": 2.0, "seed": 6,
                                            "logging_policy": {"headline_weight": 6.0}})
     bait = bait.model_copy(update={"start": first.start + dt.timedelta(days=2)})
+    bad_at = first.start_ms + DAY_MS + 5 * HOUR_MS + 60_000  # day 1, 05:01: two records no ServedRequest reads as one
     with KafkaSink(kafka) as sink:
         for config in (first, bait):
             simulation = Simulation(config, world=world)
             FeatureStore(root / "features").put(simulation.feature_tables)
-            sink.write(simulation.traffic())
+            traffic = list(simulation.traffic())
+            sink.write(e for e in traffic if e.delivery_ms < bad_at)
+            if config is first:
+                _malformed_serving_records(kafka, bad_at)
+            sink.write(e for e in traffic if e.delivery_ms >= bad_at)
     settings = Settings.model_validate({
         "kafka": kafka.model_dump(mode="json"),
         "join": {"output_dir": str(root / "examples"), "serving_log_dir": str(root / "serving_log"),
