@@ -3,7 +3,8 @@
 A restructuring is held to "no slower than before", but the ingest ratios of one code move by more than 10%
 between runs on this shared machine. So the two codes take turns here: worktrees at REV and at `--after`
 (HEAD by default) each run the harness of `--after` (`bench/ingest.py`, copied into REV's worktree so the two
-are measured alike) in a child process, alternately, `--turns` times each. Reported: each code's ratios per turn, their medians, and
+are measured alike) in a child process, alternately, `--turns` times each, each code first in every other
+turn. Reported: each code's ratios per turn, their medians, and
 the current code's medians over REV's.
 """
 from __future__ import annotations
@@ -64,8 +65,9 @@ def main() -> None:
     trees = {"before": worktree(options.before, Path("/tmp/valueloop-ingest-before"), after),
              "after": worktree(after, Path("/tmp/valueloop-ingest-after"), after)}
     turns = {"before": [], "after": []}
-    for _ in range(options.turns):
-        for name, tree in trees.items():
+    for turn in range(options.turns):
+        order = ("before", "after") if turn % 2 == 0 else ("after", "before")  # neither always runs first
+        for name, tree in ((name, trees[name]) for name in order):
             turns[name].append(one_run(tree, options.requests, options.rounds))
             print(name, json.dumps({r: turns[name][-1][r] for r in RATIOS}), flush=True)
     medians = {name: {r: statistics.median(t[r] for t in runs) for r in RATIOS} for name, runs in turns.items()}
@@ -73,7 +75,7 @@ def main() -> None:
         "benchmark": "ingest_codes",
         "environment": describe(("kafka-python", "confluent-kafka", "fastavro")),
         "settings": {"before": options.before, "after": after, "turns": options.turns, "rounds_per_turn": options.rounds,
-                     "requests": options.requests, "order": "before, after, in turns"},
+                     "requests": options.requests, "order": "in turns, before first in even turns, after first in odd"},
         "turns": {name: [{r: t[r] for r in RATIOS} for t in runs] for name, runs in turns.items()},
         "medians": medians,
         "after_over_before": {r: round(medians["after"][r] / medians["before"][r], 3) for r in RATIOS},
