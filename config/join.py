@@ -88,9 +88,10 @@ class JoinSettings(BaseModel):
     stable_offsets_wait_s: float = Field(10.0, ge=0, description="How long a snapshot of end offsets waits for "
                                          "transactions already ended to become readable (read_committed).")
     output_dir: Path = Path("out/examples")
-    serving_log_dir: Path = Field(Path("out/serving_log"), description="Where the hourly labeling lands the serving "
-                                  "log topic's requests: one Avro file an event hour, dt=<day>/hour=<HH>, with "
-                                  "its manifest (`pipelines.serving_log`).")
+    serving_log_dir: Path | None = Field(Path("out/serving_log"), description="Where the hourly labeling lands "
+                                         "the serving log topic's requests: one Avro file an event hour, "
+                                         "dt=<day>/hour=<HH>, with its manifest (`pipelines.serving_log`). None: "
+                                         "nothing is landed, and the retraining audit has no serving log.")
     split_size: int = Field(50_000, ge=1, description="Offsets per unit of parallel reading.")
     user_shards: int = Field(64, ge=1, description="Groups of users that the bounded join labels together.")
     direct_num_workers: int = Field(1, ge=1)

@@ -309,7 +309,9 @@ def land_serving_log(kafka: KafkaSettings, settings: JoinSettings, from_ms: int,
     """Lands the serving log's requests served in [from_ms, to_ms) (whole hours) under `settings.serving_log_dir`:
     reads the offsets whose record time is in [from_ms, to_ms + the out-of-orderness bound), writes each hour's
     file and manifest (an hour without requests gets a manifest that says so), and the dead letters to their
-    topic, once per origin."""
+    topic, once per origin. Nothing, where `settings.serving_log_dir` is None."""
+    if settings.serving_log_dir is None:
+        return Landed([], 0)
     if from_ms % HOUR_MS or to_ms % HOUR_MS:
         raise ValueError("the serving log lands in whole event hours")
     topic = kafka.serving_log_topic

@@ -69,7 +69,7 @@ def _echo_traffic(echo, topics: list[str], before: dict, after: dict, summary) -
     echo(f"\n{'topic':<28}{'this run':>12}{'in topic':>12}")
     for topic in topics:
         echo(f"{topic:<28}{after.get(topic, 0) - before.get(topic, 0):>12,}{after.get(topic, 0):>12,}")
-    echo(f"{'all event topics':<28}{sum(after.values()) - sum(before.values()):>12,}")
+    echo(f"{'all event topics':<28}{sum(after.get(t, 0) - before.get(t, 0) for t in topics):>12,}")
     echo("\nthe world's rates (hidden truth; bait items are written as clickbait):")
     echo(f"{'items':<10}{'impressions':>13}{'CTR':>9}{'carts/click':>13}{'buys/click':>12}{'mean dwell':>12}")
     for label, tally in (("bait", summary.bait), ("non-bait", summary.non_bait)):

@@ -151,7 +151,8 @@ def hour_manifest(settings: Settings, hour_ms: int) -> HourManifest:
     except FileNotFoundError:
         raise ManifestsMissing(f"{settings.join.output_dir}: no complete partition for {hour_text(hour_ms)}") from None
     manifest = partition.manifest
-    [landed] = landed_manifests(settings.join.serving_log_dir, hour_ms, hour_ms + HOUR_MS) or [{}]
+    directory = settings.join.serving_log_dir
+    [landed] = (landed_manifests(directory, hour_ms, hour_ms + HOUR_MS) if directory else []) or [{}]
     return HourManifest(hour_text(hour_ms), manifest["partition"], manifest["examples"],
                         partition.path.parent.resolve().as_uri(), manifest.get("labels", {}),
                         landed.get("requests", 0), landed.get("dead_letters", 0))
@@ -198,7 +199,7 @@ def serving_log(settings: Settings, day: str) -> ServingLog | None:
     if path.exists():
         return ServingLog.load(path)
     start, end = day_range(day)
-    landed = landed_manifests(settings.join.serving_log_dir, start, end)
+    landed = landed_manifests(settings.join.serving_log_dir, start, end) if settings.join.serving_log_dir else []
     if not landed:
         _LOG.info("no serving log for %s (no %s, nothing landed under %s): the off-policy and served checks do "
                   "not run", day, path, settings.join.serving_log_dir)

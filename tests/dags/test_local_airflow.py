@@ -38,6 +38,7 @@ def local_airflow(loop_data, monkeypatch):
     settings["registry"] = {"directory": str(run_dir / "registry")}
     settings["loop"] = {**settings["loop"], "work_dir": str(run_dir / "work")}
     settings["airflow"] = {"run_dir": str(run_dir / "airflow"), "api_port": api_port, "postgres_port": postgres_port}
+    settings["join"]["serving_log_dir"] = None  # two hours are labeled here; a day's serving log lands whole
     config = run_dir / "settings.yaml"
     config.write_text(yaml.safe_dump(settings))
     monkeypatch.setenv("VALUELOOP_LABELING_CRON", "off")  # runs only when triggered: no run for the wall clock's hour
