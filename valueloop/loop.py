@@ -223,6 +223,9 @@ def serving_log(settings: Settings, day: str) -> ServingLog | None:
               "%d of another shape, %d not labeled yet)", day, assembled.kept, len(requests),
               len(requests) - snapshots[snapshot], assembled.other_policies,
               assembled.other_shapes, assembled.unlabeled)
+    if assembled.log is None:  # requests were served and logged, but none can be weighed: do not judge without
+        raise ServingLogIncomplete(f"the serving log of {day}: none of its {len(requests)} landed requests has "
+                                   "every shown slot labeled under " + str(settings.join.output_dir))
     return assembled.log
 
 

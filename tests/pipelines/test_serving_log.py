@@ -127,3 +127,30 @@ def test_the_hours_of_the_serving_log_land_each_request_once_and_dead_letter_the
     assert [dict(m.headers)["reason"] for m in letters] == [b"not_single_object"]  # once, after two runs
     assert landed_manifests(tmp_path / "landed", config.start_ms + HOUR_MS, config.start_ms + 2 * HOUR_MS) == \
         [landed.manifests[1]]
+
+
+def test_a_day_landed_in_part_or_with_nothing_labeled_stops_the_audit_rather_than_judge(tmp_path):
+    """The gate's serving log of a landed day: none at all without landed hours; an error, never a partial or
+    empty log, when only some hours are landed or when no request can be weighed (no labeled examples)."""
+    from config import Settings
+    from pipelines.partitions import partition_of
+    from pipelines.serving_log import write_hour
+    from valueloop.loop import ServingLogIncomplete, day_range, serving_log
+
+    settings = Settings.model_validate({
+        "join": {"output_dir": str(tmp_path / "examples"), "serving_log_dir": str(tmp_path / "landed")},
+        "loop": {"work_dir": str(tmp_path / "work"), "feature_store": str(tmp_path / "features")}})
+    (tmp_path / "examples").mkdir()
+    day = "2026-11-02"
+    start, end = day_range(day)
+    assert serving_log(settings, day) is None  # nothing landed: no serving log, and the checks do not run
+    version = FeatureStore(tmp_path / "features").put(_tables())
+    served = {**SERVED, "event_time_ms": start + 1_000, "feature_snapshot": version}
+    source = {"ranges": [], "ranges_digest": "test"}
+    write_hour(tmp_path / "landed", partition_of(start), [served], source)
+    with pytest.raises(ServingLogIncomplete, match="landed for 1 of its 24 hours"):
+        serving_log(settings, day)
+    for hour in range(start + HOUR_MS, end, HOUR_MS):
+        write_hour(tmp_path / "landed", partition_of(hour), [], source)
+    with pytest.raises(ServingLogIncomplete, match="none of its 1 landed requests has every shown slot labeled"):
+        serving_log(settings, day)
