@@ -3,8 +3,8 @@ written as one Avro container file per event hour with its manifest, beside the 
 
 A request belongs to the hour it was served in. A record that is not a valid ServedRequest (undecodable, or a
 slate that cannot be weighed: `schemas.validation.slate_problem`) goes to the dead letters and is counted; the
-valid requests around it are written. A request delivered twice (a producer's retry) is written once: its first delivery. The same
-hour landed again from the same offsets writes the same file.
+valid requests around it are written. A request delivered twice (a producer's retry) is written once: its first
+delivery. The same hour landed again from the same offsets writes the same file.
 
 Layout: `<serving_log_dir>/dt=<day>/hour=<HH>/served_requests.avro` and `_manifest.json` (the hour, its
 requests, the offsets read, the dead letters of the run that landed it); `read_landed` reads a range of hours
