@@ -136,11 +136,10 @@ def hour_to_label(settings: Settings, interval_end_ms: int) -> int:
 def label_hour(settings: Settings, hour_ms: int, runner: str = "direct") -> HourManifest:
     """The bounded join of one hour: the Kafka offsets that hold it, labeled into its partition; then the hour's
     serving log landed beside it (`pipelines.run.land_serving_log`). Returns the partition's manifest summary
-    (`hour_manifest`) with the requests landed and their dead letters."""
+    (`hour_manifest`), which reads the landed requests and their dead letters from the landing's manifest."""
     run_bounded_join(settings.kafka, settings.join, runner=runner, from_ms=hour_ms, to_ms=hour_ms + HOUR_MS)
-    landed = land_serving_log(settings.kafka, settings.join, hour_ms, hour_ms + HOUR_MS, runner)
-    return dataclasses.replace(hour_manifest(settings, hour_ms), served_requests=landed.requests,
-                               serving_log_dead_letters=landed.dead_letters)
+    land_serving_log(settings.kafka, settings.join, hour_ms, hour_ms + HOUR_MS, runner)
+    return hour_manifest(settings, hour_ms)
 
 
 def hour_manifest(settings: Settings, hour_ms: int) -> HourManifest:
