@@ -141,16 +141,16 @@ def _timed_simulation(config: SimulatorConfig) -> dict:
 
 
 def _end_to_end(settings: Settings, config: SimulatorConfig) -> dict:
-    topics = fresh_topics(settings.kafka, "end_to_end")
-    start = time.perf_counter()
-    with KafkaSink(topics) as sink:
-        sink.write(Simulation(config).events())
-    seconds = time.perf_counter() - start
-    n = len(_events)
-    result = {"path": END_TO_END, "workers": 1, "events": n, "seconds": round(seconds, 3),
-              "events_per_s": round(n / seconds)}
-    _check_stored(topics, result)
-    return result
+    with fresh_topics(settings.kafka, "end_to_end") as topics:
+        start = time.perf_counter()
+        with KafkaSink(topics) as sink:
+            sink.write(Simulation(config).events())
+        seconds = time.perf_counter() - start
+        n = len(_events)
+        result = {"path": END_TO_END, "workers": 1, "events": n, "seconds": round(seconds, 3),
+                  "events_per_s": round(n / seconds)}
+        _check_stored(topics, result)
+        return result
 
 
 def _round(settings: Settings, config: SimulatorConfig, workers: int) -> dict[str, dict]:
@@ -158,9 +158,9 @@ def _round(settings: Settings, config: SimulatorConfig, workers: int) -> dict[st
     runs = {SIMULATOR: _timed_simulation(config),
             ENCODING: _measure(ENCODING, encode_only, None, workers)}
     for label, path in SENDERS:
-        topics = fresh_topics(settings.kafka, path.__name__)
-        runs[label] = _measure(label, path, topics, workers)
-        _check_stored(topics, runs[label])
+        with fresh_topics(settings.kafka, path.__name__) as topics:
+            runs[label] = _measure(label, path, topics, workers)
+            _check_stored(topics, runs[label])
     runs[END_TO_END] = _end_to_end(settings, config)
     return runs
 

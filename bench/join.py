@@ -182,45 +182,45 @@ def _in_child(path: str, settings: Settings) -> dict:
 
 
 def run_join_benchmark(settings: Settings, requests: int, days: float, output_dir: Path, repeats: int = 3) -> dict:
-    kafka = fresh_topics(settings.kafka, "join")
-    simulator = settings.simulator.model_copy(update={"requests": requests, "days": days})
-    with KafkaSink(kafka) as sink:
-        sink.write(Simulation(simulator).events())
-    runs: dict[str, list[dict]] = {path: [] for path in PATHS}
-    for repeat in range(repeats):
-        for path in PATHS:  # in turn, so that a slow spell of the shared machine falls on every path alike
-            run_settings = settings.model_copy(update={
-                "kafka": kafka, "simulator": simulator,
-                "join": settings.join.model_copy(update={"output_dir": output_dir / f"{path}-{repeat}"})})
-            runs[path].append(_in_child(path, run_settings))
-    reference, beam, flink, steps = (median_run(runs[path]) for path in PATHS)
-    beam_us_per_event = 1e6 / beam["events_per_s"]
-    return {
-        "benchmark": "join",
-        "environment": describe(("apache-beam", "kafka-python", "fastavro")),
-        "settings": {"requests": requests, "days": days, "labels": json.loads(settings.join.labels.model_dump_json()),
-                     "direct_num_workers": settings.join.direct_num_workers, "repeats": repeats,
-                     "reported": "median run per path"},
-        "results": {"reference_labeler": reference, "beam_fnapi_runner": beam, "beam_flink_runner": flink,
-                    "step_costs": steps},
-        "summary": {
-            "events": beam["events"],
-            "beam_events_per_s": beam["events_per_s"],
-            "beam_vs_reference_speed": round(beam["events_per_s"] / reference["events_per_s"], 3),
-            "beam_vs_reference_peak_memory": round(beam["peak_rss_mb"] / reference["peak_rss_mb"], 2),
-            "beam_us_per_event": round(beam_us_per_event, 2),
-            "steps_us_per_event": steps["us_per_event"],  # the work on every event, each step alone
-            "beam_beyond_the_steps_us_per_event": round(beam_us_per_event - sum(steps["us_per_event"].values()), 2),
-            "flink_events_per_s": flink["events_per_s"],
-            "flink_vs_reference_speed": round(flink["events_per_s"] / reference["events_per_s"], 3),
-            "flink_vs_reference_peak_memory": round(flink["peak_rss_mb"] / reference["peak_rss_mb"], 2),
-            "goal_events_per_s": GOAL_EVENTS_PER_S,
-            "goal_within_reference": f"at most {GOAL_WITHIN_REFERENCE:g}x slower",
-            "goal_met": {name: run["events_per_s"] >= GOAL_EVENTS_PER_S
-                         and reference["events_per_s"] <= GOAL_WITHIN_REFERENCE * run["events_per_s"]
-                         for name, run in (("fnapi", beam), ("flink", flink))},
-        },
-    }
+    with fresh_topics(settings.kafka, "join") as kafka:
+        simulator = settings.simulator.model_copy(update={"requests": requests, "days": days})
+        with KafkaSink(kafka) as sink:
+            sink.write(Simulation(simulator).events())
+        runs: dict[str, list[dict]] = {path: [] for path in PATHS}
+        for repeat in range(repeats):
+            for path in PATHS:  # in turn, so that a slow spell of the shared machine falls on every path alike
+                run_settings = settings.model_copy(update={
+                    "kafka": kafka, "simulator": simulator,
+                    "join": settings.join.model_copy(update={"output_dir": output_dir / f"{path}-{repeat}"})})
+                runs[path].append(_in_child(path, run_settings))
+        reference, beam, flink, steps = (median_run(runs[path]) for path in PATHS)
+        beam_us_per_event = 1e6 / beam["events_per_s"]
+        return {
+            "benchmark": "join",
+            "environment": describe(("apache-beam", "kafka-python", "fastavro")),
+            "settings": {"requests": requests, "days": days, "labels": json.loads(settings.join.labels.model_dump_json()),
+                         "direct_num_workers": settings.join.direct_num_workers, "repeats": repeats,
+                         "reported": "median run per path"},
+            "results": {"reference_labeler": reference, "beam_fnapi_runner": beam, "beam_flink_runner": flink,
+                        "step_costs": steps},
+            "summary": {
+                "events": beam["events"],
+                "beam_events_per_s": beam["events_per_s"],
+                "beam_vs_reference_speed": round(beam["events_per_s"] / reference["events_per_s"], 3),
+                "beam_vs_reference_peak_memory": round(beam["peak_rss_mb"] / reference["peak_rss_mb"], 2),
+                "beam_us_per_event": round(beam_us_per_event, 2),
+                "steps_us_per_event": steps["us_per_event"],  # the work on every event, each step alone
+                "beam_beyond_the_steps_us_per_event": round(beam_us_per_event - sum(steps["us_per_event"].values()), 2),
+                "flink_events_per_s": flink["events_per_s"],
+                "flink_vs_reference_speed": round(flink["events_per_s"] / reference["events_per_s"], 3),
+                "flink_vs_reference_peak_memory": round(flink["peak_rss_mb"] / reference["peak_rss_mb"], 2),
+                "goal_events_per_s": GOAL_EVENTS_PER_S,
+                "goal_within_reference": f"at most {GOAL_WITHIN_REFERENCE:g}x slower",
+                "goal_met": {name: run["events_per_s"] >= GOAL_EVENTS_PER_S
+                             and reference["events_per_s"] <= GOAL_WITHIN_REFERENCE * run["events_per_s"]
+                             for name, run in (("fnapi", beam), ("flink", flink))},
+            },
+        }
 
 
 if __name__ == "__main__":

@@ -72,43 +72,43 @@ def _streaming(settings: Settings, runner: str, expected: dict[str, str], scratc
 def run_stream_benchmark(settings: Settings, requests: int, days: float, users: int, items: int, scratch: Path,
                          purchase_window_s: float = 86_400.0, timeout_s: float = 900.0,
                          runners: tuple[str, ...] = tuple(RUNNERS)) -> dict:
-    kafka = fresh_topics(settings.kafka, "stream")
-    simulator = settings.simulator.model_copy(update={
-        "requests": requests, "days": days,
-        "catalogue": settings.simulator.catalogue.model_copy(update={"users": users, "items": items})})
-    with KafkaSink(kafka) as sink:
-        sink.write(Simulation(simulator).events())
+    with fresh_topics(settings.kafka, "stream") as kafka:
+        simulator = settings.simulator.model_copy(update={
+            "requests": requests, "days": days,
+            "catalogue": settings.simulator.catalogue.model_copy(update={"users": users, "items": items})})
+        with KafkaSink(kafka) as sink:
+            sink.write(Simulation(simulator).events())
 
-    # Hours settle only once the longest window has passed: a purchase window of a day lets a backlog of a few
-    # days settle most of its hours.
-    labels = settings.join.labels.model_copy(update={"purchase_window_s": purchase_window_s})
+        # Hours settle only once the longest window has passed: a purchase window of a day lets a backlog of a few
+        # days settle most of its hours.
+        labels = settings.join.labels.model_copy(update={"purchase_window_s": purchase_window_s})
 
-    def run_settings(name: str) -> Settings:
-        return settings.model_copy(update={"kafka": kafka, "simulator": simulator, "join": settings.join.model_copy(
-            update={"output_dir": scratch / name, "labels": labels})})
+        def run_settings(name: str) -> Settings:
+            return settings.model_copy(update={"kafka": kafka, "simulator": simulator, "join": settings.join.model_copy(
+                update={"output_dir": scratch / name, "labels": labels})})
 
-    results, summary = {}, {}
-    for runner in runners:
-        bounded = _bounded(run_settings(f"bounded-{runner}"), runner)
-        expected = _digests(scratch / f"bounded-{runner}")
-        if not expected:
-            raise RuntimeError(f"the bounded join settled no hour of {days:g} days with windows of "
-                               f"{labels.horizon_ms} ms")
-        streaming = _streaming(run_settings(f"streamed-{runner}"), runner, expected, scratch, timeout_s)
-        speed = bounded["seconds"] / streaming["seconds"]
-        for run in (bounded, streaming):
-            run["events_per_s"] = round(bounded["events"] / run["seconds"])
-            run["seconds"] = round(run["seconds"], 2)
-        bounded_on, streams_on = RUNNERS[runner]
-        results[f"bounded_join_{bounded_on}"] = bounded
-        results[f"streaming_join_{streams_on}_catch_up"] = streaming
-        summary[streams_on] = {"events": bounded["events"], "streaming_events_per_s": streaming["events_per_s"],
-                               "streaming_vs_bounded_speed": round(speed, 3)}
-    return {
-        "benchmark": "stream",
-        "environment": describe(("apache-beam", "kafka-python", "fastavro")),
-        "settings": {"requests": requests, "days": days, "users": users, "items": items,
-                     "labels": json.loads(labels.model_dump_json())},
-        "results": results,
-        "summary": summary,
-    }
+        results, summary = {}, {}
+        for runner in runners:
+            bounded = _bounded(run_settings(f"bounded-{runner}"), runner)
+            expected = _digests(scratch / f"bounded-{runner}")
+            if not expected:
+                raise RuntimeError(f"the bounded join settled no hour of {days:g} days with windows of "
+                                   f"{labels.horizon_ms} ms")
+            streaming = _streaming(run_settings(f"streamed-{runner}"), runner, expected, scratch, timeout_s)
+            speed = bounded["seconds"] / streaming["seconds"]
+            for run in (bounded, streaming):
+                run["events_per_s"] = round(bounded["events"] / run["seconds"])
+                run["seconds"] = round(run["seconds"], 2)
+            bounded_on, streams_on = RUNNERS[runner]
+            results[f"bounded_join_{bounded_on}"] = bounded
+            results[f"streaming_join_{streams_on}_catch_up"] = streaming
+            summary[streams_on] = {"events": bounded["events"], "streaming_events_per_s": streaming["events_per_s"],
+                                   "streaming_vs_bounded_speed": round(speed, 3)}
+        return {
+            "benchmark": "stream",
+            "environment": describe(("apache-beam", "kafka-python", "fastavro")),
+            "settings": {"requests": requests, "days": days, "users": users, "items": items,
+                         "labels": json.loads(labels.model_dump_json())},
+            "results": results,
+            "summary": summary,
+        }

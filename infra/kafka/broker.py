@@ -144,6 +144,16 @@ class KafkaBroker:
         finally:
             admin.close()
 
+    def delete_topics(self) -> None:
+        """Deletes the settings' topics that exist, with their messages (a benchmark's own, say)."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id="valueloop-admin")
+        try:
+            present = [t for t in self.settings.topics if t in set(admin.list_topics())]
+            if present:
+                admin.delete_topics(present)
+        finally:
+            admin.close()
+
     def topic_message_counts(self) -> dict[str, int]:
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, client_id="valueloop-status")
         try:

@@ -135,3 +135,23 @@ def test_cli_up_down_status_keeps_data_across_restarts(tmp_path):
         assert "valueloop.clicks: 1 messages" in cli("status", *where).stdout
     finally:
         cli("down", *where, check=False)
+
+
+def test_a_benchmarks_topics_are_created_for_its_block_and_deleted_when_it_ends(kafka_broker):
+    from kafka.admin import KafkaAdminClient
+
+    from bench.topics import fresh_topics
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
+    try:
+        with fresh_topics(kafka_broker.settings, "test") as topics:
+            own = set(topics.topics)
+            assert all(topic.startswith("bench.test.") for topic in own)
+            assert own <= set(admin.list_topics())
+        deadline = time.monotonic() + 60
+        while own & set(admin.list_topics()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not own & set(admin.list_topics())
+        assert set(kafka_broker.settings.topics) <= set(admin.list_topics())  # the project's own topics stay
+    finally:
+        admin.close()
