@@ -4,7 +4,7 @@ The closed loop (`valueloop.closed_loop`) runs under the value objective from se
 so that production moves every round as a heeded gate's would when it passes. On every audited day the gate
 then judges, against that day's production, the loop's own candidate and candidates made good or bad on
 purpose from it:
-- **retrains**: production's own training run again with another seed (the gate's A/A), and the CTR preset
+- **retrains**: production's own training run again with two other seeds (the gate's A/A), and the CTR preset
   trained on the candidate's days;
 - **re-weighted**: the candidate's heads ranked by other value weights (leaning to clicks, or to long dwell),
   or with a bonus on the headline score, exactly as a model exported with those weights would rank;
@@ -37,8 +37,9 @@ from promotion.registry import Registry
 from schemas.units import DAY_MS
 from serving.log import ServingLog, candidate_scores
 from serving.propensities import Sampling
-from simulator.truth import ranker_marginals, served_truth
+from simulator.truth import Bounds, ranker_marginals, served_truth
 from trainer.exported import ExportedModel, Predictor
+from gate.served import served_check
 from valueloop import loop
 from valueloop.audit import run_audit
 from valueloop.closed_loop import GateMode, Objective, run_closed_loop, run_settings, truth_of_marginals
@@ -60,6 +61,8 @@ REWEIGHTED = {
 }
 HEADLINE_BONUS = {"headline-bonus-small": 0.002, "headline-bonus-large": 0.01}
 ZEROED = {"affinity-zeroed": ("user_category_affinity",)}
+SIZING_CUTS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)  # headline scores the bait proxy is recorded at, for its sizing
+AA_NAMES = ("a/a", "a/a-2")  # production's training run again, with the seed + 1000 and + 2000
 
 
 @dataclass
@@ -109,6 +112,10 @@ def judge(settings: Settings, world: World, day: str, candidate: Path | Predicto
     offpolicy = loop.offpolicy_check(settings, log, judged, against, logged)
     status, reasons, promotable = loop.decide(verdict, served, offpolicy)
     truth = truth_of_marginals(world, log, judged.marginals, against.marginals)
+    audit = settings.audit
+    # the bait proxy's upper bound at other headline cuts, so that its cut can be sized again from this record
+    by_cut = {str(cut): served_check(log, judged.served, against.served, audit.served_purchase_drop,
+                                     audit.served_bait_points, cut, 200).bait_proxy.interval[1] for cut in SIZING_CUTS}
     estimate = offpolicy.estimate
     # the truth of the paired estimate: the candidate's expected purchases per request in the slots, minus
     # production's, on the same requests
@@ -116,7 +123,8 @@ def judge(settings: Settings, world: World, day: str, candidate: Path | Predicto
         * offpolicy.slots / 1000
     return {"status": status, "promotable": promotable, "reasons": reasons[:3], "truth": truth,
             "served": {"purchases": served.purchases.change, "purchases_interval": served.purchases.interval,
-                       "bait_points": served.bait_proxy.change, "bait_interval": served.bait_proxy.interval},
+                       "bait_points": served.bait_proxy.change, "bait_interval": served.bait_proxy.interval,
+                       "bait_upper_by_cut": by_cut},
             "offpolicy": {"judged": offpolicy.judged, "passed": offpolicy.passed,
                           "effective_sample_size": estimate.effective_sample_size,
                           "relative": estimate.relative, "relative_interval": estimate.relative_interval,
@@ -162,10 +170,12 @@ def candidates_of_day(settings: Settings, day: str, candidate_dir: Path, product
                                                                    data["end_ms"], scratch / day / "ctr-preset"))))
     if production is not None:
         produced = ExportedModel(registry.version(production).model_dir).metadata
-        again = TrainConfig.model_validate(produced["config"])
-        again = again.model_copy(update={"seed": again.seed + 1000})
-        made.append(("a/a", "retrain", ExportedModel(_retrained(settings, again, produced["data"]["start_ms"],
-                                                                produced["data"]["end_ms"], scratch / day / "a-a"))))
+        config = TrainConfig.model_validate(produced["config"])
+        for n, name in enumerate(AA_NAMES, start=1):  # the same training run with other seeds
+            again = config.model_copy(update={"seed": config.seed + 1000 * n})
+            made.append((name, "retrain", ExportedModel(_retrained(
+                settings, again, produced["data"]["start_ms"], produced["data"]["end_ms"],
+                scratch / day / name.replace("/", "-")))))
         first = min(v.version for v in registry.versions())
         if first != production:
             made.append(("stale", "broken", ExportedModel(registry.version(first).model_dir)))
@@ -179,12 +189,14 @@ def wilson(k: int, n: int) -> list[float] | None:
     return [round(interval.low, 4), round(interval.high, 4)]
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], bait_points: float) -> dict:
+    """The confusion matrix of `rows` (judged candidates) against their truth; `bait_points` is the served check's
+    bait margin, at which the bait proxy's record at each headline cut is scored."""
     healthy = [r for r in rows if r["truth"]["health"] == "healthy"]
     harmful = [r for r in rows if r["truth"]["health"] == "harmful"]
     false_blocks = [r for r in healthy if not r["promotable"]]
     misses = [r for r in harmful if r["promotable"]]
-    aa = [r for r in rows if r["name"] == "a/a"]
+    aa = [r for r in rows if r["name"] in AA_NAMES]
     aa_passed = sum(r["promotable"] for r in aa)
 
     def decided_by(wrong: list[dict]) -> dict:
@@ -196,6 +208,16 @@ def summarise(rows: list[dict]) -> dict:
         return counts
 
     loop_rows = [r for r in rows if r["name"] == "loop"]
+    # the bait proxy alone, at each headline cut and the configured margin: the healthy candidates it would block,
+    # and the candidates harmful by their bait alone it would let through
+    bounds = Bounds()
+    by_bait = [r for r in harmful
+               if r["truth"]["candidate"]["purchases_per_1000"] > bounds.harmful_purchases
+               * r["truth"]["production"]["purchases_per_1000"]]  # harmful, so by bait when not by purchases
+    cuts = sorted({cut for r in rows for cut in r["served"].get("bait_upper_by_cut", {})}, key=float)
+    sizing = {cut: {"false_blocks": sum(r["served"]["bait_upper_by_cut"][cut] > bait_points for r in healthy),
+                    "misses_of_bait": sum(r["served"]["bait_upper_by_cut"][cut] <= bait_points for r in by_bait)}
+              for cut in cuts}
     covered = sum(r["offpolicy"]["covers_truth"] for r in loop_rows)
     costs = [r["floor_cost"]["cost"] for r in loop_rows if r.get("floor_cost")]
     by_name: dict[str, dict] = {}
@@ -222,6 +244,8 @@ def summarise(rows: list[dict]) -> dict:
                          for health in ("healthy", "harmful", "neither")},
         "blocked_healthy": sum(r["status"] == "block" for r in healthy),
         "floor_cost_median": float(np.median(costs)) if costs else None,
+        "bait_proxy_by_cut": {"margin": bait_points, "healthy": len(healthy), "harmful_by_bait_alone": len(by_bait),
+                              "cuts": sizing},
         "by_candidate": by_name,
         "goals": {"false_block_rate_at_most": GOAL_FALSE_BLOCKS, "miss_rate_at_most": GOAL_MISSES,
                   "aa_pass_rate_at_least": GOAL_AA_PASSES, "each_class_at_least": GOAL_CANDIDATES,
@@ -288,5 +312,5 @@ def run_gate_benchmark(settings: Settings, seeds: list[int], rounds: int, reques
                      "serving": settings.loop.model_dump(mode="json", include={
                          "serving_exploration", "serving_temperature", "serving_epsilon", "serving_floor"})},
         "results": {"candidates": rows},
-        "summary": summarise(rows),
+        "summary": summarise(rows, settings.audit.served_bait_points),
     }

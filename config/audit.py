@@ -101,8 +101,9 @@ class AuditConfig(BaseModel):
     served_bait_points: float = Field(3.0, ge=0, description="How many points more of its top slots than "
                                       "production's may show sensational headlines, at the 95% upper bound, "
                                       "before the served check blocks.")
-    bait_headline_score: float = Field(0.5, ge=0, le=1, description="The headline score from which a served item "
-                                       "counts as sensational, the served check's proxy for bait.")
+    bait_headline_score: float = Field(0.65, ge=0, le=1, description="The headline score from which a served item "
+                                       "counts as sensational, the served check's proxy for bait. Sized against the "
+                                       "truth on seeds the gate's benchmark does not score (docs/audit.md).")
     served_bootstrap_draws: int = Field(400, ge=20, description="Poisson bootstrap draws over requests for the "
                                         "served check's intervals.")
     gate: tuple[Threshold, ...] = Field(DEFAULT_GATE, description="The model gate's thresholds; a failed one blocks.")

@@ -1,0 +1,28 @@
+"""`bench gate`'s summary of judged candidates: pure functions over hand-made rows."""
+from bench.gate import summarise
+
+
+def row(name, health, promotable, purchases, bait, by_cut, covers=True):
+    """A judged candidate: its truth against production's (100 purchases per 1000, 10% bait)."""
+    return {"name": name, "status": "pass" if promotable else "block", "promotable": promotable,
+            "decided_by": [] if promotable else ["served"],
+            "truth": {"health": health, "candidate": {"purchases_per_1000": purchases, "bait_share": bait},
+                      "production": {"purchases_per_1000": 100.0, "bait_share": 0.10}},
+            "served": {"bait_upper_by_cut": by_cut}, "offpolicy": {"covers_truth": covers}}
+
+
+def test_the_bait_proxy_is_scored_at_every_cut_and_both_aa_retrains_count_pure_function():
+    rows = [
+        row("loop", "healthy", True, 100.0, 0.10, {"0.5": 3.5, "0.7": 1.0}),
+        row("a/a", "healthy", True, 99.0, 0.10, {"0.5": 0.5, "0.7": 0.2}),
+        row("a/a-2", "neither", False, 95.0, 0.10, {"0.5": 0.5, "0.7": 0.2}),
+        row("click-only", "harmful", False, 95.0, 0.20, {"0.5": 9.0, "0.7": 2.5}),  # harmful by its bait alone
+        row("ctr-preset", "harmful", False, 50.0, 0.40, {"0.5": 9.0, "0.7": 1.0}),  # harmful by its purchases
+    ]
+    summary = summarise(rows, bait_points=3.0)
+    sizing = summary["bait_proxy_by_cut"]
+    assert sizing["healthy"] == 2 and sizing["harmful_by_bait_alone"] == 1
+    assert sizing["cuts"] == {"0.5": {"false_blocks": 1, "misses_of_bait": 0},
+                              "0.7": {"false_blocks": 0, "misses_of_bait": 1}}
+    assert summary["aa_candidates"] == 2 and summary["aa_pass_rate"] == 0.5
+    assert summary["false_block_rate"] == 0 and summary["miss_rate"] == 0
