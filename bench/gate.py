@@ -308,7 +308,7 @@ def run_gate_benchmark(settings: Settings, seeds: list[int], rounds: int, reques
         "settings": {"seeds": seeds, "rounds": rounds, "requests_per_round": requests, "objective": "value",
                      "audit": settings.audit.model_dump(mode="json", include={
                          "served_purchase_drop", "served_bait_points", "bait_headline_score", "offpolicy_slots",
-                         "offpolicy_purchase_drop", "offpolicy_min_ess", "offpolicy_switch"}),
+                         "offpolicy_purchase_drop", "offpolicy_min_ess", "offpolicy_switch", "offpolicy_clip"}),
                      "serving": settings.loop.model_dump(mode="json", include={
                          "serving_exploration", "serving_temperature", "serving_epsilon", "serving_floor"})},
         "results": {"candidates": rows},

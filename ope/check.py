@@ -12,9 +12,9 @@ production and under the policy that served the log (production's predecessor wh
 after the day was served) weigh the log, and `ope.estimators.paired_difference` estimates the candidate's
 purchases minus production's, on the same requests and resamples: doubly robust with a reward model of both
 models' purchase predictions (their mean, calibrated per slot on the log), the logged items whose weight is
-above `offpolicy_switch` left to the reward model (Switch-DR). The support floor
-keeps every candidate's chance of every slot above floor / candidates, so the weights stay bounded whatever the
-candidate ranks.
+above `offpolicy_switch` left to the reward model (Switch-DR), or, with `offpolicy_clip`, every weight clipped
+at it. The support floor keeps every candidate's chance of every slot above floor / candidates, so the weights
+stay bounded whatever the candidate ranks.
 
 Three outcomes, by the 95% interval of the relative change against `offpolicy_purchase_drop`:
 - **passed**: the interval's lower end is above -drop: the candidate is shown to sell no less than that;
@@ -67,11 +67,11 @@ def reward_model(log: ServingLog, purchase: np.ndarray | None, slots: int) -> tu
 
 def offpolicy_check(log: ServingLog, candidate: np.ndarray, production: np.ndarray, logged: np.ndarray,
                     purchase: np.ndarray | None, drop: float, min_ess: float = 0.0, switch: float = 5.0,
-                    draws: int = 1000, seed: int = 0) -> OffPolicyCheck:
+                    draws: int = 1000, seed: int = 0, clip: float | None = None) -> OffPolicyCheck:
     """The candidate against production on purchases in the first slots of a serving log, given each ranker's
     P(candidate at slot) (requests, candidates, slots), the same of the policy that served the log (`logged`:
     production's own array when it served it) and a reward model's p(purchase) of every candidate (requests,
-    candidates; None for none)."""
+    candidates; None for none). With `clip`, the weights are clipped at it rather than switched."""
     if not candidate.shape == production.shape == logged.shape or candidate.shape[:2] != log.candidates.shape:
         raise ValueError(f"marginals of shapes {candidate.shape}, {production.shape} and {logged.shape} for "
                          f"candidates of shape {log.candidates.shape}")
@@ -83,7 +83,8 @@ def offpolicy_check(log: ServingLog, candidate: np.ndarray, production: np.ndarr
     estimate = paired_difference(log.bought[:, :slots], logged[rows, order, positions],
                                  candidate[rows, order, positions], production[rows, order, positions], at_logged,
                                  (candidate * model).sum(axis=(1, 2)), (production * model).sum(axis=(1, 2)),
-                                 self_normalise=False, switch=switch, draws=draws, seed=seed)
+                                 self_normalise=False, switch=math.inf if clip is not None else switch,
+                                 clip=math.inf if clip is None else clip, draws=draws, seed=seed)
     low, high = estimate.relative_interval
     said = (f"off-policy: the candidate's purchases in the top {slots} ({estimate.estimator}) "
             f"{estimate.relative:+.1%} [{low:+.1%}, {high:+.1%}] against production's on {log.policy}'s log "

@@ -198,7 +198,8 @@ def _per_slate(name: str, values, slates: int) -> np.ndarray:
 
 def paired_difference(rewards, logging_marginal, target_marginal, baseline_marginal=None, reward_model=None,
                       target_direct=None, baseline_direct=None, self_normalise: bool = True,
-                      switch: float = math.inf, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> PairedEstimate:
+                      switch: float = math.inf, clip: float = math.inf, draws: int = BOOTSTRAP_DRAWS,
+                      seed: int = 0) -> PairedEstimate:
     """A target policy's value minus a baseline policy's, per slate, from slates a logging policy served
     (arrays of (slates, positions)): the rewards observed, and each position's marginal probability of the item
     shown there (P(item at position), not the conditional propensity) under the logging policy, the target and
@@ -217,6 +218,11 @@ def paired_difference(rewards, logging_marginal, target_marginal, baseline_margi
     whose weight is above it adds no correction: the reward model alone speaks for it, trading a bias the
     reward model's error bounds for the variance of a few huge weights, which a bootstrap does not see (its
     intervals over a handful of weights in the hundreds look tight and miss the truth).
+
+    With `clip` (doubly robust with clipped weights, the Open Bandit Pipeline's `DoublyRobust(lambda_=clip)`), a
+    weight above it counts as `clip`: the large weights still correct the reward model, each at most `clip` times.
+    Switch-DR drops their corrections and keeps the reward model's bias there whole; clipping keeps part of them,
+    at more variance.
     """
     r = _logged_matrix("rewards", rewards)
     logging = _logged_matrix("logging_marginal", logging_marginal, r.shape)
@@ -233,7 +239,10 @@ def paired_difference(rewards, logging_marginal, target_marginal, baseline_margi
     target_dm = _per_slate("target_direct", target_direct, len(r))
     baseline_dm = _per_slate("baseline_direct", baseline_direct, len(r))
     residual = r - q
-    w_target, w_baseline = (np.where(w <= switch, w, 0.0) for w in (target / logging, baseline / logging))
+    if not clip > 0:
+        raise ValueError(f"clip must be above 0, not {clip}")
+    w_target, w_baseline = (np.where(w <= switch, np.minimum(w, clip), 0.0)
+                            for w in (target / logging, baseline / logging))
     positions = r.shape[1]
     # per slate: each side's direct value, then per position its weighted residuals and its weights, then a one:
     # every quantity the estimate is a ratio of sums of
@@ -265,6 +274,8 @@ def paired_difference(rewards, logging_marginal, target_marginal, baseline_margi
         name = "paired self-normalised doubly robust" if self_normalise else "paired doubly robust"
         if math.isfinite(switch):
             name = f"paired switch doubly robust, weights above {switch:g} left to the reward model"
+        if math.isfinite(clip):
+            name += f", weights clipped at {clip:g}"
         interval, relative_interval = poisson_bootstrap_many(columns, [per_slate, relative], draws, seed)
         return PairedEstimate(name, t, b, t - b, interval, t / b - 1 if b > 0 else float("nan"), relative_interval,
                               ess, len(r))

@@ -298,7 +298,7 @@ def offpolicy_check(settings: Settings, log: ServingLog, candidate: Ranker, prod
     return check(log, candidate.marginals, production.marginals, logged.marginals,
                  sum(priced) / len(priced) if priced else None,
                  audit.offpolicy_purchase_drop, audit.offpolicy_min_ess, audit.offpolicy_switch,
-                 audit.offpolicy_bootstrap_draws)
+                 audit.offpolicy_bootstrap_draws, clip=audit.offpolicy_clip)
 
 
 def served_check_of(settings: Settings, log: ServingLog, candidate: Ranker, production: Ranker) -> ServedCheck:

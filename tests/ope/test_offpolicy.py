@@ -117,6 +117,8 @@ def test_offpolicy_check_passes_production_against_itself_and_blocks_a_ranker_of
     check = offpolicy_check(log, marginals(worse, 3), production, production, None, drop=0.10)
     assert check.judged and not check.passed and check.estimate.relative_interval[1] < -0.10
     assert "below -10%" in check.reason and "production/v1" in check.reason
+    clipped = offpolicy_check(log, marginals(worse, 3), production, production, None, drop=0.10, clip=20.0)
+    assert "weights clipped at 20" in clipped.reason and "switch" not in clipped.reason and not clipped.passed
     better = logits.copy()
     better[:, :2] += 1.0
     assert offpolicy_check(log, marginals(better, 3), production, production, None, drop=0.10).estimate.relative > 0.10
@@ -162,6 +164,27 @@ def test_the_paired_difference_equals_its_value_worked_out_by_hand_pure_function
     # a baseline other than the logging policy is weighed as the target is
     swapped = paired_difference(rewards, logging, logging, target, q, baseline_direct, target_direct, draws=40)
     assert swapped.difference == pytest.approx(-normalised.difference)
+
+
+def test_clipped_and_switched_weights_equal_their_values_worked_out_by_hand_pure_function():
+    from ope.estimators import paired_difference
+
+    rewards = np.array([[1.0, 0.0], [0.0, 1.0]])
+    logging = np.array([[0.5, 0.5], [0.25, 0.5]])
+    target = np.array([[0.25, 0.5], [0.5, 1.0]])  # weights 0.5, 1 / 2, 2
+    q = np.array([[0.6, 0.1], [0.2, 0.5]])
+    target_direct, baseline_direct = np.array([0.5, 0.4]), np.array([0.4, 0.6])
+    args = (rewards, logging, target, None, q, target_direct, baseline_direct)
+    # clipped at 1.5: the weights of 2 count as 1.5; per slate 0.5 + 0.5 x 0.4 - 0.1 = 0.6, 0.4 + 1.5 x (-0.2 + 0.5)
+    clipped = paired_difference(*args, self_normalise=False, clip=1.5, draws=40)
+    assert clipped.target == pytest.approx((0.6 + 0.85) / 2) and clipped.estimator.endswith("clipped at 1.5")
+    # switched at 1.5: the weights of 2 add no correction; per slate 0.6 and 0.4
+    switched = paired_difference(*args, self_normalise=False, switch=1.5, draws=40)
+    assert switched.target == pytest.approx((0.6 + 0.4) / 2)
+    # clipping above every weight changes nothing
+    assert paired_difference(*args, self_normalise=False, clip=10, draws=40).target == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="clip must be above 0"):
+        paired_difference(*args, clip=0, draws=40)
 
 
 def test_the_paired_difference_refuses_what_it_cannot_weigh_pure_function():
