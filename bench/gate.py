@@ -15,7 +15,8 @@ Each candidate goes through the whole gate as the retraining DAG runs it (the dr
 the day's examples, the served check and the off-policy check on production's serving log, `loop.decide`),
 and its truth comes from the world (`simulator.truth`): healthy, harmful or neither against production's.
 Recorded: every decision beside its truth, the false-block rate on healthy candidates and the miss rate on
-harmful ones with Wilson 95% intervals, which check decided each wrong call, and how often the A/A passes.
+harmful ones with Wilson 95% intervals, which check decided each wrong call, how often the A/A passes, and the
+served check's bait proxy at several headline cuts (to size its cut again).
 
 Goals: at most 5% false blocks, at most 5% misses, the A/A passing at least 95% of the time, over at least 60
 healthy and 60 harmful candidates.
@@ -33,13 +34,13 @@ from scipy import stats
 from bench.environment import describe
 from config import Settings
 from config.trainer import TrainConfig, preset
+from gate.served import served_check
 from promotion.registry import Registry
 from schemas.units import DAY_MS
 from serving.log import ServingLog, candidate_scores
 from serving.propensities import Sampling
 from simulator.truth import Bounds, ranker_marginals, served_truth
 from trainer.exported import ExportedModel, Predictor
-from gate.served import served_check
 from valueloop import loop
 from valueloop.audit import run_audit
 from valueloop.closed_loop import GateMode, Objective, run_closed_loop, run_settings, truth_of_marginals
