@@ -1,7 +1,8 @@
 """valueloop_retraining: once the 24 labeled hours of a day are in (the `valueloop_labeled_hours` asset rolled up
-from hours to days), check the manifests, train a candidate on the days before, register it, audit it (the day
-against the day before; the candidate against production on the day), then promote it or keep production and
-alert on-call.
+from hours to days), check the manifests, decide the canary that served the day (if one did), train a candidate
+on the days before, register it, audit it (the day against the day before; the candidate against production on
+the day), then promote it or keep production: a candidate the audit cannot judge becomes the next canary
+(`valueloop.canary`) when none is in flight, and any other held candidate alerts on-call.
 
 Every task is idempotent for its day: a re-run finds the same model, the same registered version, the same
 audit and the same open alert. Param `day` (YYYY-MM-DD) runs a day by hand, e.g. from the REST API or
@@ -48,6 +49,21 @@ with DAG(
         print(check(found, found.loop, day))
         return day
 
+    @task
+    def settle_canary(day: str) -> dict | None:
+        """The canary that served `day`, decided by its split test: promoted, or held with an alert. Before the
+        day's own candidate is audited, so that it is judged against the production that decision leaves."""
+        from valueloop import canary as canaries
+        from valueloop.scheduling.assets import settings
+        from valueloop.scheduling.notifier import sinks
+
+        found = settings()
+        canary = canaries.in_flight(found)
+        if canary is None or canaries.superseded(found, canary) or canary.served_day != day:
+            return None
+        decision = canaries.decide(found, canary)
+        return {**decision.as_dict(), **canaries.act(found, decision, sinks())}
+
     @task(execution_timeout=dt.timedelta(hours=2))
     def train(day: str) -> str:
         from valueloop.loop import train_candidate
@@ -90,14 +106,22 @@ with DAG(
 
     @task
     def hold(day: str, audited: dict) -> dict:
+        """Keeps production. An inconclusive candidate is split-tested from the next day when no other canary is
+        in flight (the run for that day decides it); otherwise on-call is told (`valueloop.loop.hold_candidate`)."""
         import dataclasses
 
+        from valueloop.canary import open_canary
         from valueloop.loop import Audited, hold_candidate
         from valueloop.scheduling.assets import settings
         from valueloop.scheduling.notifier import sinks
 
-        return dataclasses.asdict(hold_candidate(settings(), day, Audited.from_dict(audited), sinks()))
+        found, held = settings(), Audited.from_dict(audited)
+        canary = open_canary(found, day, held, int(day.replace("-", "")))
+        if canary is not None:
+            return {"canary": canary.as_dict()}
+        return dataclasses.asdict(hold_candidate(found, day, held, sinks()))
 
     day = check_manifests()
     audited = audit(day, register(day, train(day)))
+    settle_canary(day) >> audited
     decide(audited) >> [promote(day, audited), hold(day, audited)]

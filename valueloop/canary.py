@@ -3,7 +3,9 @@ users, split by a seeded hash of the user (`serving.policies.SplitPolicy`), for 
 the split test's purchases per impression decide it (`ab.analysis.analyse`, with the sample-ratio check).
 
 One canary is in flight at a time, kept in `<loop.work_dir>/canary.json`: opened by the audit that found its
-candidate inconclusive, served from the next day, decided once that day's examples are complete. It promotes
+candidate inconclusive, served from the next day, decided once that day's examples are complete. The closed loop
+serves it itself (`serve`); on a schedule, whatever serves production's traffic asks `serving_policy` (as
+`valueloop simulate` does), and the retraining DAG's run for the served day decides it. It promotes
 when the split is sound and the 95% interval of the candidate's relative change in purchases per impression is
 above -`audit.canary_purchase_drop`. Otherwise it is held: a broken split, or an interval that cannot show it,
 holds it as inconclusive (on the sinks that do not page); an interval wholly below the margin holds it as a
@@ -24,6 +26,7 @@ from valueloop import loop
 from valueloop.policies import LOGGING, policy_from
 
 CANARY_FILE = "canary.json"
+DECIDED_FILE = "canaries.jsonl"  # every canary decided, one `CanaryDecision` and what was done a line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,23 @@ def in_flight(settings: Settings) -> Canary | None:
     return Canary(**json.loads(path.read_text())) if path.exists() else None
 
 
+def decided(settings: Settings) -> list[dict]:
+    """Every canary decided so far, oldest first: its `CanaryDecision` and what was done."""
+    path = Path(settings.loop.work_dir) / DECIDED_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def _close(settings: Settings, decision: CanaryDecision, done: dict) -> dict:
+    """Records the decision and what was done, then closes the canary; a canary recorded already (a run that
+    died before closing it) is recorded once."""
+    path = Path(settings.loop.work_dir) / DECIDED_FILE
+    if not any(d["canary"] == decision.canary.as_dict() for d in decided(settings)):
+        with path.open("a") as out:
+            out.write(json.dumps({**decision.as_dict(), **done}) + "\n")
+    _save(settings, None)
+    return done
+
+
 def _save(settings: Settings, canary: Canary | None) -> None:
     path = canary_file(settings)
     if canary is None:
@@ -79,9 +99,16 @@ def _save(settings: Settings, canary: Canary | None) -> None:
 def open_canary(settings: Settings, day: str, audited: loop.Audited, seed: int) -> Canary | None:
     """Starts a canary for a candidate its audit found inconclusive (served from the next day); None, and
     nothing started, when canaries are off (`loop.canary_share` 0), the audit was not inconclusive, or another
-    canary is in flight."""
-    if settings.loop.canary_share <= 0 or audited.status != "inconclusive" or in_flight(settings) is not None:
+    canary is in flight. The canary this audit already opened is returned again, so a re-run opens nothing new."""
+    if settings.loop.canary_share <= 0 or audited.status != "inconclusive":
         return None
+    flying = in_flight(settings)
+    if flying is not None:
+        return flying if (flying.audited_day, flying.candidate) == (day, audited.version) else None
+    past = [Canary(**d["canary"]) for d in decided(settings)]
+    opened = next((c for c in past if (c.audited_day, c.candidate) == (day, audited.version)), None)
+    if opened is not None:  # this audit's canary was served and decided already
+        return opened
     registry = Registry(settings.registry)
     control = settings.simulator.logging_policy.name if audited.production is None else \
         f"{registry.name}/v{audited.production}"
@@ -101,6 +128,19 @@ def serve(settings: Settings, canary: Canary, day: str, output: str = "value") -
     return SplitPolicy([control, treatment], [1 - canary.share, canary.share], seed=canary.seed)
 
 
+def serving_policy(settings: Settings, spec: str, day: str, output: str = "value") -> SplitPolicy | None:
+    """What serves `day`'s traffic in place of `spec` (a `valueloop.policies` name) while a canary is in flight:
+    the split of the canary's control and its candidate, when `spec` is that control (`production`, or the
+    logging policy before any model was promoted) and the canary has not served another day yet; None
+    otherwise, and then `spec` serves alone. A canary whose production moved is dropped (`superseded`)."""
+    canary = in_flight(settings)
+    if canary is None or superseded(settings, canary):
+        return None
+    if spec != (LOGGING if canary.production is None else "production") or canary.served_day not in (None, day):
+        return None
+    return serve(settings, canary, day, output)
+
+
 def superseded(settings: Settings, canary: Canary) -> bool:
     """Whether production moved since the canary opened (it then no longer tests against what serves); drops
     such a canary."""
@@ -111,7 +151,7 @@ def superseded(settings: Settings, canary: Canary) -> bool:
 
 
 def decide(settings: Settings, canary: Canary) -> CanaryDecision:
-    """The canary's split test on its served day's examples, and what it decides; the canary is closed."""
+    """The canary's split test on its served day's examples, and what it decides (`act` carries it out)."""
     start, end = loop.day_range(canary.served_day)
     impressions = load_impressions(Path(settings.join.output_dir), start, end)
     result = analyse(impressions, canary.control, canary.treatment, None,
@@ -130,13 +170,13 @@ def decide(settings: Settings, canary: Canary) -> CanaryDecision:
         status, reason = "block", f"{said}: below {-drop:+.0%}"
     else:
         status, reason = "inconclusive", f"{said}: the interval straddles {-drop:+.0%}"
-    _save(settings, None)
     return CanaryDecision(canary, status == "pass", status, reason, result.as_dict())
 
 
 def act(settings: Settings, decision: CanaryDecision, sinks: list | None = None) -> dict:
     """Promotes the canaried candidate, or holds it and tells on-call as any held candidate (a block pages,
-    the rest go to the sinks that do not page); returns what was done."""
+    the rest go to the sinks that do not page), then closes the canary; returns what was done. A run that died
+    before closing it decides the same and acts again: the promotion is found done, the alert found open."""
     canary = decision.canary
     report = (loop.day_dir(settings.loop, canary.audited_day) / "audit" / "report.html").resolve()
     audited = loop.Audited(decision.status, decision.promote, [decision.reason], str(report), canary.production,
@@ -144,7 +184,8 @@ def act(settings: Settings, decision: CanaryDecision, sinks: list | None = None)
     registry = Registry(settings.registry)
     registry.record_verdict(canary.candidate, decision.status, [decision.reason])
     if decision.promote:
-        registry.promote(canary.candidate, canary.production, f"{canary.served_day}: {decision.reason}")
-        return {"promoted": canary.candidate}
+        if registry.production() != canary.candidate:
+            registry.promote(canary.candidate, canary.production, f"{canary.served_day}: {decision.reason}")
+        return _close(settings, decision, {"promoted": canary.candidate})
     held = loop.hold_candidate(settings, canary.served_day, audited, sinks)
-    return {"held": canary.candidate, "alerted": held.alerted}
+    return _close(settings, decision, {"held": canary.candidate, "alerted": held.alerted})

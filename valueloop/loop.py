@@ -191,7 +191,8 @@ class ServingLogIncomplete(RuntimeError):
 def serving_log(settings: Settings, day: str) -> ServingLog | None:
     """Production's serving log of `day`, or None when the day has none: the file of it (`serving_log_path`, the
     closed loop writes one) where there is one, else the requests the hourly labeling landed from the serving
-    log topic (`pipelines.serving_log`), with the outcomes of their impressions from the day's labeled examples
+    log topic (`pipelines.serving_log`) that production served (those of the policy that served most, when
+    production served none), with the outcomes of their impressions from the day's labeled examples
     and the feature tables they name (`serving.log.assemble`). A day landed for some hours only raises
     ServingLogIncomplete: the audit stops, and nothing is promoted on part of a day."""
     path = serving_log_path(settings.loop, day)
@@ -215,9 +216,14 @@ def serving_log(settings: Settings, day: str) -> ServingLog | None:
         raise ServingLogIncomplete(f"the serving log of {day} is landed but holds no request")
     snapshots = Counter(r["feature_snapshot"] for r in requests)
     snapshot = max(sorted(snapshots), key=snapshots.get)
+    # a canary's day logs two arms: the gate weighs what production (as it stands now) served
+    registry = Registry(settings.registry)
+    production = registry.production()
+    serving = settings.simulator.logging_policy.name if production is None else f"{registry.name}/v{production}"
     assembled = assemble([r for r in requests if r["feature_snapshot"] == snapshot],
                          FeatureStore(settings.loop.feature_store).get(snapshot),
-                         labeled_outcomes(settings.join.output_dir, start, end))
+                         labeled_outcomes(settings.join.output_dir, start, end),
+                         serving if any(r["policy"] == serving for r in requests) else None)
     _LOG.info("serving log of %s: %d of %d landed requests (%d of other feature snapshots, %s of other policies, "
               "%d of another shape, %d not labeled yet)", day, assembled.kept, len(requests),
               len(requests) - snapshots[snapshot], assembled.other_policies,

@@ -35,6 +35,7 @@ def test_the_dagbag_loads_every_dag_with_its_structure_and_each_file_parses_fast
     assert labeling["schedule"] == "CronPartitionTimetable" and labeling["params"] == ["hour", "runner"]
     assert retraining["schedule"] == "PartitionedAssetTimetable" and retraining["params"] == ["day"]
     assert retraining["tasks"]["decide"] == ["hold", "promote"] and retraining["tasks"]["train"] == ["register"]
+    assert retraining["tasks"]["settle_canary"] == ["audit"]  # the canary is decided before the day's candidate
     for dag in (labeling, retraining):
         assert dag["max_active_runs"] == 1 and all(dag["timeouts"]) and all(dag["callbacks"])
         assert all(r >= 1 for r in dag["retries"])
