@@ -121,7 +121,17 @@ with DAG(
             return {"canary": canary.as_dict()}
         return dataclasses.asdict(hold_candidate(found, day, held, sinks()))
 
+    @task(trigger_rule="none_failed_min_one_success")
+    def digest(day: str) -> list[str]:
+        """The day's digest of what was held without a page (an inconclusive or warning candidate, a canary that
+        could not be decided), once, to the sinks that do not page; the sinks that took it."""
+        from valueloop.loop import send_digest
+        from valueloop.scheduling.assets import settings
+        from valueloop.scheduling.notifier import sinks
+
+        return send_digest(settings(), day, sinks())
+
     day = check_manifests()
     audited = audit(day, register(day, train(day)))
     settle_canary(day) >> audited
-    decide(audited) >> [promote(day, audited), hold(day, audited)]
+    decide(audited) >> [promote(day, audited), hold(day, audited)] >> digest(day)

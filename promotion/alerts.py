@@ -8,7 +8,9 @@ failure is logged and returned: an alert that cannot be delivered never changes 
 lets a blocked model through.
 
 `AlertBook` remembers, in a small JSON file under the run directory, which alerts are open, so that a later
-passing run resolves exactly what an earlier one triggered.
+passing run resolves exactly what an earlier one triggered. An alert that should not interrupt anyone is
+deferred to its window's digest instead (`defer`, `send_digest`): one message a window to the sinks read in
+working hours, however many such alerts the window had.
 """
 from __future__ import annotations
 
@@ -213,9 +215,13 @@ def deliver(alert: Alert, sinks: Iterable[Sink], attempts: int = 4, backoff_s: f
     return outcomes
 
 
+DIGEST = "digest"
+
+
 class AlertBook:
     """Which alerts are open, kept in a JSON file: `trigger` opens (and delivers) an alert unless it is open
-    already; `resolve_passing` closes the open alerts of checks that now pass on their window."""
+    already; `defer` opens one for its window's digest, which `send_digest` delivers; `resolve_passing` closes
+    the open alerts of checks that now pass on their window."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -249,15 +255,57 @@ class AlertBook:
         self._save(alerts)
         return outcomes
 
+    def defer(self, alert: Alert) -> bool:
+        """Opens `alert` for its window's digest without delivering it; False, and nothing changed, when it is
+        open already."""
+        alerts = self.open_alerts()
+        if alert.dedup_key in alerts:
+            return False
+        alerts[alert.dedup_key] = {"check": alert.check, "window": alert.window, "severity": alert.severity.value,
+                                   "summary": alert.summary, "source": alert.source, "report_url": alert.report_url,
+                                   "undelivered": [], "digest": None}  # None: owed to every sink
+        self._save(alerts)
+        return True
+
+    def send_digest(self, window: str, sinks: Iterable[Sink], **delivery) -> list[Delivery]:
+        """Delivers to each sink one alert that lists every alert deferred on `window` and not yet delivered to
+        it, and records who has had them: a second call sends nothing, and a sink that failed gets its digest
+        on the next call. Give it the sinks that do not page."""
+        alerts = self.open_alerts()
+        sinks = list(sinks)
+        outcomes: list[Delivery] = []
+        for sink in sinks:
+            due = {key: a for key, a in alerts.items() if a["window"] == window and "digest" in a
+                   and (a["digest"] is None or sink.name in a["digest"])}
+            if not due:
+                continue
+            severity = max((Severity(a["severity"]) for a in due.values()), key=list(Severity)[::-1].index)
+            reports = sorted({a["report_url"] for a in due.values() if a.get("report_url")})
+            digest = Alert(DIGEST, window, severity,
+                           f"digest of {window}: {len(due)} alert{'s' if len(due) > 1 else ''} that page no one; "
+                           + due[min(due)]["summary"] + (f" (and {len(due) - 1} more)" if len(due) > 1 else ""),
+                           {a["check"]: a["summary"] for a in due.values()},
+                           report_url=reports[0] if len(reports) == 1 else None)
+            [outcome] = deliver(digest, [sink], **delivery)
+            outcomes.append(outcome)
+            for key, opened in due.items():
+                owed = [other.name for other in sinks] if opened["digest"] is None else opened["digest"]
+                opened["digest"] = [name for name in owed if name != sink.name or not outcome.delivered]
+        self._save(alerts)
+        return outcomes
+
     def resolve_passing(self, passing_checks: Iterable[str], window: str, sinks: Iterable[Sink],
                         **delivery) -> list[Delivery]:
-        """Resolves the open alerts of `passing_checks` on `window`, delivering each resolution."""
+        """Resolves the open alerts of `passing_checks` on `window`, delivering each resolution; one still
+        waiting for its digest is closed without a word."""
         alerts = self.open_alerts()
         sinks = list(sinks)
         outcomes: list[Delivery] = []
         for check in passing_checks:
             key = Alert(check, window, Severity.INFO, "").dedup_key
             opened = alerts.pop(key, None)
+            if opened is not None and opened.get("digest", []) is None:
+                continue
             if opened is not None:
                 alert = Alert(check, window, Severity(opened["severity"]), opened["summary"], source=opened["source"])
                 outcomes += deliver(alert.resolution(), sinks, **delivery)

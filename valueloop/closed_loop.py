@@ -207,6 +207,7 @@ def run_round(settings: Settings, world, day_index: int, requests: int, objectiv
             canaried = canaries.open_canary(settings, day, audited, seed * 1000 + day_index)
             if canaried is None:
                 loop.hold_candidate(settings, day, audited)  # alerts on-call through the environment's sinks
+        loop.send_digest(settings, day)  # what the day held without a page, the canary's hold included
         lap("audit")
         outcome["gate"] = {"day": day, "candidate": version, "status": audited.status, "mode": gate.value,
                            "promoted": promoted, "canary": canaried is not None, "reasons": audited.reasons,

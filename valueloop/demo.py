@@ -174,8 +174,10 @@ def run_loop(settings: Settings, requests_per_day: int,
             echo(f"  promote: production is version {entry['to']}")
         else:
             held = loop.hold_candidate(settings, day, audited)
+            alerted = held.alerted or (loop.send_digest(settings, day) if held.digest else [])
+            told = "the day's digest" if held.digest else "alert"
             echo(f"  hold: production stays {'unset' if held.production is None else 'v' + str(held.production)};"
-                 f" alert sent to {', '.join(held.alerted) or 'no sink'} (open alerts: {loop.alert_book(settings)})")
+                 f" {told} sent to {', '.join(alerted) or 'no sink'} (open alerts: {loop.alert_book(settings)})")
         echo(f"  report: {audited.report}")
         outcomes[day] = audited
     return outcomes

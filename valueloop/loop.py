@@ -109,11 +109,12 @@ class Audited:
 @dataclasses.dataclass(frozen=True)
 class Held:
     """A candidate kept out of production: production as it stays, the version held, the sinks that took the
-    alert."""
+    alert (none yet for one deferred to the day's digest)."""
 
     production: int | None
     held: int
     alerted: list[str]
+    digest: bool = False  # told in the day's digest (`send_digest`), not at once
 
 
 def day_range(day: str) -> tuple[int, int]:
@@ -429,9 +430,10 @@ def cause_of(reason: str) -> str:
 
 def hold_candidate(settings: Settings, day: str, audited: Audited, sinks: list | None = None) -> Held:
     """Keeps production and tells on-call through `sinks` (by default the environment's). A block pages: every
-    sink, once per cause (its top reason's check) and day. An inconclusive or warning verdict goes to the sinks
-    that do not page (the log, Slack, a webhook), never to PagerDuty: nothing is wrong in production, and a
-    person decides when. A re-run finds its alert open and sends nothing again."""
+    sink, once per cause (its top reason's check) and day. An inconclusive or warning verdict waits for the
+    day's digest (`send_digest`), which goes to the sinks that do not page (the log, Slack, a webhook), never to
+    PagerDuty: nothing is wrong in production, and a person decides when. A re-run finds its alert open and
+    sends nothing again."""
     blocked = audited.status == "block"
     top = audited.reasons[0] if audited.reasons else "no reason given"
     cause = cause_of(top).replace(": ", ".").replace(" ", "_")
@@ -440,11 +442,20 @@ def hold_candidate(settings: Settings, day: str, audited: Audited, sinks: list |
                   {"version": audited.version, "production": audited.production,
                    "reasons": "; ".join(audited.reasons), "report": audited.report},
                   report_url=Path(audited.report).as_uri())
-    sinks = sinks if sinks is not None else sinks_from_environment()
+    book = AlertBook(alert_book(settings))
     if not blocked:
-        sinks = [sink for sink in sinks if not pages(sink)]
-    deliveries = AlertBook(alert_book(settings)).trigger(alert, sinks)
+        book.defer(alert)
+        return Held(audited.production, audited.version, [], digest=True)
+    deliveries = book.trigger(alert, sinks if sinks is not None else sinks_from_environment())
     return Held(audited.production, audited.version, [d.sink for d in deliveries if d.delivered])
+
+
+def send_digest(settings: Settings, day: str, sinks: list | None = None) -> list[str]:
+    """The day's digest of what was held without a page, to the sinks of `sinks` (by default the
+    environment's) that do not page; the sinks that took it. Sent once per day and sink."""
+    sinks = sinks if sinks is not None else sinks_from_environment()
+    deliveries = AlertBook(alert_book(settings)).send_digest(day, [sink for sink in sinks if not pages(sink)])
+    return [d.sink for d in deliveries if d.delivered]
 
 
 def manifests_to_publish(settings: Settings, ledger: Path) -> list[HourToPublish]:

@@ -36,6 +36,7 @@ def test_the_dagbag_loads_every_dag_with_its_structure_and_each_file_parses_fast
     assert retraining["schedule"] == "PartitionedAssetTimetable" and retraining["params"] == ["day"]
     assert retraining["tasks"]["decide"] == ["hold", "promote"] and retraining["tasks"]["train"] == ["register"]
     assert retraining["tasks"]["settle_canary"] == ["audit"]  # the canary is decided before the day's candidate
+    assert retraining["tasks"]["promote"] == retraining["tasks"]["hold"] == ["digest"]
     for dag in (labeling, retraining):
         assert dag["max_active_runs"] == 1 and all(dag["timeouts"]) and all(dag["callbacks"])
         assert all(r >= 1 for r in dag["retries"])
