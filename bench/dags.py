@@ -32,12 +32,20 @@ DIRECT = """
 import sys
 from config import load_settings
 from valueloop import loop
+from valueloop import canary
 settings = load_settings(sys.argv[1]); day = sys.argv[2]
 loop.check_manifests(settings, settings.loop, day)
+flying = canary.in_flight(settings)
+if flying is not None and not canary.superseded(settings, flying) and flying.served_day == day:
+    canary.act(settings, canary.decide(settings, flying))
 model = loop.train_candidate(settings, settings.loop, day)
 version = loop.register_candidate(settings, day, model)
 audited = loop.audit_candidate(settings, settings.loop, day, version)
-(loop.promote_candidate if audited.promotable else loop.hold_candidate)(settings, day, audited)
+if audited.promotable:
+    loop.promote_candidate(settings, day, audited)
+elif canary.open_canary(settings, day, audited, int(day.replace("-", ""))) is None:
+    loop.hold_candidate(settings, day, audited)
+loop.send_digest(settings, day)
 """
 PARSE = """
 import json
