@@ -19,7 +19,6 @@ Both drop repeated deliveries and set aside late events by one rule (`lateness_m
 """
 from __future__ import annotations
 
-import bisect
 from operator import itemgetter
 from typing import List, NamedTuple, Tuple
 
@@ -117,7 +116,6 @@ class _LabelShard(beam.DoFn):
         yield from label_user_events(on_time, self._config, watermark_ms)
 
 
-_NEVER = 2**62
 _EVENT_CODER = beam.coders.registry.get_coder(DecodedEvent)
 _PROGRESS_CODER = TupleCoder([VarIntCoder(), VarIntCoder(), IterableCoder(StrUtf8Coder())])
 
@@ -134,18 +132,43 @@ def _release_hint_ms(event: DecodedEvent, config: LabelConfig) -> int | None:
     return None
 
 
+def _concerned_from_ms(held: list[DecodedEvent], event: DecodedEvent, config: LabelConfig) -> int:
+    """The oldest impression time whose examples `event` can change. A click or conversion at t concerns only
+    impressions of the label horizon before it: a conversion's click is at most its window earlier, and that
+    click's impression at most the click window before the click. A click or dwell also concerns its own
+    impression, wherever it lies."""
+    at_ms = event.datum["event_time_ms"] - config.horizon_ms
+    own = event.datum.get("impression_id") if event.name in ("Click", "Dwell") else None
+    if own is not None:
+        at_ms = min([at_ms] + [e.datum["event_time_ms"] for e in held
+                               if e.name == "Impression" and e.datum["event_id"] == own])
+    return at_ms
+
+
 def _released_changes(held: list[DecodedEvent], event: DecodedEvent, config: LabelConfig,
-                      released_ms: int) -> list[tuple[Example, bool]]:
+                      released_ms: int) -> tuple[list[tuple[Example, bool]], int]:
     """What `event` changes in the examples released up to `released_ms`, as (example, withdrawn) pairs: the
     examples it adds or labels differently, and those it takes back (a correction whose conversion a late
-    click attributes to another impression)."""
+    click attributes to another impression); and how many examples were labeled to find them. Only the
+    impressions the event can concern are labeled (`_concerned_from_ms`)."""
+    since = _concerned_from_ms(held, event, config)
+
     def released(events) -> dict[tuple, Example]:
-        return {kind_of(summary_of(e)): e for e in label_user_events(events, config, released_ms)}
+        return {kind_of(summary_of(e)): e
+                for e in label_user_events(events, config, released_ms, impressions_from_ms=since)}
 
     pairs = [(e.name, e.datum) for e in held]
     before, after = released(pairs), released([*pairs, (event.name, event.datum)])
     changed = [(example, False) for kind, example in after.items() if before.get(kind) != example]
-    return changed + [(example, True) for kind, example in before.items() if kind not in after]
+    return changed + [(example, True) for kind, example in before.items() if kind not in after], \
+        len(before) + len(after)
+
+
+def _next_release_ms(held: list[DecodedEvent], config: LabelConfig, after_ms: int) -> int | None:
+    """The earliest moment after `after_ms` at which an example of the held events can become due (from each
+    event's `_release_hint_ms`), without labeling anything; None when there is none."""
+    hints = [h for h in (_release_hint_ms(e, config) for e in held) if h is not None and h > after_ms]
+    return min(hints, default=None)
 
 
 def _identity(event: DecodedEvent) -> str:
@@ -182,6 +205,7 @@ class _LabelUser(beam.DoFn):
         self._duplicates = Metrics.counter("join", "duplicate_deliveries")
         self._examples = Metrics.counter("join", "examples")
         self._revised = Metrics.counter("join", "examples_revised")
+        self._labeled = Metrics.counter("join", "examples_labeled")  # the labeling work, releases and revisions
 
     def process(self, element: Tuple[str, DecodedEvent], events=beam.DoFn.StateParam(EVENTS),
                 progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
@@ -198,7 +222,8 @@ class _LabelUser(beam.DoFn):
             self._duplicates.inc()
             return
         if event_ms <= last_fired:  # behind the last release: it may concern examples already out
-            changes = _released_changes(list(events.read()), event, self._config, last_fired)
+            changes, labeled = _released_changes(list(events.read()), event, self._config, last_fired)
+            self._labeled.inc(labeled)
             if changes:
                 version += 1
                 self._revised.inc(len(changes))
@@ -217,14 +242,14 @@ class _LabelUser(beam.DoFn):
         if now_ms <= last_fired:
             return  # a release this one's predecessor already covered
         held = list(events.read())
-        # Every example still to come, as if every event were in: those due now, and when the next one is.
-        pending = label_user_events([(e.name, e.datum) for e in held], self._config, _NEVER,
-                                    since_ms=last_fired if last_fired >= 0 else None)
-        due = bisect.bisect_right(pending, now_ms, key=lambda e: e.label_time_ms)  # sorted by label time
+        # Only the examples this firing releases are labeled: the work is what it settles, not the history held.
+        due = label_user_events([(e.name, e.datum) for e in held], self._config, now_ms,
+                                since_ms=last_fired if last_fired >= 0 else None)
+        self._labeled.inc(len(due))
         if due:
             version += 1
-            self._examples.inc(due)
-            yield from (Revision(example, version) for example in pending[:due])
+            self._examples.inc(len(due))
+            yield from (Revision(example, version) for example in due)
         # Keep only what a later example can still need: nothing older than the longest window and the lateness.
         keep_after = now_ms - self._config.horizon_ms - self._allowed_lateness_ms
         kept = [e for e in held if e.datum["event_time_ms"] >= keep_after]
@@ -233,8 +258,9 @@ class _LabelUser(beam.DoFn):
             for e in kept:
                 events.add(e)
         progress.write((now_ms, version, tuple(_identity(e) for e in kept)))
-        if due < len(pending):
-            _set_release(release, pending[due].label_time_ms)
+        following = _next_release_ms(kept, self._config, now_ms)
+        if following is not None:
+            _set_release(release, following)
 
 
 class LabelImpressions(beam.PTransform):

@@ -85,11 +85,14 @@ class _Labels(NamedTuple):
 
 
 def label_user_events(events: Iterable[tuple[str, dict]], config: LabelConfig, watermark_ms: int,
-                      since_ms: int | None = None) -> list[Example]:
+                      since_ms: int | None = None, impressions_from_ms: int | None = None) -> list[Example]:
     """Labels one user's events: (record name, Avro datum) pairs in any order, duplicates allowed.
 
     Returns the examples whose label time lies in (since_ms, watermark_ms]: those the watermark has released
-    and an earlier call (up to `since_ms`) has not. Sorted by label time, impression id, then label.
+    and an earlier call (up to `since_ms`) has not; with `impressions_from_ms`, only those of impressions at or
+    after it (their clicks and conversions still see every event given). Sorted by label time, impression id,
+    then label. Only the examples returned are built, so a stream that asks for what one firing releases does
+    that much labeling, however long the history it holds.
     """
     impressions: dict[str, dict] = {}
     clicks: dict[str, dict] = {}
@@ -142,17 +145,19 @@ def label_user_events(events: Iterable[tuple[str, dict]], config: LabelConfig, w
     # The config's fields once per call, not per impression: pydantic attribute reads are not free.
     rules = _Rules(config.horizon_ms, click_window_ms, config.strategy is LabelStrategy.WAIT_FOR_WINDOW,
                    config.strategy.value)
+    after_ms = since_ms if since_ms is not None else -(2**62)
+    first_ms = impressions_from_ms if impressions_from_ms is not None else -(2**62)
     examples: list[Example] = []
     for impression_id, impression in impressions.items():
-        if rules.wait_for_window and watermark_ms < impression["event_time_ms"] + rules.horizon_ms:
-            continue  # not settled: nothing to emit yet
+        if impression["event_time_ms"] < first_ms:
+            continue
+        if rules.wait_for_window and not after_ms < impression["event_time_ms"] + rules.horizon_ms <= watermark_ms:
+            continue  # not settled, or released before: nothing to emit
         cart = attributed["AddToCart"].get(impression_id)
         purchase = attributed["Purchase"].get(impression_id)
         labels = _Labels(first_click.get(impression_id), dwell_ms.get(impression_id), cart and cart[0],
                          purchase and purchase[0], purchase[1] if purchase else 0.0)
-        examples.extend(_emit(impression, labels, rules, watermark_ms))
-    if since_ms is not None:
-        examples = [e for e in examples if e.label_time_ms > since_ms]
+        examples.extend(_emit(impression, labels, rules, after_ms, watermark_ms))
     examples.sort(key=lambda e: (e.label_time_ms, e.impression_id, e.is_correction, e.added_to_cart))
     return examples
 
@@ -181,21 +186,22 @@ def _example(impression: dict, labels: _Labels, rules: _Rules, *, added_to_cart:
     )
 
 
-def _emit(impression: dict, labels: _Labels, rules: _Rules, watermark_ms: int) -> list[Example]:
-    if rules.wait_for_window:  # the caller emits only settled impressions under this strategy
+def _emit(impression: dict, labels: _Labels, rules: _Rules, after_ms: int, watermark_ms: int) -> list[Example]:
+    """The impression's examples whose label time lies in (after_ms, watermark_ms]."""
+    if rules.wait_for_window:  # the caller emits only impressions settled in that interval under this strategy
         return [_example(impression, labels, rules, added_to_cart=labels.cart_ms is not None,
                          purchased=labels.purchase_ms is not None, purchase_value=labels.purchase_value,
                          is_correction=False, label_time_ms=impression["event_time_ms"] + rules.horizon_ms)]
     # Fake negative: first as a negative once the click question is settled, then a correction per label.
     known_ms = labels.click_ms if labels.click_ms is not None else impression["event_time_ms"] + rules.click_window_ms
     out = []
-    if watermark_ms >= known_ms:
+    if after_ms < known_ms <= watermark_ms:
         out.append(_example(impression, labels, rules, added_to_cart=False, purchased=False, purchase_value=0.0,
                             is_correction=False, label_time_ms=known_ms))
-    if labels.cart_ms is not None and watermark_ms >= labels.cart_ms:
+    if labels.cart_ms is not None and after_ms < labels.cart_ms <= watermark_ms:
         out.append(_example(impression, labels, rules, added_to_cart=True, purchased=False, purchase_value=0.0,
                             is_correction=True, label_time_ms=labels.cart_ms))
-    if labels.purchase_ms is not None and watermark_ms >= labels.purchase_ms:
+    if labels.purchase_ms is not None and after_ms < labels.purchase_ms <= watermark_ms:
         out.append(_example(impression, labels, rules, added_to_cart=False, purchased=True,
                             purchase_value=labels.purchase_value, is_correction=True, label_time_ms=labels.purchase_ms))
     return out

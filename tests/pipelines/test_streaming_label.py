@@ -204,3 +204,55 @@ def test_revisions_for_events_behind_the_release_leave_the_hours_the_bounded_joi
 
     bounded = written(tmp_path / "bounded")
     assert len(bounded) == 3 and written(tmp_path / "streaming") == bounded
+
+
+def _labeling_work(history_days: int, final: bool, strategy: LabelStrategy) -> tuple[int, int]:
+    """(examples labeled, examples released) by the streaming label step over one user's stream under the default
+    windows (a 7-day purchase window, a day of lateness: state spans about eight days): four clicked
+    impressions a day for `history_days` days, one bought each day, the watermark advancing every six hours;
+    then, if `final`, three more impressions at the end of that history."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from config.join import JoinSettings
+
+    config = LabelConfig(strategy=strategy)
+    events = []
+    for k in range(history_days * 4):
+        at, item = T0 + k * 6 * H, f"i{k % 3}"
+        events += [impression(f"h{k}", at, item=item), click(f"h{k}", at + 10 * S, item=item)]
+        if k % 4 == 0:
+            events.append(purchase(f"p{k}", at + 2 * H, item=item))
+    end = T0 + history_days * D
+    if final:
+        events += [impression(f"f{k}", end + k * S, item="i9") for k in range(3)]
+    stream = BeamTestStream(coder=beam.coders.registry.get_coder(DecodedEvent)).advance_watermark_to((T0 - 1) / 1000)
+    for at in range(T0, end + config.horizon_ms + 7 * H, 6 * H):
+        arrived = [arriving(e) for e in events if at <= e[1]["event_time_ms"] < at + 6 * H]
+        stream = (stream.add_elements(arrived) if arrived else stream).advance_watermark_to((at + 6 * H) / 1000)
+    # Prism, which reports a streaming job's counters (the BundleBasedDirectRunner reports none)
+    options = PipelineOptions(flags=[], runner="PrismRunner", prism_location=str(JoinSettings().prism_location),
+                              environment_type="LOOPBACK", streaming=True)
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | stream.advance_watermark_to_infinity() | LabelImpressions(config, allowed_lateness_ms=D)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    def counter(name: str) -> int:
+        found = result.metrics().query(MetricsFilter().with_namespace("join").with_name(name))["counters"]
+        return sum(c.committed for c in found)
+
+    return counter("examples_labeled"), counter("examples")
+
+
+@pytest.mark.parametrize("strategy", [LabelStrategy.WAIT_FOR_WINDOW, LabelStrategy.FAKE_NEGATIVE])
+def test_a_firings_labeling_work_is_the_same_for_a_user_with_one_day_of_history_and_with_eight(strategy):
+    """A count of the examples labeled, not a time: releasing three impressions at the end of a user's history
+    labels three examples (and under fake negatives their corrections none), whether eight days of the user's
+    events are held or one; and over the whole stream every example is labeled once."""
+    work = {}
+    for days in (1, 8):
+        before, released_before = _labeling_work(days, final=False, strategy=strategy)
+        after, released_after = _labeling_work(days, final=True, strategy=strategy)
+        assert before == released_before and after == released_after  # each firing labels what it releases
+        work[days] = (after - before, released_after - released_before)
+    assert work[1] == work[8] == (3, 3)
