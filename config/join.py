@@ -92,6 +92,9 @@ class JoinSettings(BaseModel):
                                          "the serving log topic's requests: one Avro file an event hour, "
                                          "dt=<day>/hour=<HH>, with its manifest (`pipelines.serving_log`). None: "
                                          "nothing is landed, and the retraining audit has no serving log.")
+    progress_log_s: float = Field(60.0, gt=0, description="How often the streaming join logs its progress: the "
+                                  "records its source read and how far behind it is, the label step's firings, "
+                                  "labeling work and bundles (`pipelines.progress`).")
     split_size: int = Field(50_000, ge=1, description="Offsets per unit of parallel reading.")
     user_shards: int = Field(64, ge=1, description="Groups of users that the bounded join labels together.")
     direct_num_workers: int = Field(1, ge=1)

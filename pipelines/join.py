@@ -19,6 +19,7 @@ Both drop repeated deliveries and set aside late events by one rule (`lateness_m
 """
 from __future__ import annotations
 
+import time
 from operator import itemgetter
 from typing import List, NamedTuple, Tuple
 
@@ -32,6 +33,7 @@ from apache_beam.utils.timestamp import Timestamp
 from config.join import LabelConfig, LabelStrategy
 from pipelines.labeling import Example, label_user_events
 from pipelines.partitions import kind_of, partition_of, serialized, summary_of
+from pipelines.progress import Progress
 from pipelines.records import DecodedEvent, LateEvent, Revision
 from schemas import BadEventError, EventDecoder
 from schemas.units import DAY_MS, HOUR_MS, from_micros, micros
@@ -189,6 +191,9 @@ class _LabelUser(beam.DoFn):
       appended to on arrival and read when a timer fires;
     - each release time is a timer of its own, so when the watermark jumps over many of them they all fire in
       the same pass; one timer re-set after each firing made a chain of passes as long as the user's history.
+
+    Every `progress_log_s` it logs its firings, the examples they labeled and the held events they read, and
+    its bundles' sizes and durations (`pipelines.progress`).
     """
     EVENTS = BagStateSpec("events", _EVENT_CODER)
     # (event time of the last release, or -1 before the first; the version of the user's last revisions;
@@ -196,9 +201,10 @@ class _LabelUser(beam.DoFn):
     PROGRESS = ReadModifyWriteStateSpec("progress", _PROGRESS_CODER)
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
 
-    def __init__(self, config: LabelConfig, allowed_lateness_ms: int):
+    def __init__(self, config: LabelConfig, allowed_lateness_ms: int, progress_log_s: float = 60.0):
         self._config = config
         self._allowed_lateness_ms = allowed_lateness_ms
+        self._progress_log_s = progress_log_s
 
     def setup(self):
         self._late = Metrics.counter("join", "late_events")
@@ -206,10 +212,21 @@ class _LabelUser(beam.DoFn):
         self._examples = Metrics.counter("join", "examples")
         self._revised = Metrics.counter("join", "examples_revised")
         self._labeled = Metrics.counter("join", "examples_labeled")  # the labeling work, releases and revisions
+        self._progress = Progress("label", self._progress_log_s)
+
+    def start_bundle(self):
+        self._bundle_began, self._bundle_work = time.monotonic(), 0
+
+    def finish_bundle(self):
+        self._progress.add(bundles=1)
+        self._progress.sample(bundle_elements_and_firings=self._bundle_work,
+                              bundle_ms=(time.monotonic() - self._bundle_began) * 1000)
+        self._progress.report()
 
     def process(self, element: Tuple[str, DecodedEvent], events=beam.DoFn.StateParam(EVENTS),
                 progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
         _user, event = element
+        self._bundle_work += 1
         event_ms = event.datum["event_time_ms"]
         last_fired, version, held = progress.read() or (-1, 0, ())
         lateness = lateness_ms(event, self._allowed_lateness_ms, last_fired)
@@ -222,8 +239,11 @@ class _LabelUser(beam.DoFn):
             self._duplicates.inc()
             return
         if event_ms <= last_fired:  # behind the last release: it may concern examples already out
-            changes, labeled = _released_changes(list(events.read()), event, self._config, last_fired)
+            held = list(events.read())
+            changes, labeled = _released_changes(held, event, self._config, last_fired)
             self._labeled.inc(labeled)
+            self._progress.add(relabelings=1, examples_labeled=labeled)
+            self._progress.sample(held_events_read=len(held))
             if changes:
                 version += 1
                 self._revised.inc(len(changes))
@@ -246,6 +266,9 @@ class _LabelUser(beam.DoFn):
         due = label_user_events([(e.name, e.datum) for e in held], self._config, now_ms,
                                 since_ms=last_fired if last_fired >= 0 else None)
         self._labeled.inc(len(due))
+        self._bundle_work += 1
+        self._progress.add(firings=1, examples_labeled=len(due))
+        self._progress.sample(labeled_a_firing=len(due), held_events_read=len(held))
         if due:
             version += 1
             self._examples.inc(len(due))
@@ -274,14 +297,15 @@ class LabelImpressions(beam.PTransform):
     - None (a stream, the runner's watermark): the input is DecodedEvents stamped with event time, held per user
       in state and released by event-time timers, and the output example `Revision`s: each example as the
       watermark releases it, and a newer revision whenever an event within the allowed lateness changes it
-      afterwards. `from_ms` and `to_ms` apply to the bounded path only.
+      afterwards, logging its progress every `progress_log_s`. `from_ms` and `to_ms` apply to the bounded path
+      only.
     """
 
     def __init__(self, config: LabelConfig, watermark=None, from_ms: int | None = None, to_ms: int | None = None,
-                 allowed_lateness_ms: int = DAY_MS):
+                 allowed_lateness_ms: int = DAY_MS, progress_log_s: float = 60.0):
         super().__init__()
         self._watermark = watermark
-        self._fn = _LabelUser(config, allowed_lateness_ms) if watermark is None else \
+        self._fn = _LabelUser(config, allowed_lateness_ms, progress_log_s) if watermark is None else \
             _LabelShard(config, from_ms, to_ms, allowed_lateness_ms)
 
     def expand(self, events):

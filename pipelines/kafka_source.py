@@ -27,9 +27,10 @@ from kafka.net.compat import KafkaNetClient
 
 from kafka_io.fetcher import FRAME_MARGIN_BYTES, BatchTooLargeError, CorruptBatchError, FetchError, PartitionFetcher
 from kafka_io.metadata import topic_configs
+from pipelines.progress import Progress
 from pipelines.records import KafkaChunk, KafkaRecord
 from pipelines.worker import collect_garbage_less_often
-from schemas.units import micros, seconds
+from schemas.units import micros, now_ms, seconds, utc
 
 
 _CONSUMER_FRAME_BYTES = 100_000_000  # kafka-python's consumer's own frame limit
@@ -327,10 +328,14 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
     (a dead letter) or is stamped past the reader's clock: those move no watermark. With `stamp_event_time`,
     each record's timestamp becomes its partition's newest event time so far, for lateness measured against
     event time (`settings.LatenessReference`).
+
+    Every `progress_log_s` it logs what it read (records, calls, records a call) and how far behind it is: the
+    records between its positions and the partitions' ends, and the newest event time read against the clock.
     """
 
     def __init__(self, bootstrap_servers: str, out_of_orderness_ms: int, event_time_of, poll_s: float = 1.0,
-                 stamp_event_time: bool = False, max_batch_bytes: int = 0):
+                 stamp_event_time: bool = False, max_batch_bytes: int = 0, progress_log_s: float = 60.0):
+        self._progress_log_s = progress_log_s
         self._bootstrap = bootstrap_servers
         self._max_batch_bytes = max_batch_bytes
         self._bound = out_of_orderness_ms
@@ -352,6 +357,7 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
         yield restriction
 
     def setup(self):
+        self._progress = Progress("stream", self._progress_log_s)
         # A broker sends a batch whole past the fetch limits: the consumer's frames must hold the largest one.
         self._consumer = kafka_consumer(self._bootstrap, receive_message_max_bytes=max(
             _CONSUMER_FRAME_BYTES, self._max_batch_bytes + FRAME_MARGIN_BYTES))
@@ -406,6 +412,13 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
             estimate = Timestamp(micros=micros(candidate - self._bound))
             if watermark.current_watermark() is None or estimate > watermark.current_watermark():
                 watermark.set_watermark(estimate)
+        self._progress.add(records=read, source_calls=1)
+        self._progress.sample(records_a_call=read)
+        newest_ms = max(newest.values(), default=-1)
+        self._progress.report(
+            records_behind=sum(max(ends[partitions[k]] - next_offset[k], 0) for k in partitions),
+            newest_event_time=utc(newest_ms).isoformat(timespec="seconds") if newest_ms >= 0 else "none yet",
+            event_time_behind_s=round((now_ms() - newest_ms) / 1000) if newest_ms >= 0 else "unknown")
         tracker.defer_remainder(Duration(seconds=0 if read else 0.5))
 
 
@@ -421,10 +434,11 @@ class FollowKafkaTopics(beam.PTransform):
     of up to `max_batch_bytes` (`largest_batch_bytes`)."""
 
     def __init__(self, bootstrap_servers: str, start: FollowState, out_of_orderness_ms: int, event_time_of,
-                 stamp_event_time: bool = False, max_batch_bytes: int = 0):
+                 stamp_event_time: bool = False, max_batch_bytes: int = 0, progress_log_s: float = 60.0):
         super().__init__()
         self._fn = _FollowTopics(bootstrap_servers, out_of_orderness_ms, event_time_of,
-                                 stamp_event_time=stamp_event_time, max_batch_bytes=max_batch_bytes)
+                                 stamp_event_time=stamp_event_time, max_batch_bytes=max_batch_bytes,
+                                 progress_log_s=progress_log_s)
         self._start = start
 
     def expand(self, pbegin):

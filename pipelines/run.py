@@ -187,7 +187,8 @@ def _report_written(manifest: dict) -> None:
 def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str = "direct",
                        from_ms: int | None = None) -> None:
     """Follows the topics and writes each event hour once the watermark settles it, until the job is stopped;
-    logs a line for every hour written to the `valueloop.join` logger.
+    logs a line for every hour written to the `valueloop.join` logger, and the source's and the label step's
+    progress every `settings.progress_log_s`.
 
     With `from_ms`, it writes the hours from that one on, reading the records of the label horizon before it
     again for context (the clicks that compete for a conversion), as the bounded join does. `direct` runs on
@@ -222,11 +223,11 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
         records = pipeline | "Follow Kafka" >> FollowKafkaTopics(
             kafka.bootstrap_servers, start, bound_ms, _event_time_of(clock),
             stamp_event_time=settings.lateness_reference is LatenessReference.EVENT_TIME,
-            max_batch_bytes=max_batch_bytes)
+            max_batch_bytes=max_batch_bytes, progress_log_s=settings.progress_log_s)
         decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics, clock)
         decoded.dead_letters | "Dead letters" >> dead_letters
         labeled = decoded.events | "Label impressions" >> LabelImpressions(
-            settings.labels, allowed_lateness_ms=settings.allowed_lateness_ms)
+            settings.labels, allowed_lateness_ms=settings.allowed_lateness_ms, progress_log_s=settings.progress_log_s)
         revisions = labeled.examples
         if from_ms is not None:
             revisions = revisions | "Only impressions from --from" >> beam.Filter(

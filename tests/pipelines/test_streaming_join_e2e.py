@@ -5,6 +5,7 @@ equal, byte for byte, what the bounded join writes for it. On Flink it does; on 
 """
 import contextlib
 import json
+import re
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ def streaming_join(kafka_settings, tmp_path, output_dir, runner="direct", *optio
     """`valueloop join --mode streaming` as a user starts it, in its own process group; killed on exit."""
     config = tmp_path / "settings.json"
     config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
-                                  "join": {"labels": LABELS, "output_dir": str(output_dir)}}))
+                                  "join": {"labels": LABELS, "output_dir": str(output_dir), "progress_log_s": 2}}))
     with open(tmp_path / "join.log", "a") as log:
         job = subprocess.Popen([sys.executable, "-m", "valueloop.cli", "join", "--mode", "streaming", "--runner",
                                 runner, "--config", str(config), *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -164,3 +165,6 @@ def test_sigterm_stops_the_stream_and_the_flink_job_server_it_started(kafka_sett
     assert log.strip().splitlines()[-1].startswith("error: stopped by SIGTERM")
     for hour in tfrecords(streamed):  # and it said what it wrote as it went
         assert f" wrote {hour} " in log
+    # and how it went: what its source read and how far behind it was, what its label step did
+    assert re.search(r"stream over \d+ s: records [\d,]+; source_calls [\d,]+; .*records_behind \d+", log), log[-3000:]
+    assert re.search(r"label over \d+ s: .*bundles [\d,]+", log), log[-3000:]

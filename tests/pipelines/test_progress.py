@@ -1,0 +1,22 @@
+"""The streaming steps' progress lines: what is summed, sampled and said, and when (a clock of our own: a pure
+function of the calls)."""
+from pipelines.progress import Progress
+
+
+def test_a_period_is_reported_once_it_is_over_and_the_next_begins_empty_pure_function():
+    now, said = [0.0], []
+    progress = Progress("stream", 60, clock=lambda: now[0], log=said.append)
+    progress.add(records=5_000, source_calls=1)
+    progress.sample(records_a_call=5_000)
+    now[0] = 30.0
+    assert progress.report(records_behind=1) is None and said == []  # the period is not over
+    progress.add(records=1_000, source_calls=1)
+    progress.sample(records_a_call=1_000)
+    progress.sample(records_a_call=3_000)
+    now[0] = 61.0
+    line = progress.report(records_behind=120_000, newest_event_time="2026-11-03T04:00:00+00:00")
+    assert said == [line]
+    assert line == ("stream over 61 s: records 6,000; source_calls 2; records_a_call median 3,000 max 5,000; "
+                    "records_behind 120,000; newest_event_time 2026-11-03T04:00:00+00:00")
+    now[0] = 122.0
+    assert progress.report() == "stream over 61 s: nothing"  # an idle period says so
