@@ -88,6 +88,29 @@ def stream(
                                     scratch=Path(scratch), runners=tuple(r.value for r in runner)), out)
 
 
+@app.command("stream-profile")
+def stream_profile(
+    config: Optional[Path] = ConfigOption,
+    requests: int = typer.Option(90_000, min=1, help="Ranking requests to simulate (about 11 events each)."),
+    days: float = typer.Option(7.0, help="Simulated days in the backlog."),
+    users: int = typer.Option(20_000, min=1, help="Users in the world."),
+    items: int = typer.Option(2_000, min=1, help="Items in the catalogue."),
+    seconds: float = typer.Option(300.0, min=10, help="How long each runner's stream runs."),
+    runner: list[Runner] = typer.Option([Runner.FLINK, Runner.DIRECT], help="Runners to profile (direct streams "
+                                                                            "on Prism)."),
+    out: Path = typer.Option(Path("bench/results/stream_profile.json"), help="Where the JSON result goes."),
+):
+    """Where the streaming join's time goes on a large backlog, under the settings' label windows: each runner's
+    progress lines (records a source call, bundles, firings, labeling work, state read) over a fixed time."""
+    from bench.stream import run_stream_profile
+
+    settings = settings_from(config)
+    broker_up(settings)
+    with tempfile.TemporaryDirectory(prefix="valueloop-bench-stream-profile-") as scratch:
+        record(run_stream_profile(settings, requests=requests, days=days, users=users, items=items, seconds=seconds,
+                                  scratch=Path(scratch), runners=tuple(r.value for r in runner)), out)
+
+
 @app.command("audit-calibration")
 def audit_calibration(
     pairs: int = typer.Option(100, min=1, help="No-drift window pairs to audit."),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,4 +112,78 @@ def run_stream_benchmark(settings: Settings, requests: int, days: float, users: 
                          "labels": json.loads(labels.model_dump_json())},
             "results": results,
             "summary": summary,
+        }
+
+
+def parse_progress(log: str) -> list[dict]:
+    """The progress lines of a streaming join's log (`pipelines.progress`) as dicts: the step, the seconds the
+    period covered, and each figure (a number, {"median", "max"}, or text as logged)."""
+    lines = []
+    for match in re.finditer(r"^\S+ \S+ (stream|label) over (\d+) s: (.*)$", log, re.MULTILINE):
+        line: dict = {"step": match.group(1), "seconds": int(match.group(2))}
+        for part in match.group(3).split("; "):
+            sampled = re.fullmatch(r"(\w+) median ([\d,.e+-]+) max ([\d,.e+-]+)", part)
+            if sampled:
+                line[sampled.group(1)] = {"median": float(sampled.group(2).replace(",", "")),
+                                          "max": float(sampled.group(3).replace(",", ""))}
+                continue
+            name, _, value = part.partition(" ")
+            number = value.replace(",", "")
+            line[name] = int(number) if number.isdigit() else value
+        lines.append(line)
+    return lines
+
+
+def _profile(settings: Settings, runner: str, seconds: float, scratch: Path) -> dict:
+    config = scratch / f"profile-settings-{runner}.json"
+    config.write_text(settings.model_dump_json())
+    log_path = scratch / f"profile-{runner}.log"
+    with open(log_path, "w") as log:
+        job = subprocess.Popen([sys.executable, "-m", "valueloop.cli", "join", "--mode", "streaming", "--runner",
+                                runner, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        try:
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                if job.poll() is not None:
+                    raise RuntimeError(f"the streaming join stopped by itself; see {log_path}")
+                time.sleep(1)
+        finally:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    lines = parse_progress(log_path.read_text())
+    source = [line for line in lines if line["step"] == "stream"]
+    label = [line for line in lines if line["step"] == "label"]
+    read = sum(line.get("records", 0) for line in source)
+    covered = sum(line["seconds"] for line in source)
+    busy_ms = sum(line["bundle_ms"]["median"] * line.get("bundles", 0) for line in label if "bundle_ms" in line)
+    return {"seconds": seconds, "records_read": read,
+            "records_read_per_s": round(read / covered) if covered else None,
+            "hours_written": len(list(Path(settings.join.output_dir).glob("dt=*/hour=*/examples.tfrecord"))),
+            "label_step_busy_share_estimate": round(busy_ms / 1000 / max(sum(l["seconds"] for l in label), 1), 3),
+            "progress": lines}
+
+
+def run_stream_profile(settings: Settings, requests: int, days: float, users: int, items: int, seconds: float,
+                       scratch: Path, runners: tuple[str, ...] = tuple(RUNNERS), period_s: float = 30.0) -> dict:
+    """Where the streaming join's time goes on a large backlog: each runner's stream (under the settings' own
+    label windows) runs for `seconds` and its progress lines, every `period_s`, are recorded."""
+    with fresh_topics(settings.kafka, "profile") as kafka:
+        simulator = settings.simulator.model_copy(update={
+            "requests": requests, "days": days,
+            "catalogue": settings.simulator.catalogue.model_copy(update={"users": users, "items": items})})
+        with KafkaSink(kafka) as sink:
+            delivered = sink.write(Simulation(simulator).events())
+        results = {}
+        for runner in runners:
+            run = settings.model_copy(update={"kafka": kafka, "join": settings.join.model_copy(update={
+                "output_dir": scratch / f"profile-{runner}", "progress_log_s": period_s})})
+            results[RUNNERS[runner][1]] = _profile(run, runner, seconds, scratch)
+        return {
+            "benchmark": "stream_profile",
+            "environment": describe(("apache-beam", "kafka-python", "fastavro")),
+            "settings": {"requests": requests, "days": days, "users": users, "items": items, "seconds": seconds,
+                         "progress_log_s": period_s, "delivered": dict(delivered),
+                         "labels": json.loads(settings.join.labels.model_dump_json())},
+            "results": results,
         }

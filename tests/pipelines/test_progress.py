@@ -20,3 +20,20 @@ def test_a_period_is_reported_once_it_is_over_and_the_next_begins_empty_pure_fun
                     "records_behind 120,000; newest_event_time 2026-11-03T04:00:00+00:00")
     now[0] = 122.0
     assert progress.report() == "stream over 61 s: nothing"  # an idle period says so
+
+
+def test_the_profile_benchmark_reads_back_what_the_lines_say_pure_function():
+    from bench.stream import parse_progress
+
+    now, said = [0.0], []
+    progress = Progress("label", 30, clock=lambda: now[0], log=said.append)
+    progress.add(firings=1_203, bundles=4)
+    progress.sample(bundle_ms=353.5, labeled_a_firing=2)
+    progress.sample(bundle_ms=1_425.0, labeled_a_firing=10)
+    now[0] = 31.0
+    progress.report(newest_event_time="2026-11-03T23:58:49+00:00")
+    log = "".join(f"2026-12-07 22:51:55 {line}\n" for line in ["something else", *said])  # 4 significant digits
+    assert parse_progress(log) == [{
+        "step": "label", "seconds": 31, "firings": 1_203, "bundles": 4,
+        "bundle_ms": {"median": 889.2, "max": 1_425.0}, "labeled_a_firing": {"median": 6.0, "max": 10.0},
+        "newest_event_time": "2026-11-03T23:58:49+00:00"}]
