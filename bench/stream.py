@@ -152,16 +152,31 @@ def _profile(settings: Settings, runner: str, seconds: float, scratch: Path) -> 
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
     lines = parse_progress(log_path.read_text())
-    source = [line for line in lines if line["step"] == "stream"]
-    label = [line for line in lines if line["step"] == "label"]
-    read = sum(line.get("records", 0) for line in source)
-    covered = sum(line["seconds"] for line in source)
-    busy_ms = sum(line["bundle_ms"]["median"] * line.get("bundles", 0) for line in label if "bundle_ms" in line)
-    return {"seconds": seconds, "records_read": read,
-            "records_read_per_s": round(read / covered) if covered else None,
+    return {"seconds": seconds,
             "hours_written": len(list(Path(settings.join.output_dir).glob("dt=*/hour=*/examples.tfrecord"))),
-            "label_step_busy_share_estimate": round(busy_ms / 1000 / max(sum(l["seconds"] for l in label), 1), 3),
-            "progress": lines}
+            **profile_summary(lines), "progress": lines}
+
+
+def profile_summary(lines: list[dict]) -> dict:
+    """What a run's progress lines add up to: the source's records a second, records a call and share of its
+    calls' time spent polling the broker (the rest is its records' way downstream); the label step's elements
+    and firings a second, its share of the time busy in bundles, and its labeling work."""
+    def total(step: str, name: str) -> int:
+        return sum(line.get(name, 0) for line in lines if line["step"] == step and isinstance(line.get(name), int))
+
+    covered = {step: sum(line["seconds"] for line in lines if line["step"] == step) for step in ("stream", "label")}
+    calls_ms = total("stream", "call_ms")
+    return {
+        "records_read": total("stream", "records"),
+        "records_read_per_s": round(total("stream", "records") / covered["stream"]) if covered["stream"] else None,
+        "source_calls": total("stream", "source_calls"),
+        "source_polling_share": round(total("stream", "polling_ms") / calls_ms, 3) if calls_ms else None,
+        "label_elements_and_firings_per_s": round(total("label", "elements_and_firings") / covered["label"])
+        if covered["label"] else None,
+        "label_busy_share": round(total("label", "busy_ms") / 1000 / covered["label"], 3) if covered["label"] else None,
+        "label_firings": total("label", "firings"),
+        "examples_labeled": total("label", "examples_labeled"),
+    }
 
 
 def run_stream_profile(settings: Settings, requests: int, days: float, users: int, items: int, seconds: float,
@@ -186,4 +201,6 @@ def run_stream_profile(settings: Settings, requests: int, days: float, users: in
                          "progress_log_s": period_s, "delivered": dict(delivered),
                          "labels": json.loads(settings.join.labels.model_dump_json())},
             "results": results,
+            "summary": {runner: {k: v for k, v in result.items() if k != "progress"}
+                        for runner, result in results.items()},
         }

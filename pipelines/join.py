@@ -218,9 +218,9 @@ class _LabelUser(beam.DoFn):
         self._bundle_began, self._bundle_work = time.monotonic(), 0
 
     def finish_bundle(self):
-        self._progress.add(bundles=1)
-        self._progress.sample(bundle_elements_and_firings=self._bundle_work,
-                              bundle_ms=(time.monotonic() - self._bundle_began) * 1000)
+        busy_ms = (time.monotonic() - self._bundle_began) * 1000
+        self._progress.add(bundles=1, elements_and_firings=self._bundle_work, busy_ms=round(busy_ms))
+        self._progress.sample(bundle_elements_and_firings=self._bundle_work, bundle_ms=busy_ms)
         self._progress.report()
 
     def process(self, element: Tuple[str, DecodedEvent], events=beam.DoFn.StateParam(EVENTS),

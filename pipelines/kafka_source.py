@@ -375,11 +375,14 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
         consumer.assign(list(partitions.values()))
         for t, p, offset in state.positions:
             consumer.seek(partitions[(t, p)], offset)
-        deadline = time.monotonic() + self._poll_s
-        read = 0
+        began = time.monotonic()
+        deadline = began + self._poll_s
+        read, polling_s = 0, 0.0
         newest = {(t, p): ms for t, p, ms in state.newest_event_ms}
         while time.monotonic() < deadline:
+            polled = time.monotonic()
             batches = consumer.poll(timeout_ms=200, max_records=5_000)
+            polling_s += time.monotonic() - polled
             for tp, records in batches.items():
                 for r in records:
                     event_ms = self._event_time_of(r.value, r.timestamp)
@@ -412,7 +415,9 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
             estimate = Timestamp(micros=micros(candidate - self._bound))
             if watermark.current_watermark() is None or estimate > watermark.current_watermark():
                 watermark.set_watermark(estimate)
-        self._progress.add(records=read, source_calls=1)
+        # the call's time beyond polling is its records' way downstream: the steps fused with it, and the runner
+        self._progress.add(records=read, source_calls=1, polling_ms=round(polling_s * 1000),
+                           call_ms=round((time.monotonic() - began) * 1000))
         self._progress.sample(records_a_call=read)
         newest_ms = max(newest.values(), default=-1)
         self._progress.report(

@@ -37,3 +37,18 @@ def test_the_profile_benchmark_reads_back_what_the_lines_say_pure_function():
         "step": "label", "seconds": 31, "firings": 1_203, "bundles": 4,
         "bundle_ms": {"median": 889.2, "max": 1_425.0}, "labeled_a_firing": {"median": 6.0, "max": 10.0},
         "newest_event_time": "2026-11-03T23:58:49+00:00"}]
+
+
+def test_the_profile_adds_up_its_lines_pure_function():
+    from bench.stream import profile_summary
+
+    lines = [{"step": "stream", "seconds": 30, "records": 9_000, "source_calls": 3, "polling_ms": 600,
+              "call_ms": 30_000},
+             {"step": "stream", "seconds": 30, "records": 3_000, "source_calls": 1, "polling_ms": 200,
+              "call_ms": 10_000},
+             {"step": "label", "seconds": 60, "bundles": 12, "elements_and_firings": 12_000, "busy_ms": 15_000,
+              "firings": 300, "examples_labeled": 2_400}]
+    assert profile_summary(lines) == {
+        "records_read": 12_000, "records_read_per_s": 200, "source_calls": 4, "source_polling_share": 0.02,
+        "label_elements_and_firings_per_s": 200, "label_busy_share": 0.25, "label_firings": 300,
+        "examples_labeled": 2_400}
