@@ -239,11 +239,11 @@ class _LabelUser(beam.DoFn):
             self._duplicates.inc()
             return
         if event_ms <= last_fired:  # behind the last release: it may concern examples already out
-            held = list(events.read())
-            changes, labeled = _released_changes(held, event, self._config, last_fired)
+            held_events = list(events.read())
+            changes, labeled = _released_changes(held_events, event, self._config, last_fired)
             self._labeled.inc(labeled)
             self._progress.add(relabelings=1, examples_labeled=labeled)
-            self._progress.sample(held_events_read=len(held))
+            self._progress.sample(held_events_read=len(held_events))
             if changes:
                 version += 1
                 self._revised.inc(len(changes))
