@@ -9,6 +9,7 @@ the FnApiRunner), so each ratio says what following the topics costs over readin
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +31,19 @@ from bench.topics import fresh_topics
 def _digests(directory: Path) -> dict[str, str]:
     return {str(p.parent.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in directory.glob("dt=*/hour=*/examples.tfrecord")}
+
+
+@contextlib.contextmanager
+def backlog(settings: Settings, name: str, requests: int, days: float, users: int, items: int):
+    """Fresh topics (deleted afterwards) holding a simulated backlog of `requests` over `days` among `users` and
+    `items`: yields their Kafka settings, the simulator's config and the events delivered, by record name."""
+    with fresh_topics(settings.kafka, name) as kafka:
+        simulator = settings.simulator.model_copy(update={
+            "requests": requests, "days": days,
+            "catalogue": settings.simulator.catalogue.model_copy(update={"users": users, "items": items})})
+        with KafkaSink(kafka) as sink:
+            delivered = sink.write(Simulation(simulator).events())
+        yield kafka, simulator, delivered
 
 
 RUNNERS = {"flink": ("flink", "flink"), "direct": ("fnapi_runner", "prism")}  # --runner: bounded on, streams on
@@ -73,12 +87,7 @@ def _streaming(settings: Settings, runner: str, expected: dict[str, str], scratc
 def run_stream_benchmark(settings: Settings, requests: int, days: float, users: int, items: int, scratch: Path,
                          purchase_window_s: float = 86_400.0, timeout_s: float = 900.0,
                          runners: tuple[str, ...] = tuple(RUNNERS)) -> dict:
-    with fresh_topics(settings.kafka, "stream") as kafka:
-        simulator = settings.simulator.model_copy(update={
-            "requests": requests, "days": days,
-            "catalogue": settings.simulator.catalogue.model_copy(update={"users": users, "items": items})})
-        with KafkaSink(kafka) as sink:
-            sink.write(Simulation(simulator).events())
+    with backlog(settings, "stream", requests, days, users, items) as (kafka, simulator, _):
 
         # Hours settle only once the longest window has passed: a purchase window of a day lets a backlog of a few
         # days settle most of its hours.
@@ -183,12 +192,7 @@ def run_stream_profile(settings: Settings, requests: int, days: float, users: in
                        scratch: Path, runners: tuple[str, ...] = tuple(RUNNERS), period_s: float = 30.0) -> dict:
     """Where the streaming join's time goes on a large backlog: each runner's stream (under the settings' own
     label windows) runs for `seconds` and its progress lines, every `period_s`, are recorded."""
-    with fresh_topics(settings.kafka, "profile") as kafka:
-        simulator = settings.simulator.model_copy(update={
-            "requests": requests, "days": days,
-            "catalogue": settings.simulator.catalogue.model_copy(update={"users": users, "items": items})})
-        with KafkaSink(kafka) as sink:
-            delivered = sink.write(Simulation(simulator).events())
+    with backlog(settings, "profile", requests, days, users, items) as (kafka, _, delivered):
         results = {}
         for runner in runners:
             run = settings.model_copy(update={"kafka": kafka, "join": settings.join.model_copy(update={
