@@ -91,6 +91,7 @@ def _save(settings: Settings, canary: Canary | None) -> None:
     if canary is None:
         path.unlink(missing_ok=True)
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(canary.as_dict(), indent=2) + "\n")
     temporary.replace(path)
@@ -143,8 +144,9 @@ def serving_policy(settings: Settings, spec: str, day: str, output: str = "value
 
 def superseded(settings: Settings, canary: Canary) -> bool:
     """Whether production moved since the canary opened (it then no longer tests against what serves); drops
-    such a canary."""
-    if Registry(settings.registry).production() == canary.production:
+    such a canary. Production moved to the canary's own candidate is its decision half carried out (a run that
+    died before closing it), not a move: that canary stays, to be closed."""
+    if Registry(settings.registry).production() in (canary.production, canary.candidate):
         return False
     _save(settings, None)
     return True

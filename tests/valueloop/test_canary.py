@@ -47,3 +47,44 @@ def test_an_inconclusive_candidate_is_split_tested_and_its_ab_result_decides_it(
     assert registry.version(first["candidate"]).verdict == canary["status"]
     # round 4's own candidate, inconclusive with no canary in flight any more, is the next canary
     assert rounds[4]["gate"]["canary"]
+
+
+def test_a_canary_whose_promotion_outlived_its_run_is_closed_once_by_the_next(tmp_path):
+    """A run that promoted a canary's candidate and died before closing the canary: the next run (the DAG's retry)
+    does not take the promotion for production having moved under the canary. It decides the same, finds the
+    promotion done, promotes nothing twice, and records and closes the canary once. The registry is real MLflow;
+    the two versions' directories hold only a stand-in saved_model.pb, since no model is served here."""
+    import dataclasses
+
+    from config import Settings
+    from valueloop import canary as canaries
+    from valueloop.loop import Audited
+
+    base = Settings()
+    settings = base.model_copy(update={
+        "loop": base.loop.model_copy(update={"work_dir": tmp_path / "work", "alerts_file": tmp_path / "alerts.json"}),
+        "registry": RegistrySettings(directory=tmp_path / "registry")})
+    registry = Registry(settings.registry)
+    for k in (1, 2):
+        model = tmp_path / f"model-{k}"
+        model.mkdir()
+        (model / "saved_model.pb").write_bytes(bytes([k]))
+        registry.register(model, f"2026-11-0{k}")
+    registry.record_verdict(1, "pass", [])
+    registry.promote(1, None, "2026-11-01: audit pass")
+    held = Audited("inconclusive", False, ["off-policy: inconclusive"], str(tmp_path / "report.html"), 1, 2, None,
+                   None)
+    registry.record_verdict(2, "inconclusive", held.reasons)
+    opened = canaries.open_canary(settings, "2026-11-02", held, seed=7)
+    canary = dataclasses.replace(opened, served_day="2026-11-03")
+    canaries._save(settings, canary)  # as serving it stamps the day
+    decision = canaries.CanaryDecision(canary, True, "pass", "canary: +3.0% [-2.0%, +8.0%]: at least -10%", {})
+
+    registry.record_verdict(2, "pass", [decision.reason])  # the run that died: it promoted, and closed nothing
+    registry.promote(2, 1, "2026-11-03: canary pass")
+    assert canaries.in_flight(settings) == canary and not canaries.superseded(settings, canary)
+    assert canaries.act(settings, decision) == {"promoted": 2}  # the retry
+    assert canaries.in_flight(settings) is None and registry.production() == 2
+    assert [d["canary"]["candidate"] for d in canaries.decided(settings)] == [2]
+    assert [p["to"] for p in registry.promotions()] == [1, 2]
+    assert canaries.open_canary(settings, "2026-11-02", held, seed=7) == canary  # a re-run of its audit's hold
