@@ -35,9 +35,7 @@ from valueloop import loop
 from valueloop import canary
 settings = load_settings(sys.argv[1]); day = sys.argv[2]
 loop.check_manifests(settings, settings.loop, day)
-flying = canary.in_flight(settings)
-if flying is not None and not canary.superseded(settings, flying) and flying.served_day == day:
-    canary.act(settings, canary.decide(settings, flying))
+canary.settle(settings, day)
 model = loop.train_candidate(settings, settings.loop, day)
 version = loop.register_candidate(settings, day, model)
 audited = loop.audit_candidate(settings, settings.loop, day, version)

@@ -53,16 +53,11 @@ with DAG(
     def settle_canary(day: str) -> dict | None:
         """The canary that served `day`, decided by its split test: promoted, or held with an alert. Before the
         day's own candidate is audited, so that it is judged against the production that decision leaves."""
-        from valueloop import canary as canaries
+        from valueloop.canary import settle
         from valueloop.scheduling.assets import settings
         from valueloop.scheduling.notifier import sinks
 
-        found = settings()
-        canary = canaries.in_flight(found)
-        if canary is None or canaries.superseded(found, canary) or canary.served_day != day:
-            return None
-        decision = canaries.decide(found, canary)
-        return {**decision.as_dict(), **canaries.act(found, decision, sinks())}
+        return settle(settings(), day, sinks())
 
     @task(execution_timeout=dt.timedelta(hours=2))
     def train(day: str) -> str:

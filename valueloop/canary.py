@@ -175,6 +175,16 @@ def decide(settings: Settings, canary: Canary) -> CanaryDecision:
     return CanaryDecision(canary, status == "pass", status, reason, result.as_dict())
 
 
+def settle(settings: Settings, day: str, sinks: list | None = None) -> dict | None:
+    """Decides and carries out the canary that served `day` (`decide`, `act`), once `day` is labeled; what was
+    decided and done, or None when no canary in flight served that day (a superseded one is dropped)."""
+    canary = in_flight(settings)
+    if canary is None or superseded(settings, canary) or canary.served_day != day:
+        return None
+    decision = decide(settings, canary)
+    return {**decision.as_dict(), **act(settings, decision, sinks)}
+
+
 def act(settings: Settings, decision: CanaryDecision, sinks: list | None = None) -> dict:
     """Promotes the canaried candidate, or holds it and tells on-call as any held candidate (a block pages,
     the rest go to the sinks that do not page), then closes the canary; returns what was done. A run that died
