@@ -179,8 +179,10 @@ def gate(
                                               "audited day."),
     requests: int = typer.Option(4_000, min=100, help="Requests per round."),
     out: Path = typer.Option(Path("bench/results/gate.json"), help="Where the JSON result goes."),
-    keep: Optional[Path] = typer.Option(None, help="Keep the loops' runs here, and judge the candidates of runs "
-                                                   "already there again rather than run their loops anew."),
+    keep: Optional[Path] = typer.Option(None, help="Keep the loops' runs and judged candidates here. A run "
+                                                   "there already is not run again, and a candidate judged there "
+                                                   "under the same gate settings is not judged again, so a stopped "
+                                                   "run resumes. Clear it when the gate's code changes."),
 ):
     """The gate's decisions against the simulator's truth: false blocks of healthy candidates, misses of harmful
     ones, the A/A, the off-policy intervals' coverage of the truth (goals: at most 5%, at most 5%, at least 95%

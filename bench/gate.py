@@ -263,6 +263,7 @@ def judge_loop(settings: Settings, loop_out: Path, objective: Objective, seed: i
                echo=print) -> list[dict]:
     """Every candidate of every audited day of one closed-loop run under `loop_out`, judged."""
     run = run_settings(settings, loop_out, objective, seed)
+    judged_under = gate_settings(settings)
     rounds = json.loads((loop_out / objective.value / "rounds.json").read_text())["rounds"]
     world = World.create(run.simulator)
     registry = Registry(run.registry)
@@ -279,14 +280,40 @@ def judge_loop(settings: Settings, loop_out: Path, objective: Objective, seed: i
         logged = loop.logged_ranker(run, log)
         for name, kind, model in candidates_of_day(run, day, registry.version(version).model_dir, production,
                                                    scratch / f"seed-{seed}"):
-            row = {"seed": seed, "objective": objective.value, "day": day, "name": name, "kind": kind,
-                   "production": production, **({"floor_cost": cost} if name == "loop" else {}),
-                   **judge(run, world, day, model, production_model, scratch / f"seed-{seed}" / day / "audits" / name,
-                          logged)}
+            audits = scratch / f"seed-{seed}" / day / "audits" / name
+            row = _judged_before(audits, judged_under)
+            if row is None:
+                row = {"seed": seed, "objective": objective.value, "day": day, "name": name, "kind": kind,
+                       "production": production, **({"floor_cost": cost} if name == "loop" else {}),
+                       **judge(run, world, day, model, production_model, audits, logged)}
+                audits.mkdir(parents=True, exist_ok=True)
+                (audits / JUDGED).write_text(json.dumps({"under": judged_under, "row": row}) + "\n")
             echo(f"seed {seed} {day} {name:<22} {row['truth']['health']:<8} "
                  f"{'promoted' if row['promotable'] else row['status']:<12} {row['reasons'][:1]}")
             rows.append(row)
     return rows
+
+
+JUDGED = "judged.json"  # a candidate's row, beside its audit, with the gate settings it was judged under
+
+
+def gate_settings(settings: Settings) -> dict:
+    """The settings a judgement depends on beyond the loop's run: the checks' margins and serving's exploration."""
+    return {"audit": settings.audit.model_dump(mode="json", include={
+                "served_purchase_drop", "served_bait_points", "bait_headline_score", "offpolicy_slots",
+                "offpolicy_purchase_drop", "offpolicy_min_ess", "offpolicy_switch", "offpolicy_clip"}),
+            "serving": settings.loop.model_dump(mode="json", include={
+                "serving_exploration", "serving_temperature", "serving_epsilon", "serving_floor"})}
+
+
+def _judged_before(audits: Path, under: dict) -> dict | None:
+    """The row judged into `audits` by an earlier run under the same gate settings (a run that stopped part way
+    resumes where it stopped), or None."""
+    try:
+        judged = json.loads((audits / JUDGED).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return judged["row"] if judged.get("under") == under else None
 
 
 def run_gate_benchmark(settings: Settings, seeds: list[int], rounds: int, requests: int, scratch: Path,
@@ -307,11 +334,7 @@ def run_gate_benchmark(settings: Settings, seeds: list[int], rounds: int, reques
         "benchmark": "gate",
         "environment": describe(("apache-beam", "tensorflow", "scipy")),
         "settings": {"seeds": seeds, "rounds": rounds, "requests_per_round": requests, "objective": "value",
-                     "audit": settings.audit.model_dump(mode="json", include={
-                         "served_purchase_drop", "served_bait_points", "bait_headline_score", "offpolicy_slots",
-                         "offpolicy_purchase_drop", "offpolicy_min_ess", "offpolicy_switch", "offpolicy_clip"}),
-                     "serving": settings.loop.model_dump(mode="json", include={
-                         "serving_exploration", "serving_temperature", "serving_epsilon", "serving_floor"})},
+                     **gate_settings(settings)},
         "results": {"candidates": rows},
         "summary": summarise(rows, settings.audit.served_bait_points),
     }

@@ -1,5 +1,7 @@
 """`bench gate`'s summary of judged candidates: pure functions over hand-made rows."""
-from bench.gate import summarise
+import json
+
+from bench.gate import JUDGED, _judged_before, summarise
 
 
 def row(name, health, promotable, purchases, bait, by_cut, covers=True):
@@ -26,3 +28,15 @@ def test_the_bait_proxy_is_scored_at_every_cut_and_both_aa_retrains_count_pure_f
                               "0.7": {"false_blocks": 0, "misses_of_bait": 1}}
     assert summary["aa_candidates"] == 2 and summary["aa_pass_rate"] == 0.5
     assert summary["false_block_rate"] == 0 and summary["miss_rate"] == 0
+
+
+def test_a_judged_candidate_is_taken_again_only_under_the_same_gate_settings(tmp_path):
+    """A stopped `bench gate --keep` run resumes: a row judged before is reused when the gate's settings are the
+    ones it was judged under, and judged anew otherwise (or when its file is torn)."""
+    under = {"audit": {"offpolicy_clip": 20.0}, "serving": {"serving_floor": 0.05}}
+    assert _judged_before(tmp_path, under) is None
+    (tmp_path / JUDGED).write_text(json.dumps({"under": under, "row": {"name": "loop", "promotable": True}}))
+    assert _judged_before(tmp_path, under) == {"name": "loop", "promotable": True}
+    assert _judged_before(tmp_path, {**under, "audit": {"offpolicy_clip": None}}) is None
+    (tmp_path / JUDGED).write_text('{"under": ')
+    assert _judged_before(tmp_path, under) is None
