@@ -196,6 +196,23 @@ def gate(
                                   echo=lambda line: print(line, flush=True)), out)
 
 
+@app.command("gate-merge")
+def gate_merge(
+    parts: list[Path] = typer.Argument(..., help="`bench gate` results (JSON), one per run, e.g. one per seed."),
+    out: Path = typer.Option(Path("bench/results/gate.json"), help="Where the merged JSON result goes."),
+):
+    """Several `bench gate` runs judged under the same gate settings, as one result summarised again."""
+    import json
+
+    from bench.gate import merge_gate_results
+
+    try:
+        merged = merge_gate_results([json.loads(part.read_text()) for part in parts])
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    record(merged, out)
+
+
 def census(
     seed: int = typer.Option(0, help="Seed of the 80/20 split."),
     epochs: int = typer.Option(30, min=1, help="Most passes per model; a tenth of the training split stops it early."),

@@ -338,3 +338,28 @@ def run_gate_benchmark(settings: Settings, seeds: list[int], rounds: int, reques
         "results": {"candidates": rows},
         "summary": summarise(rows, settings.audit.served_bait_points),
     }
+
+
+def merge_gate_results(parts: list[dict]) -> dict:
+    """One `bench gate` result of several runs' candidates (each run's seeds, judged under the same gate settings,
+    rounds and requests), summarised again: a run per seed can be recorded as it ends and merged after."""
+    if not parts:
+        raise ValueError("bench gate merge: no results to merge")
+    fixed = [{k: v for k, v in part["settings"].items() if k != "seeds"} for part in parts]
+    for part, settings in zip(parts, fixed):
+        if settings != fixed[0]:
+            raise ValueError(f"bench gate merge: the run measured at {part['environment']['commit']} was judged "
+                             f"under {settings}, not {fixed[0]}; judge them again under one setting")
+    seeds = [seed for part in parts for seed in part["settings"]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"bench gate merge: a seed is in more than one run ({sorted(seeds)})")
+    rows = [row for part in parts for row in part["results"]["candidates"]]
+    return {
+        "benchmark": "gate",
+        "environment": parts[-1]["environment"],
+        "runs": [{"seeds": part["settings"]["seeds"], "environment": part["environment"]} for part in parts],
+        "settings": {**fixed[0], "seeds": seeds},
+        "results": {"candidates": rows},
+        "summary": summarise(rows, fixed[0]["audit"]["served_bait_points"]),
+    }
+

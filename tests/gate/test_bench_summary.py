@@ -1,7 +1,9 @@
 """`bench gate`'s summary of judged candidates: pure functions over hand-made rows."""
 import json
 
-from bench.gate import JUDGED, _judged_before, summarise
+import pytest
+
+from bench.gate import JUDGED, _judged_before, merge_gate_results, summarise
 
 
 def row(name, health, promotable, purchases, bait, by_cut, covers=True):
@@ -40,3 +42,23 @@ def test_a_judged_candidate_is_taken_again_only_under_the_same_gate_settings(tmp
     assert _judged_before(tmp_path, {**under, "audit": {"offpolicy_clip": None}}) is None
     (tmp_path / JUDGED).write_text('{"under": ')
     assert _judged_before(tmp_path, under) is None
+
+
+def test_runs_judged_under_one_setting_merge_and_others_do_not():
+    """`bench gate-merge`: one run per seed, summarised again as one; a run judged under other margins, or a seed
+    judged twice, is refused with what differs."""
+    def part(seed, clip, rows):
+        return {"settings": {"seeds": [seed], "rounds": 7, "requests_per_round": 20000,
+                             "audit": {"offpolicy_clip": clip, "served_bait_points": 3.0}, "serving": {}},
+                "environment": {"commit": f"c{seed}"}, "results": {"candidates": rows}}
+
+    healthy = row("loop", "healthy", True, 100, 0.10, {})
+    harmful = row("click-only", "harmful", False, 80, 0.20, {})
+    merged = merge_gate_results([part(7, 20, [healthy]), part(8, 20, [harmful])])
+    assert merged["settings"]["seeds"] == [7, 8]
+    assert (merged["summary"]["healthy"], merged["summary"]["harmful"]) == (1, 1)
+    assert merged["summary"]["false_block_rate"] == 0 and merged["summary"]["miss_rate"] == 0
+    with pytest.raises(ValueError, match="offpolicy_clip"):
+        merge_gate_results([part(7, 20, [healthy]), part(8, None, [harmful])])
+    with pytest.raises(ValueError, match="more than one run"):
+        merge_gate_results([part(7, 20, [healthy]), part(7, 20, [harmful])])
