@@ -24,6 +24,7 @@ healthy and 60 harmful candidates.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,19 +33,24 @@ import numpy as np
 from scipy import stats
 
 from bench.environment import describe
+from pipelines.reference_labeler import reference_labels
 from config import Settings
 from config.trainer import TrainConfig, preset
 from gate.served import served_check
 from promotion.registry import Registry
 from schemas.units import DAY_MS
 from serving.log import ServingLog, candidate_scores
+from serving.policies import SplitPolicy
 from serving.propensities import Sampling
 from simulator.truth import Bounds, ranker_marginals, served_truth
 from trainer.exported import ExportedModel, Predictor
+from simulator.traffic import Simulation
+from simulator.world import World
 from valueloop import loop
 from valueloop.audit import run_audit
-from valueloop.closed_loop import GateMode, Objective, run_closed_loop, run_settings, truth_of_marginals
-from simulator.world import World
+from valueloop.canary import Canary, decision_on
+from valueloop.closed_loop import GateMode, Objective, drain_s, run_closed_loop, run_settings, truth_of_marginals
+from valueloop.policies import LOGGING, model_policy, policy_from
 
 GOAL_FALSE_BLOCKS = 0.05
 GOAL_MISSES = 0.05
@@ -136,6 +142,40 @@ def judge(settings: Settings, world: World, day: str, candidate: Path | Predicto
             "decided_by": [] if promotable else [loop.cause_of(reasons[0])]}
 
 
+def canary_of(settings: Settings, day: str, candidate: Path | Predictor, production: int | None,
+              requests: int, seed: int) -> dict:
+    """The canary the closed loop runs for a candidate its audit of `day` left inconclusive: the next day's
+    traffic (`requests`, seeded by `seed`) served split by user between production (the logging policy before
+    any promotion) and the candidate, at `loop.canary_share`; its events labeled as the join labels them (the
+    reference labeler, which the join's tests and `bench join` hold it to), and decided by the split test as
+    `valueloop.canary` decides it. Each candidate is tested as if no other canary were in flight."""
+    base = settings.simulator
+    start = base.start + dt.timedelta(days=(dt.date.fromisoformat(day) - base.start.date()).days + 1)
+    config = base.model_copy(update={"start": start, "days": 1.0, "requests": requests, "seed": seed,
+                                     "drain_s": drain_s(settings)})
+    registry = Registry(settings.registry)
+    control = policy_from(settings, LOGGING) if production is None else \
+        model_policy(settings, registry.version(production).model_dir, f"{registry.name}/v{production}")
+    treatment = model_policy(settings, candidate, "canary-candidate")
+    share = settings.loop.canary_share
+    events = [(e.name, e.datum) for e in Simulation(config, policy=SplitPolicy([control, treatment],
+                                                                                [1 - share, share], seed)).events()]
+    labels = settings.join.labels
+    labeled = reference_labels(events, labels.click_window_ms, labels.cart_window_ms, labels.purchase_window_ms,
+                               max(datum["event_time_ms"] for _, datum in events))
+    shown = {datum["event_id"]: datum for name, datum in events if name == "Impression"}
+    ids = [i for i in labeled if start.timestamp() * 1000 <= shown[i]["event_time_ms"]]
+    impressions = {"user_id": np.array([shown[i]["user_id"] for i in ids]),
+                   "arm": np.array([shown[i]["policy"] for i in ids]),
+                   "clicked": np.array([labeled[i]["clicked"] for i in ids]),
+                   "purchased": np.array([labeled[i]["purchased"] for i in ids])}
+    canary = Canary(day, 0, production, control.names[0], treatment.names[0], share, seed,
+                    start.strftime("%Y-%m-%d"))
+    decision = decision_on(settings, canary, impressions)
+    return {"promote": decision.promote, "status": decision.status, "reason": decision.reason,
+            "impressions": len(ids)}
+
+
 def floor_cost(settings: Settings, world: World, log: ServingLog, production: Path | Predictor) -> dict:
     """What the support floor costs production on the day: its true purchases per 1000 served with the floor
     and without it."""
@@ -195,16 +235,24 @@ def summarise(rows: list[dict], bait_points: float) -> dict:
     bait margin, at which the bait proxy's record at each headline cut is scored."""
     healthy = [r for r in rows if r["truth"]["health"] == "healthy"]
     harmful = [r for r in rows if r["truth"]["health"] == "harmful"]
-    false_blocks = [r for r in healthy if not r["promotable"]]
-    misses = [r for r in harmful if r["promotable"]]
+
+    def final(r: dict) -> bool:
+        """Promoted in the end: passed offline, or passed the canary its inconclusive audit opened."""
+        return r.get("final_promotable", r["promotable"])
+
+    false_blocks = [r for r in healthy if not final(r)]
+    misses = [r for r in harmful if final(r)]
+    offline_false_blocks = [r for r in healthy if not r["promotable"]]
+    offline_misses = [r for r in harmful if r["promotable"]]
+    canaried = [r for r in rows if "canary" in r]
     aa = [r for r in rows if r["name"] in AA_NAMES]
-    aa_passed = sum(r["promotable"] for r in aa)
+    aa_passed = sum(final(r) for r in aa)
 
     def decided_by(wrong: list[dict]) -> dict:
-        """How many wrong calls each check had a part in (a block can have several)."""
+        """How many wrong calls each check had a part in (a block can have several; a canary is one)."""
         counts: dict[str, int] = {}
         for r in wrong:
-            for key in r["decided_by"] or ["passed every check"]:
+            for key in r["decided_by"] + (["canary"] if "canary" in r else []) or ["passed every check"]:
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
@@ -236,6 +284,14 @@ def summarise(rows: list[dict], bait_points: float) -> dict:
         "false_blocks_decided_by": decided_by(false_blocks),
         "miss_rate": miss_rate, "miss_interval": wilson(len(misses), len(harmful)),
         "misses_decided_by": decided_by(misses),
+        # the audit alone, before any canary: an inconclusive candidate counts as held
+        "offline": {"false_blocks": len(offline_false_blocks), "misses": len(offline_misses),
+                    "aa_passed": sum(r["promotable"] for r in aa)},
+        "canaries": {"opened": len(canaried),
+                     **{f"{health}_{outcome}": sum(r["truth"]["health"] == health
+                                                   and r["canary"]["promote"] == (outcome == "promoted")
+                                                   for r in canaried)
+                        for health in ("healthy", "harmful", "neither") for outcome in ("promoted", "held")}},
         "aa_pass_rate": aa_rate, "aa_interval": wilson(aa_passed, len(aa)), "aa_candidates": len(aa),
         "offpolicy_coverage": covered / len(loop_rows) if loop_rows else None,
         "offpolicy_coverage_of": len(loop_rows),
@@ -264,7 +320,8 @@ def judge_loop(settings: Settings, loop_out: Path, objective: Objective, seed: i
     """Every candidate of every audited day of one closed-loop run under `loop_out`, judged."""
     run = run_settings(settings, loop_out, objective, seed)
     judged_under = gate_settings(settings)
-    rounds = json.loads((loop_out / objective.value / "rounds.json").read_text())["rounds"]
+    ran = json.loads((loop_out / objective.value / "rounds.json").read_text())
+    rounds, requests = ran["rounds"], ran["rounds_asked"][1]
     world = World.create(run.simulator)
     registry = Registry(run.registry)
     rows = []
@@ -286,10 +343,15 @@ def judge_loop(settings: Settings, loop_out: Path, objective: Objective, seed: i
                 row = {"seed": seed, "objective": objective.value, "day": day, "name": name, "kind": kind,
                        "production": production, **({"floor_cost": cost} if name == "loop" else {}),
                        **judge(run, world, day, model, production_model, audits, logged)}
-                audits.mkdir(parents=True, exist_ok=True)
-                (audits / JUDGED).write_text(json.dumps({"under": judged_under, "row": row}) + "\n")
+            if row["status"] == "inconclusive" and "canary" not in row and run.loop.canary_share > 0:
+                day_index = (dt.date.fromisoformat(day) - run.simulator.start.date()).days
+                row["canary"] = canary_of(run, day, model, production, requests, seed * 1000 + day_index + 1)
+            row["final_promotable"] = row["promotable"] or bool(row.get("canary", {}).get("promote"))
+            audits.mkdir(parents=True, exist_ok=True)
+            (audits / JUDGED).write_text(json.dumps({"under": judged_under, "row": row}) + "\n")
+            canaried = f" canary: {row['canary']['status']}" if "canary" in row else ""
             echo(f"seed {seed} {day} {name:<22} {row['truth']['health']:<8} "
-                 f"{'promoted' if row['promotable'] else row['status']:<12} {row['reasons'][:1]}")
+                 f"{'promoted' if row['promotable'] else row['status']:<12}{canaried} {row['reasons'][:1]}")
             rows.append(row)
     return rows
 

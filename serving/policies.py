@@ -23,7 +23,7 @@ from config.simulator import LoggingPolicyConfig
 from serving.propensities import (Exploration, Sampling, epsilon_greedy_probability, floored_conditional,
                                   plackett_luce_probability, plackett_luce_top_marginals, standardised_logits,
                                   target_probability)
-from trainer.exported import ExportedModel
+from trainer.exported import Predictor, predictor
 from schemas.units import HOUR_MS
 
 
@@ -185,15 +185,17 @@ def candidate_features(world, users: np.ndarray, candidates: np.ndarray, surface
 
 
 class ModelPolicy:
-    """Ranks by a SavedModel's `output` (its value score, or p(click)) sampled as `sampling` says; logs `name`."""
+    """Ranks by a model's `output` (its value score, or p(click)) sampled as `sampling` says; logs `name`. The
+    model is a SavedModel directory, or anything that predicts as one (`trainer.exported.Predictor`)."""
 
-    def __init__(self, model_dir: Path, name: str, output: str = "value", surfaces: list[str] | None = None,
-                 devices: list[str] | None = None, candidates: int = 50, slate_size: int = 10,
-                 sampling: Sampling = Sampling()):
-        self.model = ExportedModel(model_dir)
+    def __init__(self, model_dir: Path | Predictor, name: str, output: str = "value",
+                 surfaces: list[str] | None = None, devices: list[str] | None = None, candidates: int = 50,
+                 slate_size: int = 10, sampling: Sampling = Sampling()):
+        self.model = predictor(model_dir)
         outputs = self.model.metadata["signature"]["outputs"]
         if output not in outputs:
-            raise ValueError(f"{model_dir}: the model has no output {output!r} to rank by (it has {outputs})")
+            raise ValueError(f"{getattr(self.model, 'path', name)}: the model has no output {output!r} to rank by "
+                             f"(it has {outputs})")
         self.names, self.output = [name], output
         self.surfaces, self.devices = surfaces, devices
         self.candidates, self.slate_size, self.sampling = candidates, slate_size, sampling

@@ -155,7 +155,12 @@ def superseded(settings: Settings, canary: Canary) -> bool:
 def decide(settings: Settings, canary: Canary) -> CanaryDecision:
     """The canary's split test on its served day's examples, and what it decides (`act` carries it out)."""
     start, end = loop.day_range(canary.served_day)
-    impressions = load_impressions(Path(settings.join.output_dir), start, end)
+    return decision_on(settings, canary, load_impressions(Path(settings.join.output_dir), start, end))
+
+
+def decision_on(settings: Settings, canary: Canary, impressions: dict) -> CanaryDecision:
+    """What the split test on `impressions` (`ab.analysis.load_impressions`' columns of the served day) decides
+    for `canary`."""
     result = analyse(impressions, canary.control, canary.treatment, None,
                      {canary.control: 1 - canary.share, canary.treatment: canary.share})
     lift = next(lift for lift in result.lifts if lift.metric == "purchases_per_impression" and not lift.cuped)

@@ -17,6 +17,7 @@ from config import Settings
 from promotion.registry import Registry
 from serving.policies import LoggingPolicy, ModelPolicy
 from serving.propensities import Sampling
+from trainer.exported import Predictor
 
 LOGGING = "logging"
 ALIASES = ("production", "candidate")
@@ -24,7 +25,7 @@ ALIASES = ("production", "candidate")
 
 def policy_from(settings: Settings, spec: str, name: str | None = None, output: str = "value"):
     """The policy `spec` names, logged as `name` when given; raises ValueError naming what is missing."""
-    sim, loop = settings.simulator, settings.loop
+    sim = settings.simulator
     if spec == LOGGING:
         config = sim.logging_policy if name is None else sim.logging_policy.model_copy(update={"name": name})
         return LoggingPolicy(config, list(sim.surfaces))
@@ -37,7 +38,14 @@ def policy_from(settings: Settings, spec: str, name: str | None = None, output: 
     else:
         model_dir, default_name = Path(spec), Path(spec).name
     try:
-        return ModelPolicy(model_dir, name or default_name, output, list(sim.surfaces), list(sim.devices),
-                           sim.logging_policy.candidates, sim.logging_policy.slate_size, Sampling.of(loop))
+        return model_policy(settings, model_dir, name or default_name, output)
     except FileNotFoundError as error:
         raise ValueError(f"--policy {spec!r}: {error}") from None
+
+
+def model_policy(settings: Settings, model: Path | Predictor, name: str, output: str = "value") -> ModelPolicy:
+    """A model (its SavedModel directory, or anything that predicts as one) serving the simulated world as
+    production serves: the world's candidates and slate size, sampled as `loop.serving_*` says; logged as `name`."""
+    sim = settings.simulator
+    return ModelPolicy(model, name, output, list(sim.surfaces), list(sim.devices), sim.logging_policy.candidates,
+                       sim.logging_policy.slate_size, Sampling.of(settings.loop))

@@ -62,3 +62,20 @@ def test_runs_judged_under_one_setting_merge_and_others_do_not():
         merge_gate_results([part(7, 20, [healthy]), part(8, None, [harmful])])
     with pytest.raises(ValueError, match="more than one run"):
         merge_gate_results([part(7, 20, [healthy]), part(7, 20, [harmful])])
+
+
+def test_an_inconclusive_candidate_is_scored_by_its_canary_pure_function():
+    """A candidate the audit left inconclusive is promoted or held by its canary: the false blocks and misses
+    count the end of it, and the audit's own count stays beside them."""
+    healthy_canaried = {**row("loop", "healthy", False, 100.0, 0.10, {}), "status": "inconclusive",
+                        "decided_by": ["off-policy"], "canary": {"promote": True, "status": "pass"},
+                        "final_promotable": True}
+    harmful_canaried = {**row("click-only", "harmful", False, 80.0, 0.10, {}), "status": "inconclusive",
+                        "decided_by": ["off-policy"], "canary": {"promote": True, "status": "pass"},
+                        "final_promotable": True}
+    summary = summarise([healthy_canaried, harmful_canaried, row("a/a", "healthy", True, 100.0, 0.10, {})], 3.0)
+    assert summary["false_block_rate"] == 0 and summary["offline"]["false_blocks"] == 1
+    assert summary["miss_rate"] == 1 and summary["offline"]["misses"] == 0
+    assert summary["misses_decided_by"] == {"off-policy": 1, "canary": 1}
+    assert summary["canaries"]["opened"] == 2
+    assert summary["canaries"]["healthy_promoted"] == 1 and summary["canaries"]["harmful_promoted"] == 1

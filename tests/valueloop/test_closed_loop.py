@@ -121,7 +121,7 @@ def test_every_decision_is_recorded_beside_the_candidates_truth(looped):
 def test_the_gate_holds_a_candidate_that_leans_to_clicks_and_the_truth_calls_it_harmful(looped, config):
     """`valueloop bench gate` in small: the value loop's last candidate, ranked by p(click) alone. Every head is
     the candidate's own, so its predictions over the window are as they were; what it would serve is not."""
-    from bench.gate import Variant, judge
+    from bench.gate import Variant, canary_of, judge
     from config import load_settings
     from promotion.registry import Registry
     from simulator.world import World
@@ -140,6 +140,10 @@ def test_the_gate_holds_a_candidate_that_leans_to_clicks_and_the_truth_calls_it_
     assert judged["truth"]["health"] == "harmful"
     assert not judged["promotable"] and judged["status"] in ("block", "inconclusive")
     assert any(reason.startswith("served") for reason in judged["reasons"])
+    # had the audit left it inconclusive, its canary (the next day split by user) would not promote it either
+    canary = canary_of(settings, gate["day"], clicky, audited["production"], 4000, 7_100)
+    assert canary["impressions"] > 30_000 and not canary["promote"], canary
+    assert f"against {registry.name}/v{audited['production']}" in canary["reason"]
 
 
 def test_ab_run_serves_a_split_through_kafka_and_the_join_and_a_wrong_design_is_flagged(config):
