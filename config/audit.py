@@ -90,10 +90,11 @@ class AuditConfig(BaseModel):
     offpolicy_switch: float = Field(5.0, gt=0, description="Switch-DR's threshold: a logged item whose off-policy "
                                     "weight is above it adds no correction, the reward model alone speaks for it. "
                                     "Sized by `bench gate`'s coverage of the truth (docs/audit.md).")
-    offpolicy_clip: float | None = Field(None, gt=0, description="When set, the off-policy weights are clipped "
-                                         "at it (doubly robust with clipped weights) instead of switched at "
-                                         "`offpolicy_switch`. At 20,000 requests a day clipping at 20 held the "
-                                         "truth where Switch-DR did not (docs/audit.md).")
+    offpolicy_clip: float | None = Field(20.0, gt=0, description="The off-policy weights are clipped at it "
+                                         "(doubly robust with clipped weights); null switches them at "
+                                         "`offpolicy_switch` instead (Switch-DR). At 20,000 requests a day "
+                                         "clipped weights' intervals held the truth where Switch-DR's did not; "
+                                         "a candidate they cannot decide goes to a canary (docs/audit.md).")
     offpolicy_bootstrap_draws: int = Field(1000, ge=20, description="Poisson bootstrap draws over requests for the "
                                            "off-policy check's interval.")
     canary_purchase_drop: float = Field(0.10, ge=0, lt=1, description="How far below production's the canary's "

@@ -11,9 +11,9 @@ The chances of every candidate at every one of the first `offpolicy_slots` slots
 production and under the policy that served the log (production's predecessor when production was promoted
 after the day was served) weigh the log, and `ope.estimators.paired_difference` estimates the candidate's
 purchases minus production's, on the same requests and resamples: doubly robust with a reward model of both
-models' purchase predictions (their mean, calibrated per slot on the log), the logged items whose weight is
-above `offpolicy_switch` left to the reward model (Switch-DR), or, with `offpolicy_clip`, every weight clipped
-at it. The support floor keeps every candidate's chance of every slot above floor / candidates, so the weights
+models' purchase predictions (their mean, calibrated per slot on the log), every weight clipped at
+`offpolicy_clip`, or, with no clip, the logged items whose weight is above `offpolicy_switch` left to the reward
+model (Switch-DR). The support floor keeps every candidate's chance of every slot above floor / candidates, so the weights
 stay bounded whatever the candidate ranks.
 
 Three outcomes, by the 95% interval of the relative change against `offpolicy_purchase_drop`:
