@@ -33,6 +33,7 @@ import numpy as np
 from scipy import stats
 
 from bench.environment import describe
+from bench.topics import fresh_topics
 from pipelines.reference_labeler import reference_labels
 from config import Settings
 from config.trainer import TrainConfig, preset
@@ -387,8 +388,9 @@ def run_gate_benchmark(settings: Settings, seeds: list[int], rounds: int, reques
         if ran.exists() and json.loads(ran.read_text()).get("rounds_asked") == [rounds, requests]:
             echo(f"seed {seed}: the closed loop already ran under {loop_out}; judging its candidates again")
         else:
-            run_closed_loop(settings, Objective.VALUE, rounds, requests, seed, loop_out, gate=GateMode.RECORD,
-                            echo=echo)
+            with fresh_topics(settings.kafka, f"gate.{seed}") as kafka:  # so that runs side by side keep apart
+                run_closed_loop(settings.model_copy(update={"kafka": kafka}), Objective.VALUE, rounds, requests,
+                                seed, loop_out, gate=GateMode.RECORD, echo=echo)
             recorded = json.loads(ran.read_text())
             ran.write_text(json.dumps({**recorded, "rounds_asked": [rounds, requests]}, indent=2) + "\n")
         rows += judge_loop(settings, loop_out, Objective.VALUE, seed, scratch, echo)

@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 
 from bench.environment import describe
+from bench.topics import fresh_topics
 
 GOAL_ROUND_S = 300.0
 GOAL_LIFT = 0.25
@@ -30,8 +31,10 @@ def run_loop_benchmark(settings, seeds: list[int], rounds: int, requests: int, s
     runs = []
     for seed in seeds:
         for objective in (Objective.CTR, Objective.VALUE):
-            runs.append(run_closed_loop(settings, objective, rounds, requests, seed, scratch / f"seed-{seed}",
-                                        gate=GateMode(gate), echo=lambda line: print(line, flush=True)))
+            with fresh_topics(settings.kafka, f"loop.{seed}.{objective.value}") as kafka:
+                runs.append(run_closed_loop(settings.model_copy(update={"kafka": kafka}), objective, rounds,
+                                            requests, seed, scratch / f"seed-{seed}", gate=GateMode(gate),
+                                            echo=lambda line: print(line, flush=True)))
     plot_rounds(runs, figure)
     round_s = [sum(o["seconds"].values()) for run in runs for o in run["rounds"]]
     retraining = [o for run in runs for o in run["rounds"] if "train" in o["seconds"]]
