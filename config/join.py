@@ -95,6 +95,11 @@ class JoinSettings(BaseModel):
     progress_log_s: float = Field(60.0, gt=0, description="How often the streaming join logs its progress: the "
                                   "records its source read and how far behind it is, the label step's firings, "
                                   "labeling work and bundles (`pipelines.progress`).")
+    lag_alert_records: int = Field(100_000, ge=0, description="A stream more records than this behind the "
+                                   "partitions' ends is behind (`valueloop join status`).")
+    lag_alert_after_s: float = Field(900.0, gt=0, description="A stream behind for this long, or silent for this "
+                                     "long, is falling behind: the command running it warns through the alert "
+                                     "sinks that do not page, and `valueloop join status` exits 1.")
     split_size: int = Field(50_000, ge=1, description="Offsets per unit of parallel reading.")
     user_shards: int = Field(64, ge=1, description="Groups of users that the bounded join labels together.")
     direct_num_workers: int = Field(1, ge=1)
@@ -108,6 +113,10 @@ class JoinSettings(BaseModel):
     @property
     def allowed_lateness_ms(self) -> int:
         return ms(self.allowed_lateness_s)
+
+    @property
+    def lag_alert_after_ms(self) -> int:
+        return ms(self.lag_alert_after_s)
 
     @property
     def max_record_time_ahead_ms(self) -> int:

@@ -11,6 +11,7 @@ event times) with the runner at every deferral, estimating the watermark from ev
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Iterable, NamedTuple
 
@@ -29,6 +30,7 @@ from kafka_io.fetcher import FRAME_MARGIN_BYTES, BatchTooLargeError, CorruptBatc
 from kafka_io.metadata import topic_configs
 from pipelines.progress import Progress
 from pipelines.records import KafkaChunk, KafkaRecord
+from pipelines.stream_status import SAMPLES_KEPT, StreamStatus, read_status, write_status
 from pipelines.worker import collect_garbage_less_often
 from schemas.units import micros, now_ms, seconds, utc
 
@@ -330,12 +332,15 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
     event time (`settings.LatenessReference`).
 
     Every `progress_log_s` it logs what it read (records, calls, records a call) and how far behind it is: the
-    records between its positions and the partitions' ends, and the newest event time read against the clock.
+    records between its positions and the partitions' ends, and the newest event time read against the clock;
+    with `status_path`, it also writes where it stands there (`pipelines.stream_status`).
     """
 
     def __init__(self, bootstrap_servers: str, out_of_orderness_ms: int, event_time_of, poll_s: float = 1.0,
-                 stamp_event_time: bool = False, max_batch_bytes: int = 0, progress_log_s: float = 60.0):
+                 stamp_event_time: bool = False, max_batch_bytes: int = 0, progress_log_s: float = 60.0,
+                 status_path=None):
         self._progress_log_s = progress_log_s
+        self._status_path = status_path
         self._bootstrap = bootstrap_servers
         self._max_batch_bytes = max_batch_bytes
         self._bound = out_of_orderness_ms
@@ -358,6 +363,12 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
 
     def setup(self):
         self._progress = Progress("stream", self._progress_log_s)
+        # the records behind of earlier periods, kept across a restart of the job: how long it has been behind
+        try:
+            before = read_status(self._status_path) if self._status_path is not None else None
+        except ValueError:
+            before = None
+        self._samples = list(before.samples) if before is not None else []
         # A broker sends a batch whole past the fetch limits: the consumer's frames must hold the largest one.
         self._consumer = kafka_consumer(self._bootstrap, receive_message_max_bytes=max(
             _CONSUMER_FRAME_BYTES, self._max_batch_bytes + FRAME_MARGIN_BYTES))
@@ -420,11 +431,24 @@ class _FollowTopics(beam.DoFn, RestrictionProvider):
                            call_ms=round((time.monotonic() - began) * 1000))
         self._progress.sample(records_a_call=read)
         newest_ms = max(newest.values(), default=-1)
-        self._progress.report(
-            records_behind=sum(max(ends[partitions[k]] - next_offset[k], 0) for k in partitions),
+        records_behind = sum(max(ends[partitions[k]] - next_offset[k], 0) for k in partitions)
+        reported = self._progress.report(
+            records_behind=records_behind,
             newest_event_time=utc(newest_ms).isoformat(timespec="seconds") if newest_ms >= 0 else "none yet",
             event_time_behind_s=round((now_ms() - newest_ms) / 1000) if newest_ms >= 0 else "unknown")
+        if reported is not None and self._status_path is not None:
+            self._write_status(partitions, next_offset, ends, newest_ms, watermark.current_watermark())
         tracker.defer_remainder(Duration(seconds=0 if read else 0.5))
+
+
+    def _write_status(self, partitions, next_offset, ends, newest_ms: int, current_watermark) -> None:
+        updated = now_ms()
+        status = StreamStatus(
+            updated, self._progress_log_s,
+            [(t, p, next_offset[(t, p)], ends[tp]) for (t, p), tp in sorted(partitions.items())], newest_ms,
+            None if current_watermark is None else current_watermark.micros // 1000, [])
+        self._samples = (self._samples + [(updated, status.records_behind)])[-SAMPLES_KEPT:]
+        write_status(self._status_path, dataclasses.replace(status, samples=self._samples))
 
 
 def start_positions(bootstrap_servers: str, topics: Iterable[str], from_ms: int | None = None) -> FollowState:
@@ -439,11 +463,12 @@ class FollowKafkaTopics(beam.PTransform):
     of up to `max_batch_bytes` (`largest_batch_bytes`)."""
 
     def __init__(self, bootstrap_servers: str, start: FollowState, out_of_orderness_ms: int, event_time_of,
-                 stamp_event_time: bool = False, max_batch_bytes: int = 0, progress_log_s: float = 60.0):
+                 stamp_event_time: bool = False, max_batch_bytes: int = 0, progress_log_s: float = 60.0,
+                 status_path=None):
         super().__init__()
         self._fn = _FollowTopics(bootstrap_servers, out_of_orderness_ms, event_time_of,
                                  stamp_event_time=stamp_event_time, max_batch_bytes=max_batch_bytes,
-                                 progress_log_s=progress_log_s)
+                                 progress_log_s=progress_log_s, status_path=status_path)
         self._start = start
 
     def expand(self, pbegin):

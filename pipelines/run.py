@@ -38,6 +38,7 @@ from pipelines.kafka_source import (
 )
 from pipelines.partitions import describe_partition, partition_of
 from pipelines.serving_log import LandServedRequests, landed_manifests, record_dead_letters, write_hour
+from pipelines.stream_status import status_path
 from schemas import BadEventError, EventDecoder
 from schemas.units import HOUR_MS, now_ms
 
@@ -223,7 +224,8 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
         records = pipeline | "Follow Kafka" >> FollowKafkaTopics(
             kafka.bootstrap_servers, start, bound_ms, _event_time_of(clock),
             stamp_event_time=settings.lateness_reference is LatenessReference.EVENT_TIME,
-            max_batch_bytes=max_batch_bytes, progress_log_s=settings.progress_log_s)
+            max_batch_bytes=max_batch_bytes, progress_log_s=settings.progress_log_s,
+            status_path=status_path(settings.output_dir))
         decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics, clock)
         decoded.dead_letters | "Dead letters" >> dead_letters
         labeled = decoded.events | "Label impressions" >> LabelImpressions(

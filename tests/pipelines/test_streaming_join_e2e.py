@@ -15,6 +15,7 @@ import time
 import psutil
 import pytest
 
+from pipelines.kafka_source import snapshot_ranges
 from pipelines.run import run_bounded_join
 from config.join import JoinSettings
 from simulator import Simulation, SimulatorConfig
@@ -33,7 +34,8 @@ def streaming_join(kafka_settings, tmp_path, output_dir, runner="direct", *optio
     """`valueloop join --mode streaming` as a user starts it, in its own process group; killed on exit."""
     config = tmp_path / "settings.json"
     config.write_text(json.dumps({"kafka": json.loads(kafka_settings.model_dump_json()),
-                                  "join": {"labels": LABELS, "output_dir": str(output_dir), "progress_log_s": 2}}))
+                                  "join": {"labels": LABELS, "output_dir": str(output_dir), "progress_log_s": 2},
+                                  "loop": {"alerts_file": str(tmp_path / "alerts.json")}}))
     with open(tmp_path / "join.log", "a") as log:
         job = subprocess.Popen([sys.executable, "-m", "valueloop.cli", "join", "--mode", "streaming", "--runner",
                                 runner, "--config", str(config), *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -146,15 +148,23 @@ def _processes_in_group(group: int) -> list[psutil.Process]:
     return members
 
 
-def test_sigterm_stops_the_stream_and_the_flink_job_server_it_started(kafka_settings, tmp_path):
+def test_sigterm_stops_the_stream_and_the_flink_job_server_it_started(kafka_settings, tmp_path, receiver):
     """SIGTERM to the job's own process, as `kill` or a scheduler sends it: the job server's JVM goes with it.
-    Until then the job logs a line for every hour it writes."""
+    Until then the job logs a line for every hour it writes, and `valueloop join status` says it keeps up; once
+    it has stopped, that it has gone silent, and with `--alert` it warns Slack (a real HTTP server) once."""
     with KafkaSink(kafka_settings) as sink:
         sink.write(Simulation(SIM.model_copy(update={"requests": 300})).events())
     streamed = tmp_path / "streamed"
     with streaming_join(kafka_settings, tmp_path, streamed, "flink") as job:
         wait_for_hours(job, streamed, (), at_least=1)
         assert any("flink-job-server" in " ".join(p.cmdline()) for p in _processes_in_group(job.pid))
+        running = _join_status(tmp_path / "settings.json")
+        assert running.returncode == 0 and "the streaming join keeps up: 0 records behind" in running.stdout, running
+        ends = {(t, p): e for t, p, _, e in json.loads(_join_status(tmp_path / "settings.json", "--json").stdout)
+                ["status"]["partitions"]}
+        assert ends == {(r.topic, r.partition): r.stop
+                        for r in snapshot_ranges(kafka_settings.bootstrap_servers,
+                                                 kafka_settings.event_topics.values())}
         os.kill(job.pid, signal.SIGTERM)
         code = job.wait(timeout=60)
         assert _processes_in_group(job.pid) == []  # not even the JVM, which SIGKILL of the group would hide
@@ -168,3 +178,19 @@ def test_sigterm_stops_the_stream_and_the_flink_job_server_it_started(kafka_sett
     # and how it went: what its source read and how far behind it was, what its label step did
     assert re.search(r"stream over \d+ s: records [\d,]+; source_calls [\d,]+; .*records_behind \d+", log), log[-3000:]
     assert re.search(r"label over \d+ s: .*bundles [\d,]+", log), log[-3000:]
+    # stopped: silent for longer than the set time (1 s here) is falling behind, and says so once
+    quick = json.loads((tmp_path / "settings.json").read_text())
+    quick["join"]["lag_alert_after_s"] = 1
+    (tmp_path / "quick.json").write_text(json.dumps(quick))
+    time.sleep(2)
+    environment = {**os.environ, "VALUELOOP_SLACK_WEBHOOK_URL": f"{receiver.url}/slack"}
+    for _ in range(2):
+        silent = _join_status(tmp_path / "quick.json", "--alert", env=environment)
+        assert silent.returncode == 1 and "the streaming join has written no status for" in silent.stderr, silent
+    (warning,) = receiver.bodies("/slack")
+    assert warning["text"].startswith("[WARNING] the streaming join has written no status for")
+
+
+def _join_status(config, *options, env=None):
+    return subprocess.run([sys.executable, "-m", "valueloop.cli", "join", "status", "--config", str(config),
+                           *options], capture_output=True, text=True, env=env, timeout=120)

@@ -20,7 +20,8 @@ app.add_typer(kafka.app, name="kafka")
 app.add_typer(airflow.app, name="airflow")
 app.add_typer(ab.app, name="ab")
 app.add_typer(audit.app, name="audit")
-for command in (simulate.simulate, join.join, join.label, model.train, model.evaluate, registry.models,
+app.add_typer(join.app, name="join")
+for command in (simulate.simulate, join.label, model.train, model.evaluate, registry.models,
                 registry.register, registry.promote, registry.rollback, loop.loop, demo.demo):
     app.command()(command)
 # Commands of other packages, declared as `valueloop.commands` entry points: the benchmarks and the census check

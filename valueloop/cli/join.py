@@ -1,5 +1,6 @@
-"""`valueloop join` (Kafka topics to labeled partitions, bounded or streaming) and `valueloop label` (the
-simulator's Avro files to the same partitions, in one process)."""
+"""`valueloop join` (Kafka topics to labeled partitions, bounded or streaming), `valueloop join status` (where a
+streaming join stands) and `valueloop label` (the simulator's Avro files to the same partitions, in one
+process)."""
 from __future__ import annotations
 
 import json
@@ -14,11 +15,18 @@ from pipelines.flink import MissingJobServerError, require_job_server
 from pipelines.label_files import label_files
 from pipelines.partitions import describe_partition, resume_hour_ms
 from pipelines.run import run_bounded_join, run_streaming_join
-from schemas.units import hour_text
+from promotion.alerts import sinks_from_environment
+from schemas.units import hour_text, utc
 from valueloop.cli.common import ConfigOption, fail, log_to_stderr, parse_hour, running_job, settings_from
+from valueloop.stream_lag import LagWatch, lag_of, warn_if_behind
+
+app = typer.Typer(help="Join the event topics into labeled tf.Example partitions by event hour, with manifests; "
+                       "`valueloop join status` says where a streaming join stands.")
 
 
+@app.callback(invoke_without_command=True)
 def join(
+    context: typer.Context,
     config: Optional[Path] = ConfigOption,
     runner: Optional[Runner] = typer.Option(None, help="direct (FnApiRunner when bounded, Prism when streaming) or "
                                                        "flink; by default direct when bounded, flink when streaming."),
@@ -36,6 +44,8 @@ def join(
     accept_late: bool = typer.Option(False, "--accept-late", help="Exit 0 even when most events are late."),
 ):
     """Join the event topics into labeled tf.Example partitions by event hour, with manifests."""
+    if context.invoked_subcommand is not None:
+        return
     settings = settings_from(config)
     join_settings = _join_settings(settings.join, out, workers, strategy, lateness, accept_late)
     runner = runner or (Runner.FLINK if mode is JoinMode.STREAMING else Runner.DIRECT)
@@ -86,8 +96,50 @@ def _follow(settings, join_settings: JoinSettings, runner: Runner, from_ms, resu
     typer.echo(f"following {', '.join(settings.kafka.event_topics.values())}; writing settled hours to "
                f"{join_settings.output_dir}; stop with Ctrl-C or SIGTERM", err=True)
     log_to_stderr("valueloop.join")  # a line per hour written
-    with running_job(settings, "the hours written so far stand; `--resume` carries on at the first one missing"):
+    watched = settings.model_copy(update={"join": join_settings})
+    with running_job(settings, "the hours written so far stand; `--resume` carries on at the first one missing"), \
+            LagWatch(watched, sinks_from_environment()):
         run_streaming_join(settings.kafka, join_settings, runner=runner.value, from_ms=from_ms)
+
+
+@app.command("status")
+def status(
+    config: Optional[Path] = ConfigOption,
+    out: Optional[Path] = typer.Option(None, help="The streaming join's output directory."),
+    alert: bool = typer.Option(False, "--alert", help="Also warn through the alert sinks that do not page when it "
+                                                      "is falling behind (once a day), and resolve the warning when "
+                                                      "it keeps up."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+):
+    """Where the streaming join writing to the output directory stands: each partition's position against its
+    end, the newest event time read, the watermark, and whether it is falling behind (exit 1) or has written no
+    status (exit 2)."""
+    settings = settings_from(config)
+    if out is not None:
+        settings = settings.model_copy(update={"join": settings.join.model_copy(update={"output_dir": out})})
+    try:
+        lag = lag_of(settings)
+    except ValueError as error:
+        fail(str(error), 2)
+    if as_json:
+        typer.echo(json.dumps({"falling_behind": lag.falling_behind, "reason": lag.reason,
+                               "behind_for_s": lag.behind_for_ms / 1000,
+                               "silent_for_s": None if lag.silent_for_ms is None else lag.silent_for_ms / 1000,
+                               "status": None if lag.status is None else lag.status.as_dict()}, indent=2))
+    elif lag.status is not None:
+        typer.echo(f"status written {utc(lag.status.updated_ms).isoformat(timespec='seconds')} "
+                   f"({lag.silent_for_ms / 1000:.0f} s ago)")
+        typer.echo(f"{'topic':<28} {'partition':>9} {'position':>12} {'end':>12} {'behind':>10}")
+        for topic, partition, position, end in lag.status.partitions:
+            typer.echo(f"{topic:<28} {partition:>9} {position:>12,} {end:>12,} {max(end - position, 0):>10,}")
+    if alert:
+        warn_if_behind(settings, lag, sinks_from_environment())
+    if lag.status is None:
+        fail(f"{lag.reason} under {settings.join.output_dir}", 2)
+    if lag.falling_behind:
+        fail(lag.reason, 1)
+    if not as_json:
+        typer.echo(lag.reason)
 
 
 def label(
