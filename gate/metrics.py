@@ -11,8 +11,10 @@ on the absolute bounds alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
+from scipy import sparse
 
 from config.audit import AuditConfig, Better, Threshold
 
@@ -54,11 +56,12 @@ def _top_k_per_1000(request_ids, scores, outcome, weights, k: int) -> float:
 
 
 class Scored:
-    """A model's predictions on a window, arranged once so that its metrics under any weights (a bootstrap draw,
-    a slice's mask) cost a few passes over the rows: predictions sorted per task with their ties grouped (AUC),
-    each row's log loss, its calibration bin, and the top k of each request by the value score.
+    """A model's predictions on a window, arranged once so that its metrics under any weights (bootstrap draws, a
+    slice's mask) cost a few passes over the rows: predictions sorted per task with their ties grouped (AUC),
+    each row's loss and calibration bin, each request's top k. `metrics_many` takes a block of weight vectors at
+    once, so that the sums over rows are matrix products and each pass serves every draw of the block.
 
-    The metrics equal scikit-learn's `roc_auc_score` and `log_loss` with `sample_weight` (tests/audit/test_gate.py);
+    The metrics equal scikit-learn's `roc_auc_score` and `log_loss` with `sample_weight` (tests/gate/test_gate.py);
     sklearn sorts again for each call, which over hundreds of draws of a day's impressions took minutes."""
 
     def __init__(self, window: dict, predictions: dict[str, np.ndarray], k: int = 3, bins: int = 10):
@@ -72,39 +75,58 @@ class Scored:
             sorted_p = p[order]
             starts = np.r_[0, np.flatnonzero(np.diff(sorted_p)) + 1]
             clipped = np.clip(p, 1e-7, 1 - 1e-7)
-            self.tasks[task] = {"labels": labels, "p": p, "order": order, "starts": starts,
-                                "sorted_labels": labels[order],
-                                "loss": -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)),
-                                "bin": np.minimum((p * bins).astype(int), bins - 1), "bins": bins}
+            loss = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+            # each row's predicted minus observed, in its calibration bin's column
+            calibration = sparse.csc_matrix((p - labels, (np.arange(len(p)), np.minimum((p * bins).astype(int),
+                                                                                         bins - 1))),
+                                            shape=(len(p), bins))
+            self.tasks[task] = {"order": order, "starts": starts, "sorted_labels": labels[order],
+                                "ties": len(starts) < len(p), "sums": np.column_stack([labels, loss]),
+                                "calibration": calibration}  # each summed over rows by a product with the weights
         self.top = None
         if "value" in predictions:
-            self.top = _top_k(np.asarray(window["request_id"]), np.asarray(predictions["value"]), k)
-            self.bought = np.asarray(window["purchase"], np.float64)
+            top = _top_k(np.asarray(window["request_id"]), np.asarray(predictions["value"]), k)
+            self.top = np.flatnonzero(top)
+            self.bought_top = np.asarray(window["purchase"], np.float64)[self.top]
 
     @staticmethod
-    def _auc(t: dict, weights: np.ndarray) -> float:
-        w = weights[t["order"]]
+    def _auc(t: dict, weights: np.ndarray) -> np.ndarray:
+        """The weighted AUC under each row of `weights` (draws x rows); ties count half."""
+        w = weights[:, t["order"]]
         positive = w * t["sorted_labels"]
         negative = w - positive
-        pos_by_score = np.add.reduceat(positive, t["starts"])
-        neg_by_score = np.add.reduceat(negative, t["starts"])
-        below = np.cumsum(neg_by_score) - neg_by_score
-        return float(np.sum(pos_by_score * (below + 0.5 * neg_by_score)) / (positive.sum() * negative.sum()))
+        if t["ties"]:
+            positive = np.add.reduceat(positive, t["starts"], axis=1)
+            negative = np.add.reduceat(negative, t["starts"], axis=1)
+        below = np.cumsum(negative, axis=1) - negative
+        return np.sum(positive * (below + 0.5 * negative), axis=1) / (positive.sum(axis=1) * negative.sum(axis=1))
 
     def metrics(self, weights: np.ndarray) -> dict[str, float]:
-        out: dict[str, float] = {}
-        total = weights.sum()
+        return self.metrics_many(np.asarray(weights, np.float64)[None, :])[0]
+
+    def metrics_many(self, weights: np.ndarray) -> list[dict[str, float]]:
+        """The metrics under each row of `weights` (draws x rows)."""
+        out: list[dict[str, float]] = [{} for _ in range(len(weights))]
+        total = weights.sum(axis=1)
         for task, t in self.tasks.items():
-            rate = np.dot(weights, t["labels"]) / total
-            if 0 < rate < 1:
-                out[f"auc.{task}"] = self._auc(t, weights)
-            out[f"log_loss.{task}"] = float(np.dot(weights, t["loss"]) / total)
-            gap = np.bincount(t["bin"], weights * (t["p"] - t["labels"]), minlength=t["bins"])
-            out[f"ece.{task}"] = float(np.abs(gap).sum() / total)
+            sums = weights @ t["sums"]
+            gaps = np.asarray((t["calibration"].T @ weights.T).T)
+            rate, loss, ece = sums[:, 0] / total, sums[:, 1] / total, np.abs(gaps).sum(axis=1) / total
+            informative = (rate > 0) & (rate < 1)
+            auc = self._auc(t, weights[informative]) if informative.any() else np.empty(0)
+            aucs = iter(auc)
+            for row, draw in enumerate(out):
+                if informative[row]:
+                    draw[f"auc.{task}"] = float(next(aucs))
+                draw[f"log_loss.{task}"] = float(loss[row])
+                draw[f"ece.{task}"] = float(ece[row])
         if self.top is not None:
-            shown = weights[self.top].sum()
-            out[f"purchases_top{self.k}_per_1000"] = float(
-                1000 * np.dot(weights[self.top], self.bought[self.top]) / shown) if shown > 0 else float("nan")
+            shown_weights = weights[:, self.top]
+            shown = shown_weights.sum(axis=1)
+            bought = shown_weights @ self.bought_top
+            for row, draw in enumerate(out):
+                draw[f"purchases_top{self.k}_per_1000"] = float(1000 * bought[row] / shown[row]) \
+                    if shown[row] > 0 else float("nan")
         return out
 
 
@@ -116,9 +138,17 @@ def model_metrics(window: dict, predictions: dict[str, np.ndarray], weights: np.
     return Scored(window, predictions, k).metrics(np.ones(n) if weights is None else np.asarray(weights, float))
 
 
-def _request_weights(request_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+DRAWS_A_BLOCK = 16  # bootstrap draws whose weights are held at once: 16 x rows x 8 bytes, 26 MB a 200,000-row day
+
+
+def _request_weights(request_ids: np.ndarray, rng: np.random.Generator, draws: int) -> Iterator[np.ndarray]:
+    """Poisson bootstrap weights over requests (each request's rows alike), `DRAWS_A_BLOCK` draws (rows) at a
+    time: the same draws, in the same order, as one `rng.poisson(1.0, requests)` a draw."""
     _, inverse = np.unique(request_ids, return_inverse=True)
-    return rng.poisson(1.0, inverse.max() + 1)[inverse].astype(np.float64)
+    requests = inverse.max() + 1
+    for first in range(0, draws, DRAWS_A_BLOCK):
+        block = min(DRAWS_A_BLOCK, draws - first)
+        yield rng.poisson(1.0, (block, requests))[:, inverse].astype(np.float64)
 
 
 def _judge(threshold: Threshold, candidate: float | None, production: float | None,
@@ -151,25 +181,30 @@ def gate(window: dict, candidate: dict[str, np.ndarray], production: dict[str, n
     masks = {"all": np.ones(n, bool), **(slices or {})}
     wanted = sorted({t.slice for t in thresholds if t.slice in masks})
 
-    def metrics_by_slice(scored: Scored, weights):
-        return {name: scored.metrics(weights * masks[name]) for name in wanted if (weights * masks[name]).sum() > 0}
+    def metrics_by_slice(scored: Scored, weights: np.ndarray) -> list[dict[str, dict[str, float]]]:
+        """Per draw (a row of `weights`), the metrics of each slice the draw weighs at all."""
+        by_draw: list[dict[str, dict[str, float]]] = [{} for _ in range(len(weights))]
+        for name in wanted:
+            masked = weights * masks[name]
+            weighed = np.flatnonzero(masked.sum(axis=1) > 0)
+            for row, metrics in zip(weighed, scored.metrics_many(masked[weighed])):
+                by_draw[row][name] = metrics
+        return by_draw
 
-    ones = np.ones(n)
+    ones = np.ones((1, n))
     scored_candidate = Scored(window, candidate)
     scored_production = Scored(window, production) if production is not None else None
-    ours = metrics_by_slice(scored_candidate, ones)
-    theirs = metrics_by_slice(scored_production, ones) if production is not None else {}
+    [ours] = metrics_by_slice(scored_candidate, ones)
+    [theirs] = metrics_by_slice(scored_production, ones) if production is not None else [{}]
     intervals: dict[tuple[str, str], tuple[float, float]] = {}
     if production is not None:
         rng = np.random.default_rng(seed)
         changes: dict[tuple[str, str], list[float]] = {}
-        request_ids = np.asarray(window["request_id"])
-        for _ in range(draws):
-            weights = _request_weights(request_ids, rng)
-            a, b = metrics_by_slice(scored_candidate, weights), metrics_by_slice(scored_production, weights)
-            for name in a.keys() & b.keys():
-                for metric in a[name].keys() & b[name].keys():
-                    changes.setdefault((name, metric), []).append(a[name][metric] - b[name][metric])
+        for weights in _request_weights(np.asarray(window["request_id"]), rng, draws):
+            for a, b in zip(metrics_by_slice(scored_candidate, weights), metrics_by_slice(scored_production, weights)):
+                for name in a.keys() & b.keys():
+                    for metric in a[name].keys() & b[name].keys():
+                        changes.setdefault((name, metric), []).append(a[name][metric] - b[name][metric])
         intervals = {key: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for key, v in changes.items()}
     checks = []
     for threshold in thresholds:

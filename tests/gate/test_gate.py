@@ -3,7 +3,7 @@ bootstrap bound of its change, the first model is judged on absolute bounds, a m
 import numpy as np
 import pytest
 
-from gate.metrics import Better, Threshold, _judge, _top_k_per_1000, gate, model_metrics
+from gate.metrics import Better, Scored, Threshold, _judge, _top_k_per_1000, gate, model_metrics
 
 
 def synthetic(seed: int = 0, requests: int = 1500, slate: int = 10):
@@ -109,3 +109,20 @@ def test_the_metrics_under_bootstrap_weights_equal_scikit_learns_pure_function()
         bins = np.minimum((p * 10).astype(int), 9)
         by_hand = sum(abs(np.sum(weights[bins == b] * (p - labels)[bins == b])) for b in range(10)) / weights.sum()
         assert ours["ece.click"] == pytest.approx(by_hand, rel=1e-12)
+    untied = rng.uniform(0.01, 0.99, n)  # no two alike: the AUC's pass without grouping ties
+    assert model_metrics(window, {"click": untied}, weights)["auc.click"] == pytest.approx(
+        roc_auc_score(labels, untied, sample_weight=weights), abs=1e-12)
+
+
+def test_a_block_of_draws_gives_each_draw_the_metrics_it_gives_alone_pure_function():
+    rng = np.random.default_rng(12)
+    n = 3_000
+    window = {"request_id": np.repeat(np.arange(n // 10), 10), "click": (rng.random(n) < 0.2).astype(float),
+              "purchase": (rng.random(n) < 0.02).astype(float)}
+    scored = Scored(window, {"click": rng.random(n), "purchase": rng.random(n), "value": rng.random(n)})
+    block = rng.poisson(1.0, (5, n)).astype(float)
+    block[3, window["purchase"] > 0] = 0  # a draw without a purchase: no purchase AUC, as alone
+    for row, metrics in zip(block, scored.metrics_many(block)):
+        assert metrics.keys() == scored.metrics(row).keys()
+        assert metrics == pytest.approx(scored.metrics(row), rel=1e-12)
+    assert "auc.purchase" not in scored.metrics_many(block)[3]
