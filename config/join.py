@@ -100,6 +100,13 @@ class JoinSettings(BaseModel):
     lag_alert_after_s: float = Field(900.0, gt=0, description="A stream behind for this long, or silent for this "
                                      "long, is falling behind: the command running it warns through the alert "
                                      "sinks that do not page, and `valueloop join status` exits 1.")
+    stream_shards: int = Field(16, ge=1, description="Groups of users the streaming label step keys its state "
+                               "by: each bundle's events go to it as one batch a group, so fewer groups make larger "
+                               "batches, and more spread the state.")
+    release_every_s: float = Field(3600.0, ge=0, description="The streaming label step's release grid: examples "
+                                   "come out at the first grid moment after they are due, each just before the "
+                                   "writer settles an hour. 0 releases each at its own moment (one timer firing "
+                                   "an impression when a backlog is read).")
     split_size: int = Field(50_000, ge=1, description="Offsets per unit of parallel reading.")
     user_shards: int = Field(64, ge=1, description="Groups of users that the bounded join labels together.")
     direct_num_workers: int = Field(1, ge=1)
@@ -113,6 +120,10 @@ class JoinSettings(BaseModel):
     @property
     def allowed_lateness_ms(self) -> int:
         return ms(self.allowed_lateness_s)
+
+    @property
+    def release_every_ms(self) -> int:
+        return ms(self.release_every_s)
 
     @property
     def lag_alert_after_ms(self) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.coders import VarIntCoder
@@ -14,7 +13,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.partitions import kind_of, partition_of, serialized, summary_of, write_serialized_partition
+from pipelines.partitions import kind_of, serialized, summary_of, write_serialized_partition
 from pipelines.records import Revision
 from schemas.units import DAY_MS, HOUR_MS, from_micros, micros
 
@@ -70,11 +69,12 @@ class _WriteSettledHour(beam.DoFn):
         self._writer.setup()
         self._rewrites = Metrics.counter("examples", "partition_rewrites")
 
-    def process(self, hour_revision, revisions=beam.DoFn.StateParam(REVISIONS), writes=beam.DoFn.StateParam(WRITES),
-                hour=beam.DoFn.TimerParam(HOUR)):
-        partition, change = hour_revision
-        revisions.add(change)
-        settle_ms = (change.example.event_time_ms // HOUR_MS + 1) * HOUR_MS + self._horizon_ms
+    def process(self, hour_revisions, revisions=beam.DoFn.StateParam(REVISIONS),
+                writes=beam.DoFn.StateParam(WRITES), hour=beam.DoFn.TimerParam(HOUR)):
+        partition, changes = hour_revisions
+        for change in changes:
+            revisions.add(change)
+        settle_ms = (changes[0].example.event_time_ms // HOUR_MS + 1) * HOUR_MS + self._horizon_ms
         if writes.read():  # written already: this came after, so the partition is rewritten now
             yield self._write(partition, settle_ms, revisions, writes)
             return
@@ -115,8 +115,9 @@ class WriteExamples(beam.PTransform):
 
     - with a `watermark` (a singleton PCollection, recorded in each manifest): (partition, [`serialized`
       example]) batches, all of a partition's batches written at once in one file;
-    - without one: example `Revision`s, each hour written once the runner's watermark passes its end plus
-      `horizon_ms`, and again, whole, whenever a revision of it comes within `allowed_lateness_ms` after that.
+    - without one: (partition, [`Revision`]) batches of example revisions, each hour written once the runner's
+      watermark passes its end plus `horizon_ms`, and again, whole, whenever a revision of it comes within
+      `allowed_lateness_ms` after that.
     """
 
     def __init__(self, output_dir: str, source: dict, watermark=None, horizon_ms: int | None = None,
@@ -134,11 +135,7 @@ class WriteExamples(beam.PTransform):
                     | "Group by event hour" >> beam.GroupByKey()
                     | "Write partition and manifest" >> beam.ParDo(
                         self._fn, watermark_ms=beam.pvalue.AsSingleton(self._watermark)))
-        return (examples
-                | "Key by event hour" >> beam.Map(
-                    lambda change: (partition_of(change.example.event_time_ms), change)).with_output_types(
-                    Tuple[str, Revision])
-                | "Write each hour once settled" >> beam.ParDo(self._fn))
+        return examples | "Write each hour once settled" >> beam.ParDo(self._fn)
 
 
 class _AppendLate(beam.DoFn):

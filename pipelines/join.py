@@ -19,20 +19,24 @@ Both drop repeated deliveries and set aside late events by one rule (`lateness_m
 """
 from __future__ import annotations
 
+import random
 import time
 from operator import itemgetter
 from typing import List, NamedTuple, Tuple
 
 import apache_beam as beam
-from apache_beam.coders import IterableCoder, StrUtf8Coder, TupleCoder, VarIntCoder
+from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from config.join import LabelConfig, LabelStrategy
 from pipelines.labeling import Example, label_user_events
 from pipelines.partitions import kind_of, partition_of, serialized, summary_of
+from pipelines.decode import user_shard
 from pipelines.progress import Progress
 from pipelines.records import DecodedEvent, LateEvent, Revision
 from schemas import BadEventError, EventDecoder
@@ -43,7 +47,7 @@ LATE = "late"
 
 
 class LabeledStreams(NamedTuple):
-    examples: beam.PCollection  # bounded: (partition, [partitions.serialized example]); streaming: records.Revision
+    examples: beam.PCollection  # (partition, [partitions.serialized example]) bounded, [records.Revision] streaming
     late: beam.PCollection  # LateEvent
 
 
@@ -119,7 +123,6 @@ class _LabelShard(beam.DoFn):
 
 
 _EVENT_CODER = beam.coders.registry.get_coder(DecodedEvent)
-_PROGRESS_CODER = TupleCoder([VarIntCoder(), VarIntCoder(), IterableCoder(StrUtf8Coder())])
 
 
 def _release_hint_ms(event: DecodedEvent, config: LabelConfig) -> int | None:
@@ -182,29 +185,81 @@ def _set_release(release, at_ms: int) -> None:
     release.set(Timestamp(micros=micros(at_ms)), dynamic_timer_tag=str(at_ms))
 
 
-class _LabelUser(beam.DoFn):
-    """One user's events in a bag, the rest of the user's progress in one value.
+class _BatchByShard(beam.DoFn):
+    """A bundle's events gathered by user shard (`decode.user_shard`): one (shard, [DecodedEvent]) element a shard
+    and bundle, stamped with the earliest of its events' timestamps. The label step then pays the runner's keyed
+    exchange, state and timer requests once a batch, not once an event."""
 
-    Two choices keep a backlog from crawling (a restart after an outage, a replay):
-    - every state read is a round trip to the runner, so what each arriving event needs (when the user was last
-      released, the identities of the held events for the duplicate check) is one value, and the bag is only
-      appended to on arrival and read when a timer fires;
-    - each release time is a timer of its own, so when the watermark jumps over many of them they all fire in
-      the same pass; one timer re-set after each firing made a chain of passes as long as the user's history.
+    def __init__(self, shards: int):
+        self._shards = shards
 
-    Every `progress_log_s` it logs its firings, the examples they labeled and the held events they read, and
-    its bundles' sizes and durations (`pipelines.progress`).
+    def start_bundle(self):
+        self._batches: dict[int, tuple[list[DecodedEvent], Timestamp]] = {}
+
+    def process(self, event: DecodedEvent, timestamp=beam.DoFn.TimestampParam):
+        shard = user_shard(event.datum["user_id"], self._shards)
+        batch = self._batches.get(shard)
+        if batch is None:
+            self._batches[shard] = ([event], timestamp)
+        else:
+            batch[0].append(event)
+            if timestamp < batch[1]:
+                self._batches[shard] = (batch[0], timestamp)
+
+    def finish_bundle(self):
+        for shard, (events, timestamp) in self._batches.items():
+            yield WindowedValue((shard, events), timestamp, [GlobalWindow()])
+        self._batches = {}
+
+
+class _HeldUser:
+    """One user's part of a shard's state, as the label step keeps it in the worker: the events held, their
+    identities (the duplicate check), the last release and the version of the last revisions, and the next
+    moment an example of the user can become due."""
+
+    __slots__ = ("events", "identities", "last_fired", "version", "next_release")
+
+    def __init__(self, last_fired: int = -1, version: int = 0):
+        self.events: list[DecodedEvent] = []
+        self.identities: set[str] = set()
+        self.last_fired, self.version = last_fired, version
+        self.next_release: int | None = None
+
+
+class _LabelShardUsers(beam.DoFn):
+    """The users of one shard: their events in one bag, their progress in one value, one event-time timer per
+    release moment of the shard.
+
+    Three choices keep a backlog from crawling (a restart after an outage, a replay):
+    - the runner's keyed exchange and its state and timer requests cost about the same for a batch as for one
+      event, so the step takes batches of a shard's events (`_BatchByShard`);
+    - the events held are kept in the worker too, grouped by user (`_HeldUser`): a token written with every
+      change of the shard's state says whether the worker's copy is the state's, and a copy that is not (another
+      worker changed the state, or a failed bundle left it half changed) is built again from the bag;
+    - release moments fall on a grid (`release_every_ms`, offset so that each falls just before the writer
+      settles an hour: an hour's end plus the label horizon, less a millisecond), so that the watermark jumping
+      over a week fires a shard's timer once an hour of it, not once an impression. Each firing labels, for
+      every user with an example due, what lies between the user's last release and the firing
+      (`label_user_events`): the examples are those of their label times, whenever they are computed. With
+      `release_every_ms` 0 each release moment is its own.
+
+    An event behind its user's last release concerns examples already out: they are labeled again with it
+    (`_released_changes`) and what changed comes out at once as newer revisions. Every `progress_log_s` it logs
+    its firings, the examples they labeled and the held events they read, and its bundles' sizes and durations
+    (`pipelines.progress`). Output: (hour partition, [Revision]) batches.
     """
     EVENTS = BagStateSpec("events", _EVENT_CODER)
-    # (event time of the last release, or -1 before the first; the version of the user's last revisions;
-    # identities of the held events)
-    PROGRESS = ReadModifyWriteStateSpec("progress", _PROGRESS_CODER)
+    # (token of this state, {user: (event time of the last release or -1, version of the last revisions)},
+    # events in the bag, pruned ones included)
+    PROGRESS = ReadModifyWriteStateSpec("progress", FastPrimitivesCoder())
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
 
-    def __init__(self, config: LabelConfig, allowed_lateness_ms: int, progress_log_s: float = 60.0):
+    def __init__(self, config: LabelConfig, allowed_lateness_ms: int, progress_log_s: float = 60.0,
+                 release_every_ms: int = HOUR_MS):
         self._config = config
         self._allowed_lateness_ms = allowed_lateness_ms
         self._progress_log_s = progress_log_s
+        self._release_every_ms = release_every_ms
 
     def setup(self):
         self._late = Metrics.counter("join", "late_events")
@@ -212,7 +267,10 @@ class _LabelUser(beam.DoFn):
         self._examples = Metrics.counter("join", "examples")
         self._revised = Metrics.counter("join", "examples_revised")
         self._labeled = Metrics.counter("join", "examples_labeled")  # the labeling work, releases and revisions
+        self._rebuilt = Metrics.counter("join", "shard_state_rebuilt")
         self._progress = Progress("label", self._progress_log_s)
+        # shard -> (token, users, events in the bag)
+        self._held: dict[int, tuple[int | None, dict[str, _HeldUser], int]] = {}
 
     def start_bundle(self):
         self._bundle_began, self._bundle_work = time.monotonic(), 0
@@ -223,67 +281,141 @@ class _LabelUser(beam.DoFn):
         self._progress.sample(bundle_elements_and_firings=self._bundle_work, bundle_ms=busy_ms)
         self._progress.report()
 
-    def process(self, element: Tuple[str, DecodedEvent], events=beam.DoFn.StateParam(EVENTS),
+    def _release_at(self, at_ms: int) -> int:
+        """The grid's first moment at or after `at_ms`."""
+        every = self._release_every_ms
+        if every <= 0:
+            return at_ms
+        offset = self._config.horizon_ms - 1
+        return -((offset - at_ms) // every) * every + offset
+
+    def _kept_after(self, last_fired: int) -> int:
+        """The oldest event time a user released at `last_fired` still needs: the longest window and the
+        lateness before it."""
+        return last_fired - self._config.horizon_ms - self._allowed_lateness_ms if last_fired >= 0 else -(2**62)
+
+    def _users(self, shard: int, events, progress) -> tuple[dict[str, _HeldUser], int]:
+        """The shard's users as its state holds them, and the events in its bag: the worker's copy when its token
+        is the state's, else one built again from the bag. The copy is marked as changing until `_commit`."""
+        token, fired, in_bag = progress.read() or (None, {}, 0)
+        cached = self._held.get(shard)
+        if cached is not None and token is not None and cached[0] == token:
+            users = cached[1]
+        else:
+            users = {user: _HeldUser(last_fired, version) for user, (last_fired, version) in fired.items()}
+            in_bag = 0
+            for event in events.read():
+                in_bag += 1
+                user = users.get(event.datum["user_id"])
+                if user is None:
+                    user = users[event.datum["user_id"]] = _HeldUser()
+                if event.datum["event_time_ms"] >= self._kept_after(user.last_fired):  # not pruned yet
+                    user.events.append(event)
+                    user.identities.add(_identity(event))
+            for user in users.values():
+                user.next_release = _next_release_ms(user.events, self._config, user.last_fired)
+            self._rebuilt.inc()
+        self._held[shard] = (None, users, in_bag)
+        return users, in_bag
+
+    def _commit(self, shard: int, users: dict[str, _HeldUser], in_bag: int, progress) -> None:
+        token = random.getrandbits(62)
+        progress.write((token, {name: (user.last_fired, user.version) for name, user in users.items()}, in_bag))
+        self._held[shard] = (token, users, in_bag)
+
+    def process(self, element: Tuple[int, List[DecodedEvent]], events=beam.DoFn.StateParam(EVENTS),
                 progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
-        _user, event = element
+        shard, arriving = element
         self._bundle_work += 1
-        event_ms = event.datum["event_time_ms"]
-        last_fired, version, held = progress.read() or (-1, 0, ())
-        lateness = lateness_ms(event, self._allowed_lateness_ms, last_fired)
-        if lateness > 0:
-            self._late.inc()
-            yield beam.pvalue.TaggedOutput(LATE, LateEvent(event, lateness))
-            return
-        identity = _identity(event)
-        if identity in held:
-            self._duplicates.inc()
-            return
-        if event_ms <= last_fired:  # behind the last release: it may concern examples already out
-            held_events = list(events.read())
-            changes, labeled = _released_changes(held_events, event, self._config, last_fired)
-            self._labeled.inc(labeled)
-            self._progress.add(relabelings=1, examples_labeled=labeled)
-            self._progress.sample(held_events_read=len(held_events))
-            if changes:
-                version += 1
-                self._revised.inc(len(changes))
-                yield from (Revision(example, version, withdrawn) for example, withdrawn in changes)
-        events.add(event)
-        progress.write((last_fired, version, (*held, identity)))
-        hint = _release_hint_ms(event, self._config)
-        if hint is not None:
-            _set_release(release, max(hint, last_fired + 1))
+        users, in_bag = self._users(shard, events, progress)
+        out: dict[str, list[Revision]] = {}
+        releases: set[int] = set()
+        for event in arriving:
+            name = event.datum["user_id"]
+            user = users.get(name)
+            if user is None:
+                user = users[name] = _HeldUser()
+            lateness = lateness_ms(event, self._allowed_lateness_ms, user.last_fired)
+            if lateness > 0:
+                self._late.inc()
+                yield beam.pvalue.TaggedOutput(LATE, LateEvent(event, lateness))
+                continue
+            identity = _identity(event)
+            if identity in user.identities:
+                self._duplicates.inc()
+                continue
+            if event.datum["event_time_ms"] <= user.last_fired:  # behind the last release: may concern examples out
+                changes, labeled = _released_changes(user.events, event, self._config, user.last_fired)
+                self._labeled.inc(labeled)
+                self._progress.add(relabelings=1, examples_labeled=labeled)
+                self._progress.sample(held_events_read=len(user.events))
+                if changes:
+                    user.version += 1
+                    self._revised.inc(len(changes))
+                    for example, withdrawn in changes:
+                        out.setdefault(partition_of(example.event_time_ms), []).append(
+                            Revision(example, user.version, withdrawn))
+            user.events.append(event)
+            user.identities.add(identity)
+            events.add(event)
+            in_bag += 1
+            hint = _release_hint_ms(event, self._config)
+            if hint is not None:
+                at_ms = max(hint, user.last_fired + 1)
+                user.next_release = at_ms if user.next_release is None else min(user.next_release, at_ms)
+                releases.add(self._release_at(at_ms))
+        for at_ms in releases:
+            _set_release(release, at_ms)
+        self._commit(shard, users, in_bag, progress)
+        yield from out.items()
 
     @on_timer(RELEASE)
-    def on_release(self, fire=beam.DoFn.TimestampParam, events=beam.DoFn.StateParam(EVENTS),
-                   progress=beam.DoFn.StateParam(PROGRESS), release=beam.DoFn.TimerParam(RELEASE)):
+    def on_release(self, key=beam.DoFn.KeyParam, fire=beam.DoFn.TimestampParam,
+                   events=beam.DoFn.StateParam(EVENTS), progress=beam.DoFn.StateParam(PROGRESS),
+                   release=beam.DoFn.TimerParam(RELEASE)):
         now_ms = from_micros(fire.micros)
-        last_fired, version, _ = progress.read() or (-1, 0, ())
-        if now_ms <= last_fired:
-            return  # a release this one's predecessor already covered
-        held = list(events.read())
-        # Only the examples this firing releases are labeled: the work is what it settles, not the history held.
-        due = label_user_events([(e.name, e.datum) for e in held], self._config, now_ms,
-                                since_ms=last_fired if last_fired >= 0 else None)
-        self._labeled.inc(len(due))
+        users, in_bag = self._users(key, events, progress)
+        due = [user for user in users.values() if user.next_release is not None and user.next_release <= now_ms]
         self._bundle_work += 1
-        self._progress.add(firings=1, examples_labeled=len(due))
-        self._progress.sample(labeled_a_firing=len(due), held_events_read=len(held))
-        if due:
-            version += 1
-            self._examples.inc(len(due))
-            yield from (Revision(example, version) for example in due)
-        # Keep only what a later example can still need: nothing older than the longest window and the lateness.
-        keep_after = now_ms - self._config.horizon_ms - self._allowed_lateness_ms
-        kept = [e for e in held if e.datum["event_time_ms"] >= keep_after]
-        if len(kept) < len(held):
+        if not due:  # a release another firing already covered
+            self._commit(key, users, in_bag, progress)
+            return
+        keep_after = self._kept_after(now_ms)
+        out: dict[str, list[Revision]] = {}
+        labeled, held = 0, 0
+        for user in due:
+            # Only the examples this firing releases are labeled: the work is what it settles, not the history.
+            examples = label_user_events([(e.name, e.datum) for e in user.events], self._config, now_ms,
+                                         since_ms=user.last_fired if user.last_fired >= 0 else None)
+            labeled, held = labeled + len(examples), held + len(user.events)
+            if examples:
+                user.version += 1
+                for example in examples:
+                    out.setdefault(partition_of(example.event_time_ms), []).append(Revision(example, user.version))
+            # Keep only what a later example can still need: nothing older than the longest window and the lateness.
+            kept = [e for e in user.events if e.datum["event_time_ms"] >= keep_after]
+            if len(kept) < len(user.events):
+                user.events, user.identities = kept, {_identity(e) for e in kept}
+            user.last_fired = now_ms
+            user.next_release = _next_release_ms(user.events, self._config, now_ms)
+        self._labeled.inc(labeled)
+        self._examples.inc(labeled)
+        self._progress.add(firings=1, users_released=len(due), examples_labeled=labeled)
+        self._progress.sample(labeled_a_firing=labeled, held_events_read=held)
+        # The bag is written again with what is kept once it holds as many pruned events as kept ones (a rebuild
+        # skips the pruned ones by their users' last releases), not at every firing: that rewrite is the costly part.
+        kept = sum(len(user.events) for user in users.values())
+        if in_bag > 2 * kept + 1000:
             events.clear()
-            for e in kept:
-                events.add(e)
-        progress.write((now_ms, version, tuple(_identity(e) for e in kept)))
-        following = _next_release_ms(kept, self._config, now_ms)
-        if following is not None:
-            _set_release(release, following)
+            for user in users.values():
+                for event in user.events:
+                    events.add(event)
+            in_bag = kept
+        following = [user.next_release for user in users.values() if user.next_release is not None]
+        if following:
+            _set_release(release, self._release_at(min(following)))
+        self._commit(key, users, in_bag, progress)
+        yield from out.items()
 
 
 class LabelImpressions(beam.PTransform):
@@ -294,27 +426,29 @@ class LabelImpressions(beam.PTransform):
       [DecodedEvent]) pairs, each with every event of its users (`decode.GroupByUserShard`), and the output the
       examples of the impressions in [from_ms, to_ms) that the watermark settles, as (partition,
       [`partitions.serialized` example]) pairs, several per partition;
-    - None (a stream, the runner's watermark): the input is DecodedEvents stamped with event time, held per user
-      in state and released by event-time timers, and the output example `Revision`s: each example as the
-      watermark releases it, and a newer revision whenever an event within the allowed lateness changes it
-      afterwards, logging its progress every `progress_log_s`. `from_ms` and `to_ms` apply to the bounded path
-      only.
+    - None (a stream, the runner's watermark): the input is DecodedEvents stamped with event time, gathered by
+      user shard (`shards` of them) and held in state, released by event-time timers on a grid of
+      `release_every_ms`; the output (partition, [`Revision`]) batches: each example as the watermark releases
+      it, and a newer revision whenever an event within the allowed lateness changes it afterwards, logging its
+      progress every `progress_log_s`. `from_ms` and `to_ms` apply to the bounded path only.
     """
 
     def __init__(self, config: LabelConfig, watermark=None, from_ms: int | None = None, to_ms: int | None = None,
-                 allowed_lateness_ms: int = DAY_MS, progress_log_s: float = 60.0):
+                 allowed_lateness_ms: int = DAY_MS, progress_log_s: float = 60.0, shards: int = 16,
+                 release_every_ms: int = HOUR_MS):
         super().__init__()
         self._watermark = watermark
-        self._fn = _LabelUser(config, allowed_lateness_ms, progress_log_s) if watermark is None else \
-            _LabelShard(config, from_ms, to_ms, allowed_lateness_ms)
+        self._shards = shards
+        self._fn = _LabelShardUsers(config, allowed_lateness_ms, progress_log_s, release_every_ms) \
+            if watermark is None else _LabelShard(config, from_ms, to_ms, allowed_lateness_ms)
 
     def expand(self, events):
         if self._watermark is None:
             outputs = (events
-                       | "Key by user" >> beam.Map(lambda e: (e.datum["user_id"], e)).with_output_types(
-                           Tuple[str, DecodedEvent])
-                       | "Hold and release by event time" >> beam.ParDo(self._fn).with_output_types(Revision)
-                       .with_outputs(LATE, main=EXAMPLES))
+                       | "Gather by user shard" >> beam.ParDo(_BatchByShard(self._shards)).with_output_types(
+                           Tuple[int, List[DecodedEvent]])
+                       | "Hold and release by event time" >> beam.ParDo(self._fn).with_output_types(
+                           Tuple[str, List[Revision]]).with_outputs(LATE, main=EXAMPLES))
         else:
             outputs = events | "Label each user's impressions" >> beam.ParDo(
                 self._fn, watermark_ms=beam.pvalue.AsSingleton(self._watermark, default_value=NO_WATERMARK)

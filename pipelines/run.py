@@ -229,11 +229,12 @@ def run_streaming_join(kafka: KafkaSettings, settings: JoinSettings, runner: str
         decoded = records | "Decode events" >> DecodeEvents(kafka.event_topics, clock)
         decoded.dead_letters | "Dead letters" >> dead_letters
         labeled = decoded.events | "Label impressions" >> LabelImpressions(
-            settings.labels, allowed_lateness_ms=settings.allowed_lateness_ms, progress_log_s=settings.progress_log_s)
+            settings.labels, allowed_lateness_ms=settings.allowed_lateness_ms, progress_log_s=settings.progress_log_s,
+            shards=settings.stream_shards, release_every_ms=settings.release_every_ms)
         revisions = labeled.examples
-        if from_ms is not None:
+        if from_ms is not None:  # --from is an hour, and each batch is of one hour
             revisions = revisions | "Only impressions from --from" >> beam.Filter(
-                lambda change, first_ms=from_ms: change.example.event_time_ms >= first_ms)
+                lambda hour, first_ms=from_ms: hour[1][0].example.event_time_ms >= first_ms)
         written = revisions | "Write examples" >> WriteExamples(
             settings.output_dir, {"mode": "streaming", "from_ms": from_ms}, horizon_ms=settings.labels.horizon_ms,
             allowed_lateness_ms=settings.allowed_lateness_ms)

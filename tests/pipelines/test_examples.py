@@ -2,6 +2,7 @@
 import pytest
 
 from pipelines.examples import WriteExamples
+from pipelines.records import Revision
 from pipelines.tf_example import _framed, _serialize_any, example_fields, serialize_example
 from pipelines.labeling import label_user_events
 from config.join import LabelConfig
@@ -88,6 +89,18 @@ def test_tfrecord_framing_reads_back(tmp_path):
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
 
 
+def one_revision_batches():
+    """Revisions as the label step batches them for the writer: (hour partition, [Revision]), one in each here."""
+    from typing import List, Tuple
+
+    import apache_beam as beam
+
+    from pipelines.partitions import partition_of
+
+    return beam.Map(lambda change: (partition_of(change.example.event_time_ms), [change])).with_output_types(
+        Tuple[str, List[Revision]])
+
+
 def write_streaming(tmp_path, stream, horizon_ms: int):
     """Runs the streaming hour writer over a TestStream of Revisions; returns the directory of the hour of T0."""
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -99,7 +112,8 @@ def write_streaming(tmp_path, stream, horizon_ms: int):
     options = PipelineOptions(flags=[])
     options.view_as(StandardOptions).streaming = True
     with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        _ = p | stream | WriteExamples(str(tmp_path), {"test": True}, horizon_ms=horizon_ms, allowed_lateness_ms=D)
+        _ = (p | stream | "One-revision batches" >> one_revision_batches()
+             | WriteExamples(str(tmp_path), {"test": True}, horizon_ms=horizon_ms, allowed_lateness_ms=D))
     return tmp_path / partition_of(T0)
 
 
@@ -110,7 +124,6 @@ def test_streaming_writer_rewrites_an_hour_whole_when_an_example_comes_after_it_
     from apache_beam.testing.test_stream import TestStream as BeamTestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    from pipelines.records import Revision
 
     first, second = sample_examples()[:2]  # impressions "a" and "b", both in the hour of T0
     horizon = LabelConfig().horizon_ms
@@ -135,7 +148,6 @@ def test_streaming_writer_keeps_the_newest_revision_of_each_example_and_leaves_o
     from apache_beam.transforms.window import TimestampedValue
 
     from pipelines.tf_example import read_records
-    from pipelines.records import Revision
 
     first, second = sample_examples()[:2]  # "a" bought, "b" not; both in the hour of T0
     bought_later = first._replace(purchased=False, purchase_value=0.0)  # what "a" said before its purchase came
@@ -173,7 +185,6 @@ def test_streaming_writer_writes_an_hour_whose_settling_and_expiry_the_watermark
 
     from pipelines.partitions import partition_of
     from pipelines.flink import flink_pipeline_options
-    from pipelines.records import Revision
 
     first, second = sample_examples()[:2]
     horizon = LabelConfig().horizon_ms
@@ -187,6 +198,7 @@ def test_streaming_writer_writes_an_hour_whose_settling_and_expiry_the_watermark
                else PipelineOptions(flags=[], runner=runner, streaming=True))
     with beam.Pipeline(options=options) as p:
         _ = (p | stream.with_output_types(bytes) | beam.Map(pickle.loads).with_output_types(Revision)
+             | "One-revision batches" >> one_revision_batches()
              | WriteExamples(str(tmp_path), {"test": True}, horizon_ms=horizon, allowed_lateness_ms=D))
     manifest = json.loads((tmp_path / partition_of(T0) / "_manifest.json").read_text())
     assert (manifest["examples"], manifest["revision"]) == (2, 1)

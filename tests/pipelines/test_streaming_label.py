@@ -54,11 +54,12 @@ def _emitted(change, ts=beam.DoFn.TimestampParam):
 def labels_of(stream, options, config, check_examples, check_late=None, check_withdrawn=None):
     """Asserts the examples emitted (with their emission time), the late events, and the examples withdrawn."""
     with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        out = p | stream | LabelImpressions(config, allowed_lateness_ms=LATENESS)
-        emitted = (out.examples | "Emitted" >> beam.Filter(lambda change: not change.withdrawn)
+        out = p | stream | LabelImpressions(config, allowed_lateness_ms=LATENESS, release_every_ms=0)
+        changes = out.examples | "Each revision" >> beam.FlatMap(lambda hour: hour[1])
+        emitted = (changes | "Emitted" >> beam.Filter(lambda change: not change.withdrawn)
                    | "With emission time" >> beam.Map(_emitted))
         assert_that(emitted, check_examples, label="examples")
-        withdrawn = (out.examples | "Withdrawn" >> beam.Filter(lambda change: change.withdrawn)
+        withdrawn = (changes | "Withdrawn" >> beam.Filter(lambda change: change.withdrawn)
                      | "As emitted" >> beam.Map(_emitted))
         assert_that(withdrawn, check_withdrawn or equal_to([]), label="withdrawn")
         late_ids = out.late | "Late ids" >> beam.Map(lambda late: late.event.datum["event_id"])
