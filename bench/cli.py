@@ -5,6 +5,7 @@ The product never imports this package: `valueloop` finds these commands through
 points that setup.py declares."""
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -202,8 +203,6 @@ def gate_merge(
     out: Path = typer.Option(Path("bench/results/gate.json"), help="Where the merged JSON result goes."),
 ):
     """Several `bench gate` runs judged under the same gate settings, as one result summarised again."""
-    import json
-
     from bench.gate import merge_gate_results
 
     try:

@@ -95,7 +95,7 @@ class LagWatch:
         self._thread = threading.Thread(target=self._watch, name="valueloop-lag-watch", daemon=True)
 
     def __enter__(self) -> "LagWatch":
-        self._started_ms = now_ms()
+        self._started_ms = self._read_ms = now_ms()
         self._thread.start()
         return self
 
@@ -106,9 +106,15 @@ class LagWatch:
     def _watch(self) -> None:
         while not self._stop.wait(self._settings.join.progress_log_s):
             try:
-                warn_if_behind(self._settings, lag_of(self._settings, started_ms=self._started_ms), self._sinks)
-            except ValueError:  # a torn or foreign status file: the next period reads it again
-                continue
+                lag = lag_of(self._settings, started_ms=self._started_ms)
+                self._read_ms = now_ms()
+            except ValueError as error:  # unreadable: not keeping up either, once that has lasted the set time
+                unread = now_ms() - self._read_ms
+                if unread < self._settings.join.lag_alert_after_ms:
+                    continue
+                lag = Lag(None, 0, unread, True, f"the streaming join's status has not been readable for "
+                                                 f"{_minutes(unread)}: {error}")
+            warn_if_behind(self._settings, lag, self._sinks)
 
 
 def _minutes(ms: int) -> str:

@@ -1,7 +1,11 @@
 """tf.Example serialization against TensorFlow's own parser, and the TFRecord framing against TFRecordDataset."""
+from typing import List, Tuple
+
+import apache_beam as beam
 import pytest
 
 from pipelines.examples import WriteExamples
+from pipelines.partitions import partition_of
 from pipelines.records import Revision
 from pipelines.tf_example import _framed, _serialize_any, example_fields, serialize_example
 from pipelines.labeling import label_user_events
@@ -91,12 +95,6 @@ def test_tfrecord_framing_reads_back(tmp_path):
 
 def one_revision_batches():
     """Revisions as the label step batches them for the writer: (hour partition, [Revision]), one in each here."""
-    from typing import List, Tuple
-
-    import apache_beam as beam
-
-    from pipelines.partitions import partition_of
-
     return beam.Map(lambda change: (partition_of(change.example.event_time_ms), [change])).with_output_types(
         Tuple[str, List[Revision]])
 

@@ -66,3 +66,24 @@ def test_falling_behind_warns_once_a_day_on_the_sinks_that_do_not_page_and_keepi
     assert [d.sink for d in warn_if_behind(settings, caught_up, sinks, at_ms=T0 + 2 * MINUTE)] == ["log", "slack"]
     assert receiver.bodies("/slack")[-1]["text"].startswith("[resolved] resolved: stream_lag passes on 2026-11-30")
     assert AlertBook(tmp_path / "alerts.json").open_alerts() == {}
+
+
+def test_the_watch_of_a_running_stream_warns_when_its_status_stays_unreadable(receiver, tmp_path):
+    """A status file that cannot be read for longer than the set time does not pass for keeping up."""
+    import time
+
+    from valueloop.stream_lag import LagWatch
+
+    settings = Settings().model_copy(update={
+        "loop": Settings().loop.model_copy(update={"alerts_file": tmp_path / "alerts.json"}),
+        "join": SETTINGS.model_copy(update={"output_dir": tmp_path / "examples", "progress_log_s": 0.2,
+                                            "lag_alert_after_s": 0.5})})
+    path = status_path(settings.join.output_dir)
+    path.parent.mkdir(parents=True)
+    path.write_text("{torn")
+    with LagWatch(settings, [SlackSink(f"{receiver.url}/slack")]):
+        deadline = time.monotonic() + 10
+        while not receiver.bodies("/slack") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    (warning,) = receiver.bodies("/slack")
+    assert "status has not been readable for" in warning["text"] and str(path) in warning["text"]
